@@ -1,0 +1,3 @@
+from muse_desktop.cli import main
+
+raise SystemExit(main())
