@@ -1,0 +1,142 @@
+"""User settings: a dataclass persisted as JSON in the platform config folder.
+
+Saving is atomic (temporary file + rename). Loading never fails: a missing file
+gives the defaults; an unreadable or corrupt file is moved aside (never silently
+overwritten) and the defaults are used, with a message the app shows the user.
+Keys written by a newer version are kept and written back unchanged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from muse_desktop.fileio import atomic_write_text
+from muse_desktop.paths import user_dirs
+
+SETTINGS_FILE = "settings.json"
+SCHEMA_VERSION = 1
+
+
+class Theme:
+    """Names of the colour themes."""
+
+    NORMAL = "normal"
+    HIGH_CONTRAST = "high-contrast"
+    ALL = (NORMAL, HIGH_CONTRAST)
+
+
+@dataclass
+class Settings:
+    """Everything the app remembers between runs (except conversations)."""
+
+    user_type_id: str = ""  # an id from the catalog; empty until the first-run choice
+    custom_user_type: str = ""  # used instead when the person typed their own
+    instruction_template: str = ""  # empty means the MUsE default
+    model_path: str = ""
+    zoom_percent: int = 100
+    theme: str = Theme.NORMAL
+    read_aloud: bool = False
+    threads: int = 0  # 0: choose from the CPU
+    context_length: int = 4096
+    gpu_layers: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)  # keys from newer versions
+
+    def validated(self) -> "Settings":
+        """A copy with out-of-range values brought back into range."""
+        copy = dataclasses.replace(self)
+        copy.zoom_percent = min(max(int(copy.zoom_percent), 50), 400)
+        if copy.theme not in Theme.ALL:
+            copy.theme = Theme.NORMAL
+        copy.threads = max(int(copy.threads), 0)
+        copy.context_length = min(max(int(copy.context_length), 256), 131072)
+        copy.gpu_layers = max(int(copy.gpu_layers), -1)
+        return copy
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(Settings) if f.name != "extra"}
+
+
+@dataclass
+class LoadResult:
+    settings: Settings
+    problem: str | None = None  # shown to the user when set
+    moved_to: Path | None = None
+
+
+def settings_path() -> Path:
+    return user_dirs().config / SETTINGS_FILE
+
+
+def _coerce(name: str, value: Any) -> Any:
+    default = getattr(Settings(), name)
+    kind = type(default)
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+    elif kind is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif isinstance(value, kind):
+        return value
+    raise TypeError(f"'{name}' should be {kind.__name__}, found {type(value).__name__}")
+
+
+def _move_aside(path: Path) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    target = path.with_name(f"{path.name}.corrupt-{stamp}")
+    n = 1
+    while target.exists():
+        n += 1
+        target = path.with_name(f"{path.name}.corrupt-{stamp}-{n}")
+    path.replace(target)
+    return target
+
+
+def load_settings(path: Path | None = None) -> LoadResult:
+    """Read the settings; never raises for a bad file (see the module docstring)."""
+    path = path or settings_path()
+    try:
+        raw = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return LoadResult(Settings())
+    except OSError as exc:
+        return LoadResult(Settings(), f"Could not read your settings ({exc}); using the defaults.")
+    try:
+        data = json.loads(raw)
+        if not isinstance(data, dict):
+            raise ValueError("the file does not hold a settings object")
+        values: dict[str, Any] = {}
+        extra: dict[str, Any] = {}
+        for key, value in data.items():
+            if key == "schema_version":
+                continue
+            if key in _FIELDS:
+                values[key] = _coerce(key, value)
+            else:
+                extra[key] = value
+        settings = Settings(**values, extra=extra).validated()
+        return LoadResult(settings)
+    except (ValueError, TypeError) as exc:
+        moved = _move_aside(path)
+        return LoadResult(
+            Settings(),
+            f"Your settings file was damaged ({exc}). It was kept as {moved.name} "
+            "and the default settings are used.",
+            moved,
+        )
+
+
+def save_settings(settings: Settings, path: Path | None = None) -> Path:
+    """Write the settings atomically and return the path written."""
+    path = path or settings_path()
+    data: dict[str, Any] = {"schema_version": SCHEMA_VERSION}
+    data.update(settings.extra)
+    for name in _FIELDS:
+        data[name] = getattr(settings, name)
+    atomic_write_text(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+    return path

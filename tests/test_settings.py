@@ -1,0 +1,78 @@
+"""Settings: atomic saves, defaults, and corrupt files kept aside with a clear message."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from muse_desktop.fileio import TEMP_MARK, atomic_path, atomic_write_text
+from muse_desktop.paths import resource, resources_dir, user_dirs
+from muse_desktop.settings import Settings, Theme, load_settings, save_settings, settings_path
+
+
+def test_missing_file_gives_defaults_without_a_message():
+    result = load_settings()
+    assert result.settings == Settings() and result.problem is None
+
+
+def test_round_trip_and_file_in_the_config_folder(isolated_home):
+    settings = Settings(user_type_id="nurse", zoom_percent=150, theme=Theme.HIGH_CONTRAST, read_aloud=True)
+    path = save_settings(settings)
+    assert path == settings_path() and path.parent == user_dirs().config
+    assert str(path).startswith(str(isolated_home))
+    assert load_settings().settings == settings
+    assert json.loads(path.read_text())["schema_version"] == 1
+    assert not [p for p in path.parent.iterdir() if TEMP_MARK in p.name]
+
+
+@pytest.mark.parametrize("content", ["{not json", "[1, 2]", '{"zoom_percent": "big"}', '{"read_aloud": 1}', "\x00\x01"])
+def test_corrupt_file_is_kept_aside_and_defaults_used(content):
+    path = settings_path()
+    path.parent.mkdir(parents=True)
+    path.write_text(content)
+    result = load_settings()
+    assert result.settings == Settings()
+    assert "damaged" in result.problem and result.moved_to.name in result.problem
+    assert result.moved_to.read_text() == content  # nothing lost
+    assert not path.exists()
+    save_settings(result.settings)  # the next save does not touch the kept copy
+    assert result.moved_to.read_text() == content
+
+
+def test_values_out_of_range_are_brought_back():
+    path = settings_path()
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"zoom_percent": 5000, "theme": "neon", "threads": -3}))
+    settings = load_settings().settings
+    assert (settings.zoom_percent, settings.theme, settings.threads) == (400, Theme.NORMAL, 0)
+
+
+def test_keys_from_newer_versions_survive_a_save():
+    path = settings_path()
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"zoom_percent": 125, "future_option": {"a": 1}}))
+    settings = load_settings().settings
+    settings.zoom_percent = 175
+    save_settings(settings)
+    data = json.loads(path.read_text())
+    assert data["future_option"] == {"a": 1} and data["zoom_percent"] == 175
+
+
+def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
+    target = tmp_path / "file.txt"
+    atomic_write_text(target, "old")
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half of the new")
+            raise RuntimeError("killed")
+    assert target.read_text() == "old"
+    assert os.listdir(tmp_path) == ["file.txt"]
+
+
+def test_resources_are_found():
+    assert resource("user_types.tsv").is_file()
+    assert (resources_dir() / "demo_corpus.txt").is_file()
+    with pytest.raises(FileNotFoundError, match="resource missing"):
+        resource("no-such-file.txt")
