@@ -1,0 +1,1 @@
+"""The Qt layer. The only package allowed to import PySide6."""

@@ -1,0 +1,267 @@
+"""The desktop window. This version lets a person say who they are (the user type)
+and shows how the assistant will be told about them; chat arrives with the engine."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+from PySide6.QtCore import Qt
+from PySide6.QtGui import QAction, QKeySequence
+from PySide6.QtWidgets import (
+    QApplication,
+    QButtonGroup,
+    QGridLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QListWidget,
+    QListWidgetItem,
+    QMainWindow,
+    QMessageBox,
+    QPushButton,
+    QScrollArea,
+    QVBoxLayout,
+    QWidget,
+)
+
+from muse_desktop import APP_NAME, __version__
+from muse_desktop.prompting import InstructionTemplate, TemplateError
+from muse_desktop.settings import Settings, Theme, load_settings, save_settings
+from muse_desktop.ui.theme import stylesheet
+from muse_desktop.usertypes import Catalog, InvalidUserType, UserType, custom_user_type, load_catalog
+
+# The four big tiles: the age groups most people pick.
+TILES = (("child", "Child"), ("teenager", "Teenager"), ("adult", "Adult"), ("older-adult", "Older adult"))
+ZOOM_STEPS = (100, 125, 150, 175, 200, 250, 300)
+
+
+class UserTypePage(QWidget):
+    """Big tiles for the age groups, a searchable list of everything, and a custom entry."""
+
+    def __init__(self, catalog: Catalog, settings: Settings, on_change):
+        super().__init__()
+        self.catalog = catalog
+        self.settings = settings
+        self.on_change = on_change
+        layout = QVBoxLayout(self)
+        layout.setSpacing(14)
+
+        heading = QLabel("Who is using MUsE?")
+        heading.setObjectName("heading")
+        heading.setWordWrap(True)
+        layout.addWidget(heading)
+        intro = QLabel("Answers are worded for the person you choose. You can change this at any time.")
+        intro.setWordWrap(True)
+        layout.addWidget(intro)
+
+        tiles = QGridLayout()
+        self.tile_group = QButtonGroup(self)
+        self.tile_group.setExclusive(False)
+        self.tiles: dict[str, QPushButton] = {}
+        for index, (type_id, label) in enumerate(TILES):
+            button = QPushButton(label)
+            button.setCheckable(True)
+            button.setMinimumHeight(88)
+            user_type = catalog.get(type_id)
+            button.setAccessibleName(f"I am: {label}")
+            if user_type:
+                button.setAccessibleDescription(user_type.description)
+                button.setToolTip(user_type.description)
+            button.clicked.connect(lambda _=False, t=type_id: self.choose(self.catalog.get(t)))
+            self.tile_group.addButton(button)
+            self.tiles[type_id] = button
+            tiles.addWidget(button, index // 2, index % 2)
+        layout.addLayout(tiles)
+
+        search_label = QLabel("Or find your job or situation:")
+        layout.addWidget(search_label)
+        self.search = QLineEdit()
+        self.search.setPlaceholderText("Type to search, for example nurse or farmer")
+        self.search.setAccessibleName("Search user types")
+        self.search.setClearButtonEnabled(True)
+        search_label.setBuddy(self.search)
+        self.search.textChanged.connect(self.refresh_list)
+        layout.addWidget(self.search)
+
+        self.results = QListWidget()
+        self.results.setAccessibleName("Matching user types")
+        self.results.setMinimumHeight(180)
+        self.results.itemActivated.connect(self._item_chosen)
+        self.results.itemClicked.connect(self._item_chosen)
+        layout.addWidget(self.results, 1)
+        self.search.returnPressed.connect(self._choose_first)
+
+        custom_label = QLabel("Not in the list? Type who you are:")
+        layout.addWidget(custom_label)
+        row = QHBoxLayout()
+        self.custom = QLineEdit()
+        self.custom.setPlaceholderText("For example: Urban beekeeper")
+        self.custom.setAccessibleName("Your own user type")
+        custom_label.setBuddy(self.custom)
+        self.custom.returnPressed.connect(self._use_custom)
+        row.addWidget(self.custom, 1)
+        self.use_custom = QPushButton("Use this")
+        self.use_custom.setAccessibleName("Use my own user type")
+        self.use_custom.clicked.connect(self._use_custom)
+        row.addWidget(self.use_custom)
+        layout.addLayout(row)
+        self.error = QLabel("")
+        self.error.setObjectName("error")
+        self.error.setWordWrap(True)
+        self.error.setAccessibleName("Problem")
+        layout.addWidget(self.error)
+
+        self.chosen = QLabel("")
+        self.chosen.setWordWrap(True)
+        self.chosen.setAccessibleName("Chosen user type")
+        layout.addWidget(self.chosen)
+        self.preview = QLabel("")
+        self.preview.setObjectName("muted")
+        self.preview.setWordWrap(True)
+        self.preview.setTextInteractionFlags(Qt.TextSelectableByMouse)
+        self.preview.setAccessibleName("What the assistant is told")
+        layout.addWidget(self.preview)
+        note = QLabel(
+            "No model is set up yet: talking to the assistant is not available in this version."
+        )
+        note.setObjectName("muted")
+        note.setWordWrap(True)
+        layout.addWidget(note)
+
+        self.refresh_list("")
+        self.show_current()
+
+    def current(self) -> UserType | None:
+        if self.settings.custom_user_type:
+            try:
+                return custom_user_type(self.settings.custom_user_type)
+            except InvalidUserType:
+                return None
+        return self.catalog.get(self.settings.user_type_id)
+
+    def refresh_list(self, text: str) -> None:
+        self.results.clear()
+        for user_type in self.catalog.search(text):
+            item = QListWidgetItem(f"{user_type.display_name} — {user_type.description}")
+            item.setData(Qt.UserRole, user_type.id)
+            item.setToolTip(user_type.group)
+            self.results.addItem(item)
+
+    def _item_chosen(self, item: QListWidgetItem) -> None:
+        self.choose(self.catalog.get(item.data(Qt.UserRole)))
+
+    def _choose_first(self) -> None:
+        if self.results.count():
+            self._item_chosen(self.results.item(0))
+
+    def _use_custom(self) -> None:
+        try:
+            user_type = custom_user_type(self.custom.text())
+        except InvalidUserType as exc:
+            self.error.setText(str(exc))
+            return
+        self.choose(user_type)
+
+    def choose(self, user_type: UserType | None) -> None:
+        if user_type is None:
+            return
+        self.error.setText("")
+        if user_type.is_custom:
+            self.settings.custom_user_type = user_type.prompt_name
+            self.settings.user_type_id = ""
+        else:
+            self.settings.custom_user_type = ""
+            self.settings.user_type_id = user_type.id
+        self.show_current()
+        self.on_change()
+
+    def show_current(self) -> None:
+        user_type = self.current()
+        for type_id, button in self.tiles.items():
+            button.setChecked(user_type is not None and user_type.id == type_id)
+        if user_type is None:
+            self.chosen.setText("Nobody chosen yet.")
+            self.preview.setText("")
+            return
+        self.chosen.setText(f"Chosen: {user_type.display_name}")
+        try:
+            template = InstructionTemplate(self.settings.instruction_template or InstructionTemplate().text)
+        except TemplateError:
+            template = InstructionTemplate()
+        self.preview.setText(f"The assistant is told: “{template.render(user_type.prompt_name)}”")
+
+
+class MainWindow(QMainWindow):
+    def __init__(self, settings: Settings | None = None, catalog: Catalog | None = None):
+        super().__init__()
+        self.settings = settings or load_settings().settings
+        self.setWindowTitle(APP_NAME)
+        self.page = UserTypePage(catalog or load_catalog(), self.settings, self.save)
+        scroll = QScrollArea()
+        scroll.setWidgetResizable(True)
+        scroll.setWidget(self.page)
+        self.setCentralWidget(scroll)
+        self._build_menu()
+        self.apply_look()
+        self.resize(900, 820)
+
+    def _build_menu(self) -> None:
+        view = self.menuBar().addMenu("&View")
+        self.bigger = QAction("Larger text", self, shortcut=QKeySequence.ZoomIn)
+        self.smaller = QAction("Smaller text", self, shortcut=QKeySequence.ZoomOut)
+        self.reset = QAction("Normal text size", self, shortcut=QKeySequence("Ctrl+0"))
+        self.contrast = QAction("High contrast", self, checkable=True, shortcut=QKeySequence("Ctrl+Shift+H"))
+        self.contrast.setChecked(self.settings.theme == Theme.HIGH_CONTRAST)
+        self.bigger.triggered.connect(lambda: self.zoom(+1))
+        self.smaller.triggered.connect(lambda: self.zoom(-1))
+        self.reset.triggered.connect(lambda: self.zoom(0))
+        self.contrast.toggled.connect(self.set_high_contrast)
+        for action in (self.bigger, self.smaller, self.reset):
+            view.addAction(action)
+        view.addSeparator()
+        view.addAction(self.contrast)
+        help_menu = self.menuBar().addMenu("&Help")
+        about = QAction("About", self)
+        about.triggered.connect(
+            lambda: QMessageBox.about(self, APP_NAME, f"{APP_NAME} {__version__}\nEverything runs on this computer.")
+        )
+        help_menu.addAction(about)
+
+    def zoom(self, step: int) -> None:
+        current = self.settings.zoom_percent
+        if step == 0:
+            new = 100
+        elif step > 0:
+            new = next((z for z in ZOOM_STEPS if z > current), ZOOM_STEPS[-1])
+        else:
+            new = next((z for z in reversed(ZOOM_STEPS) if z < current), ZOOM_STEPS[0])
+        self.settings.zoom_percent = new
+        self.apply_look()
+        self.save()
+
+    def set_high_contrast(self, on: bool) -> None:
+        self.settings.theme = Theme.HIGH_CONTRAST if on else Theme.NORMAL
+        self.apply_look()
+        self.save()
+
+    def apply_look(self) -> None:
+        self.setStyleSheet(stylesheet(self.settings.theme, self.settings.zoom_percent))
+
+    def save(self) -> None:
+        try:
+            save_settings(self.settings)
+        except OSError as exc:
+            QMessageBox.warning(self, APP_NAME, f"Your choice could not be saved ({exc}).")
+
+
+def run_app(argv: Sequence[str] | None = None) -> int:
+    """Open the window and run until it is closed."""
+    app = QApplication.instance() or QApplication(list(argv or sys.argv[:1]))
+    app.setApplicationName(APP_NAME)
+    loaded = load_settings()
+    window = MainWindow(loaded.settings)
+    window.show()
+    if loaded.problem:
+        QMessageBox.warning(window, APP_NAME, loaded.problem)
+    return app.exec()

@@ -1,0 +1,68 @@
+"""Colours and text size. Contrast is checked by the tests (WCAG 2.2: 4.5:1 normal, 7:1 high contrast)."""
+
+from __future__ import annotations
+
+from muse_desktop.settings import Theme
+
+BASE_POINT_SIZE = 14  # large text by default; zoom multiplies it
+MIN_TARGET_PX = 44  # WCAG 2.2 target size at default zoom
+
+PALETTES = {
+    Theme.NORMAL: {
+        "window": "#FAFAF7",
+        "text": "#1A1A1A",
+        "muted": "#4A4A4A",
+        "accent": "#0B5CAD",
+        "accent_text": "#FFFFFF",
+        "field": "#FFFFFF",
+        "border": "#6B6B6B",
+        "focus": "#B34700",
+        "error": "#A4000F",
+    },
+    Theme.HIGH_CONTRAST: {
+        "window": "#000000",
+        "text": "#FFFFFF",
+        "muted": "#F0F0F0",
+        "accent": "#FFE600",
+        "accent_text": "#000000",
+        "field": "#000000",
+        "border": "#FFFFFF",
+        "focus": "#00E5FF",
+        "error": "#FF8A80",
+    },
+}
+
+
+def stylesheet(theme: str, zoom_percent: int) -> str:
+    p = PALETTES.get(theme, PALETTES[Theme.NORMAL])
+    size = round(BASE_POINT_SIZE * zoom_percent / 100)
+    return f"""
+* {{ font-size: {size}pt; }}
+QWidget {{ background: {p['window']}; color: {p['text']}; }}
+QLabel#heading {{ font-size: {round(size * 1.6)}pt; font-weight: bold; }}
+QLabel#muted {{ color: {p['muted']}; }}
+QLabel#error {{ color: {p['error']}; font-weight: bold; }}
+QLineEdit, QListWidget {{ background: {p['field']}; color: {p['text']};
+    border: 2px solid {p['border']}; border-radius: 6px; padding: 6px; }}
+QListWidget::item {{ padding: 8px; }}
+QListWidget::item:selected {{ background: {p['accent']}; color: {p['accent_text']}; }}
+QPushButton {{ background: {p['field']}; color: {p['text']}; border: 2px solid {p['border']};
+    border-radius: 10px; padding: 10px 18px; min-height: {MIN_TARGET_PX}px; min-width: {MIN_TARGET_PX}px; }}
+QPushButton:checked, QPushButton#primary {{ background: {p['accent']}; color: {p['accent_text']};
+    border-color: {p['accent']}; }}
+*:focus {{ outline: none; border: 4px solid {p['focus']}; }}
+QMenuBar, QMenu {{ background: {p['window']}; color: {p['text']}; }}
+QMenu::item:selected, QMenuBar::item:selected {{ background: {p['accent']}; color: {p['accent_text']}; }}
+"""
+
+
+def _luminance(hex_colour: str) -> float:
+    channels = [int(hex_colour[i : i + 2], 16) / 255 for i in (1, 3, 5)]
+    linear = [c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4 for c in channels]
+    return 0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2]
+
+
+def contrast_ratio(foreground: str, background: str) -> float:
+    """WCAG contrast ratio of two '#RRGGBB' colours."""
+    lighter, darker = sorted((_luminance(foreground), _luminance(background)), reverse=True)
+    return (lighter + 0.05) / (darker + 0.05)

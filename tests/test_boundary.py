@@ -1,0 +1,107 @@
+"""The architecture rules of DESIGN.md §2, checked in ways that fail when broken."""
+
+from __future__ import annotations
+
+import json
+import os
+import pkgutil
+import shutil
+import subprocess
+import sys
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+from pathlib import Path
+
+import pytest
+
+import muse_desktop
+
+REPO = Path(__file__).resolve().parent.parent
+HEAVY = ("torch", "transformers", "peft", "bitsandbytes", "accelerate")
+# Modules allowed to import the training stack at module level (none yet: the
+# trainer arrives later and must be listed here deliberately).
+TRAINING_MODULES: set[str] = set()
+LINT_IMPORTS = Path(sys.executable).parent / ("lint-imports.exe" if os.name == "nt" else "lint-imports")
+
+
+def heavy_after_importing(modules: list[str]) -> list[str]:
+    """Import ``modules`` in a fresh interpreter; return the heavy modules that got loaded."""
+    code = (
+        "import importlib, json, sys\n"
+        f"for name in {modules!r}: importlib.import_module(name)\n"
+        f"print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r})))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def all_modules() -> list[str]:
+    names = ["muse_desktop"]
+    for info in pkgutil.walk_packages(muse_desktop.__path__, "muse_desktop."):
+        names.append(info.name)
+    return names
+
+
+def test_import_muse_desktop_prompt_and_chat_path_leave_out_torch():
+    chat_path = ["muse_desktop", "muse_desktop.prompting", "muse_desktop.prompting.contract", "muse_desktop.cli"]
+    chat_path += [m for m in all_modules() if m.startswith("muse_desktop.chat")]
+    assert heavy_after_importing(chat_path) == []
+
+
+def test_no_module_outside_the_training_code_imports_torch_on_import():
+    modules = [m for m in all_modules() if m not in TRAINING_MODULES and m != "muse_desktop.__main__"]
+    assert len(modules) >= 8
+    assert heavy_after_importing(modules) == []
+
+
+def test_the_torch_check_itself_detects_torch():
+    """Guards the guard: the same helper must see torch when something imports it."""
+    assert "torch" in heavy_after_importing(["muse_desktop", "torch"])
+
+
+def run_lint_imports(root: Path) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(root))
+    return subprocess.run([str(LINT_IMPORTS)], cwd=root, env=env, capture_output=True, text=True)
+
+
+def test_import_contracts_are_kept():
+    result = run_lint_imports(REPO)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "2 kept, 0 broken" in result.stdout
+
+
+def copy_tree(tmp_path: Path) -> Path:
+    root = tmp_path / "tree"
+    for name in ("muse_desktop", "converters"):
+        shutil.copytree(REPO / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO / "pyproject.toml", root / "pyproject.toml")
+    return root
+
+
+@pytest.mark.parametrize(
+    "module, source, contract",
+    [
+        ("muse_desktop/prompting/leak.py", "from PySide6 import QtCore\n", "Only muse_desktop.ui imports Qt"),
+        ("converters/leak.py", "import PySide6.QtWidgets\n", "Only muse_desktop.ui imports Qt"),
+        ("muse_desktop/usertypes_extra.py", "import shiboken6\n", "Only muse_desktop.ui imports Qt"),
+        ("muse_desktop/prompting/leak.py", "from muse_desktop.ui import app\n", "The core never imports the UI"),
+    ],
+)
+def test_import_contracts_fail_when_broken(tmp_path, module, source, contract):
+    root = copy_tree(tmp_path)
+    (root / module).write_text(source)
+    result = run_lint_imports(root)
+    assert result.returncode != 0
+    assert f"{contract} BROKEN" in result.stdout
+
+
+def test_every_core_module_is_covered_by_the_ui_contract():
+    """New top-level modules must be listed in the 'core never imports the UI' contract."""
+    config = tomllib.loads((REPO / "pyproject.toml").read_text())
+    contracts = {c["name"]: c for c in config["tool"]["importlinter"]["contracts"]}
+    covered = set(contracts["The core never imports the UI"]["source_modules"])
+    entry_points = {"muse_desktop.ui", "muse_desktop.cli", "muse_desktop.__main__"}
+    top_level = {m for m in all_modules() if m.count(".") == 1} - entry_points
+    assert top_level <= covered, sorted(top_level - covered)

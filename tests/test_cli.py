@@ -1,0 +1,72 @@
+"""The muse-desktop command, called in-process and through the installed entry point."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from muse_desktop import __version__
+from muse_desktop.cli import main
+
+
+def installed_command() -> str:
+    path = Path(sys.executable).parent / "muse-desktop"
+    found = shutil.which("muse-desktop", path=str(path.parent)) or shutil.which("muse-desktop")
+    assert found, "the muse-desktop entry point is not installed"
+    return found
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"MUsE Desktop {__version__}"
+
+
+def test_user_types_search_nurse_lists_matches(capsys):
+    assert main(["user-types", "--search", "nurse"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("nurse ") and "Nurse" in lines[0]
+    assert any(line.startswith("veterinary-nurse ") for line in lines)
+    assert len(lines) == 2
+
+
+def test_user_types_lists_the_whole_catalog(capsys):
+    assert main(["user-types"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) >= 373
+
+
+def test_user_types_group_and_limit(capsys):
+    assert main(["user-types", "--group", "transport", "--limit", "3"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 3 and all("[Transport and logistics]" in line for line in lines)
+
+
+def test_no_match_says_so_and_fails(capsys):
+    assert main(["user-types", "--search", "xyzzy"]) == 1
+    assert "No user type matches 'xyzzy'" in capsys.readouterr().out
+
+
+def test_installed_entry_point_runs_headless():
+    command = installed_command()
+    out = subprocess.run([command, "user-types", "--search", "flight att"], capture_output=True, text=True, check=True)
+    assert out.stdout.startswith("flight-attendant ") and "Flight Attendant" in out.stdout
+    version = subprocess.run([command, "--version"], capture_output=True, text=True, check=True)
+    assert __version__ in version.stdout
+
+
+def test_unknown_command_fails_with_usage():
+    command = installed_command()
+    result = subprocess.run([command, "fly-to-the-moon"], capture_output=True, text=True)
+    assert result.returncode == 2 and "invalid choice" in result.stderr
+
+
+def test_demo_model_command_builds_a_checkpoint(tmp_path, capsys):
+    assert main(["demo-model", str(tmp_path / "demo"), "--variant", "gqa"]) == 0
+    assert "random weights" in capsys.readouterr().out
+    assert (tmp_path / "demo" / "config.json").is_file()
+    assert list((tmp_path / "demo").glob("*.safetensors"))
