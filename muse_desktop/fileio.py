@@ -27,6 +27,15 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def remove_stale_parts(final: Path) -> list[Path]:
+    """Delete temporaries a killed earlier write of ``final`` left behind; return them."""
+    stale = list(final.parent.glob(f".{final.name}{TEMP_MARK}*"))
+    for path in stale:
+        with contextlib.suppress(OSError):
+            path.unlink()
+    return stale
+
+
 @contextlib.contextmanager
 def atomic_path(final: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside ``final``; on success it replaces ``final``.
@@ -36,6 +45,7 @@ def atomic_path(final: str | os.PathLike[str]) -> Iterator[Path]:
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_parts(final)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}{TEMP_MARK}", dir=final.parent)
     os.close(fd)
     tmp = Path(tmp_name)

@@ -76,3 +76,13 @@ def test_resources_are_found():
     assert (resources_dir() / "demo_corpus.txt").is_file()
     with pytest.raises(FileNotFoundError, match="resource missing"):
         resource("no-such-file.txt")
+
+
+def test_leftovers_of_a_killed_write_are_removed_by_the_next_write(tmp_path):
+    target = tmp_path / "model.gguf"
+    leftover = tmp_path / f".model.gguf{TEMP_MARK}abc123"
+    leftover.write_bytes(b"half")
+    unrelated = tmp_path / f".other.gguf{TEMP_MARK}zzz"
+    unrelated.write_bytes(b"someone else's")
+    atomic_write_text(target, "done")
+    assert not leftover.exists() and unrelated.exists() and target.read_text() == "done"
