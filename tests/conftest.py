@@ -10,9 +10,10 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
+from helpers import make_peft_adapter  # noqa: E402
+
 from muse_desktop.demo_model import Variant, build_demo_model, train_tokenizer  # noqa: E402
 
-REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(autouse=True)
@@ -49,3 +50,36 @@ def hf_tokenizer(tiny_model):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(str(tiny_model))
+
+
+@pytest.fixture(scope="session")
+def adapters(tmp_path_factory, tiny_model) -> dict[str, Path]:
+    """Adapters covering the merge rules: all four modules, rsLoRA, per-module ranks/alphas, some layers."""
+    root = tmp_path_factory.mktemp("adapters")
+    return {
+        "all": make_peft_adapter(tiny_model, root / "all"),
+        "rslora": make_peft_adapter(tiny_model, root / "rslora", seed=1, use_rslora=True, r=4, lora_alpha=8),
+        "patterns": make_peft_adapter(
+            tiny_model,
+            root / "patterns",
+            seed=2,
+            rank_pattern={"qkv_proj": 4, "down_proj": 2},
+            alpha_pattern={"o_proj": 32, "layers.1.mlp.gate_up_proj": 4},
+        ),
+        "layer1": make_peft_adapter(tiny_model, root / "layer1", seed=3, layers_to_transform=[1], target_modules=["qkv_proj", "down_proj"]),
+    }
+
+
+@pytest.fixture(scope="session")
+def tiny_gguf(tmp_path_factory, tiny_models) -> dict[str, Path]:
+    """Each tiny variant converted to an F32 GGUF."""
+    from converters.convert import convert_model
+
+    root = tmp_path_factory.mktemp("gguf")
+    out = {}
+    for variant, path in tiny_models.items():
+        target = root / f"{variant}-f32.gguf"
+        for _ in convert_model(path, target, "f32"):
+            pass
+        out[variant] = target
+    return out
