@@ -44,6 +44,70 @@ def _cmd_demo_model(args: argparse.Namespace) -> int:
     return 0
 
 
+VERIFY_TOLERANCE = {"f32": 1e-3, "f16": 1e-2, "bf16": 2e-2, "q8_0": 5e-2}
+
+
+def run_events(events) -> object:
+    """Print a generator's events (a bar on a terminal, plain lines otherwise); return Done's data."""
+    from muse_desktop.events import Done, Log, Progress
+
+    tty = sys.stderr.isatty()
+    result = None
+    for event in events:
+        if isinstance(event, Progress):
+            if tty:
+                filled = int(30 * event.fraction)
+                line = f"[{'#' * filled}{'-' * (30 - filled)}] {event.done:g}/{event.total:g} {event.message}"
+                print(f"\r{line[:110]:<110}", end="", file=sys.stderr, flush=True)
+            else:
+                print(f"{event.done:g}/{event.total:g} {event.unit} {event.message}", file=sys.stderr, flush=True)
+        elif isinstance(event, Log):
+            print(("\n" if tty else "") + event.message, file=sys.stderr, flush=True)
+        elif isinstance(event, Done):
+            if tty:
+                print(file=sys.stderr)
+            print(event.message, flush=True)
+            result = event
+    return result
+
+
+def _converter_errors():
+    from converters.errors import ConversionError
+
+    return ConversionError
+
+
+def _cmd_convert(args: argparse.Namespace) -> int:
+    from converters.convert import convert_model
+
+    run_events(convert_model(args.model_dir, args.out, args.outtype, args.adapter))
+    if args.verify:
+        try:
+            from converters.verify import verify
+        except ImportError as exc:
+            raise CliError(f"--verify needs the training extra (pip install 'muse-desktop[train]'): {exc}") from None
+        report = verify(args.model_dir, args.out, adapter_dir=args.adapter)
+        tolerance = VERIFY_TOLERANCE[args.outtype]
+        print(f"Verify: {report.summary()} (bar {tolerance:g})")
+        if not report.passed(tolerance):
+            raise CliError(f"verification failed: {report.summary()}")
+    return 0
+
+
+def _cmd_convert_adapter(args: argparse.Namespace) -> int:
+    from converters.convert import convert_adapter
+
+    run_events(convert_adapter(args.adapter_dir, args.out, args.base, args.outtype))
+    return 0
+
+
+def _cmd_quantize(args: argparse.Namespace) -> int:
+    from converters.quantize import quantize
+
+    run_events(quantize(args.input, args.out, args.type, args.threads))
+    return 0
+
+
 def _open_app() -> int:
     try:
         from muse_desktop.ui.app import run_app
@@ -74,6 +138,31 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--variant", choices=Variant.ALL, default=Variant.MINI_4K)
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(func=_cmd_demo_model)
+
+    outtypes = list(VERIFY_TOLERANCE)
+    convert = commands.add_parser("convert", help="convert a Phi-3 checkpoint (optionally merging a LoRA) to GGUF")
+    convert.add_argument("model_dir", metavar="MODEL_DIR")
+    convert.add_argument("out", metavar="OUT.gguf")
+    convert.add_argument("--adapter", metavar="ADAPTER_DIR", help="a PEFT LoRA adapter to merge in the same pass")
+    convert.add_argument("--outtype", choices=outtypes, default="f16")
+    convert.add_argument("--verify", action="store_true", help="compare logits with transformers afterwards")
+    convert.set_defaults(func=_cmd_convert)
+
+    adapter = commands.add_parser("convert-adapter", help="convert a PEFT LoRA adapter to a GGUF LoRA adapter")
+    adapter.add_argument("adapter_dir", metavar="ADAPTER_DIR")
+    adapter.add_argument("out", metavar="OUT.gguf")
+    adapter.add_argument("--base", metavar="MODEL_DIR", required=True, help="the base checkpoint it was trained on")
+    adapter.add_argument("--outtype", choices=outtypes, default="f32")
+    adapter.set_defaults(func=_cmd_convert_adapter)
+
+    from converters.quantize import DEFAULT_TYPE, QUANT_TYPES
+
+    quant = commands.add_parser("quantize", help="quantize a GGUF with llama.cpp's quantizer")
+    quant.add_argument("input", metavar="IN.gguf")
+    quant.add_argument("out", metavar="OUT.gguf")
+    quant.add_argument("--type", choices=list(QUANT_TYPES), default=DEFAULT_TYPE, type=str.upper)
+    quant.add_argument("--threads", type=int, metavar="N", help="threads (default: all cores)")
+    quant.set_defaults(func=_cmd_quantize)
     return parser
 
 
@@ -86,6 +175,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CliError as exc:
         print(f"muse-desktop: {exc}", file=sys.stderr)
         return 2
+    except _converter_errors() as exc:
+        print(f"muse-desktop: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("muse-desktop: interrupted", file=sys.stderr)
         return 130

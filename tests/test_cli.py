@@ -70,3 +70,40 @@ def test_demo_model_command_builds_a_checkpoint(tmp_path, capsys):
     assert "random weights" in capsys.readouterr().out
     assert (tmp_path / "demo" / "config.json").is_file()
     assert list((tmp_path / "demo").glob("*.safetensors"))
+
+
+def test_convert_quantize_and_adapter_commands(tiny_model, adapters, tmp_path):
+    command = installed_command()
+    out = tmp_path / "m.gguf"
+    result = subprocess.run([command, "convert", str(tiny_model), str(out), "--outtype", "f32", "--verify"],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert f"Converted model written to {out}" in result.stdout
+    assert "Verify:" in result.stdout and "top-1 agreement 100.0%" in result.stdout
+    assert "15/15 tensors" in result.stderr  # plain progress lines when not on a terminal
+    quantized = tmp_path / "m-q4.gguf"
+    result = subprocess.run([command, "quantize", str(out), str(quantized), "--type", "q4_k_m", "--threads", "2"],
+                            capture_output=True, text=True)
+    assert result.returncode == 0 and quantized.exists(), result.stderr
+    lora = tmp_path / "a.gguf"
+    result = subprocess.run([command, "convert-adapter", str(adapters["all"]), str(lora), "--base", str(tiny_model)],
+                            capture_output=True, text=True)
+    assert result.returncode == 0 and lora.exists(), result.stderr
+
+
+@pytest.mark.parametrize(
+    "args, reason",
+    [
+        (["convert", "{missing}", "{out}"], "No config.json in"),
+        (["quantize", "{model}/config.json", "{out}"], "config.json is not a GGUF model file"),
+        (["convert-adapter", "{model}", "{out}", "--base", "{model}"], "No adapter_config.json in"),
+    ],
+)
+def test_failures_are_one_line_without_traceback(tiny_model, tmp_path, args, reason):
+    values = {"missing": str(tmp_path / "nothing"), "out": str(tmp_path / "o.gguf"), "model": str(tiny_model)}
+    result = subprocess.run([installed_command(), *(a.format(**values) for a in args)], capture_output=True, text=True)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("muse-desktop:")]
+    assert len(lines) == 1 and reason in lines[0]
+    assert not (tmp_path / "o.gguf").exists()
