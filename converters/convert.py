@@ -5,9 +5,8 @@ Both are generators of events (DESIGN.md §2) that stream one tensor at a time.
 
 from __future__ import annotations
 
-import json
 import shutil
-import struct
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,7 +28,7 @@ from converters.phi3 import (
     write_model_metadata,
     write_vocab,
 )
-from converters.safetensors_io import Checkpoint, bf16_to_float32
+from converters.safetensors_io import DTYPES, Checkpoint, Scratch, TensorSource, float32_to_bf16, write_safetensors
 from muse_desktop.events import CancelToken, Done, Event, Log, Progress
 from muse_desktop.fileio import atomic_path
 
@@ -52,14 +51,34 @@ def _open_checked(config: Phi3Config) -> Checkpoint:
     return checkpoint
 
 
-def _merged_producer(checkpoint: Checkpoint, name: str, adapter: LoraAdapter | None, module: str | None):
-    def produce() -> np.ndarray:
-        weight = checkpoint.float32(name)
-        if adapter is None or module not in adapter.modules:
-            return weight
-        return weight + adapter.delta(module)  # float32, a new array; the map stays untouched
+class _MergedRows:
+    """Rows of a base tensor, plus the LoRA delta of the same rows when the adapter has that module."""
 
-    return produce
+    def __init__(self, checkpoint: Checkpoint, name: str, adapter: LoraAdapter | None):
+        self.checkpoint = checkpoint
+        self.name = name
+        module = name[: -len(".weight")]
+        self.adapter = adapter if adapter is not None and module in adapter.modules else None
+        self.module = module
+        self._factors: tuple[np.ndarray, np.ndarray] | None = None
+        self._lock = threading.Lock()
+
+    def factors(self) -> tuple[np.ndarray, np.ndarray]:
+        with self._lock:  # loaded once per tensor, shared by the row threads
+            if self._factors is None:
+                a, b = self.adapter.factors(self.module)
+                self._factors = (a, b * np.float32(self.adapter.modules[self.module].scale))
+            return self._factors
+
+    def __call__(self, start: int, stop: int, scratch: Scratch) -> np.ndarray:
+        rows = self.checkpoint.rows_float32(self.name, start, stop, scratch)
+        if self.adapter is not None:
+            a, scaled_b = self.factors()
+            rows += np.matmul(scaled_b[start:stop], a, out=scratch.array("delta", rows.shape, np.float32))
+        return rows
+
+    def release(self) -> None:
+        self._factors = None
 
 
 def convert_model(
@@ -84,18 +103,17 @@ def convert_model(
     write_model_metadata(writer, config, model_name, OUTTYPES[outtype][1])
     write_vocab(writer, config)
     plans = [
-        TensorPlan(tensor_name, array.shape, gguf.GGMLQuantizationType.F32, (lambda a=array: a), "rope scaling")
+        TensorPlan.of_array(tensor_name, array, gguf.GGMLQuantizationType.F32, "rope scaling")
         for tensor_name, array in long_rope_tensors(config).items()
     ]
     for hf_name, shape in config.expected_tensors().items():
         gguf_name = gguf_tensor_name(hf_name, config.layers)
-        module = hf_name[: -len(".weight")]
         plans.append(
             TensorPlan(
                 gguf_name,
                 shape,
                 storage_type(gguf_name, shape, outtype),
-                _merged_producer(checkpoint, hf_name, adapter, module),
+                _MergedRows(checkpoint, hf_name, adapter),
                 f"{checkpoint.info(hf_name).file.name}: tensor '{hf_name}'",
             )
         )
@@ -132,16 +150,11 @@ def convert_adapter(
         base_name = module_gguf_name(module, config.layers)
         correction = lora.scale / (file_alpha / lora.rank)
 
-        def factor(which: int, m=module, k=correction) -> np.ndarray:
-            a, b = adapter.factors(m)
-            return a if which == 0 else (b * np.float32(k) if k != 1.0 else b)
-
-        a_shape = adapter.weights.tensors[lora.a_name].shape
-        b_shape = adapter.weights.tensors[lora.b_name].shape
-        plans.append(TensorPlan(f"{base_name}.lora_a", a_shape, storage_type("lora", a_shape, outtype),
-                                lambda f=factor: f(0), lora.a_name))
-        plans.append(TensorPlan(f"{base_name}.lora_b", b_shape, storage_type("lora", b_shape, outtype),
-                                lambda f=factor: f(1), lora.b_name))
+        a, b = adapter.factors(module)  # small: rank x width
+        if correction != 1.0:
+            b = b * np.float32(correction)
+        plans.append(TensorPlan.of_array(f"{base_name}.lora_a", a, storage_type("lora", a.shape, outtype), lora.a_name))
+        plans.append(TensorPlan.of_array(f"{base_name}.lora_b", b, storage_type("lora", b.shape, outtype), lora.b_name))
     yield Log(f"Writing {len(adapter.modules)} LoRA modules (alpha {file_alpha:g}) to {Path(out_path).name}")
     yield from write_gguf(out_path, writer, plans, cancel, "GGUF LoRA adapter written to")
 
@@ -149,13 +162,17 @@ def convert_adapter(
 # ----------------------------------------------------------------------------------------
 # Merged model as a safetensors checkpoint (to keep training on it, or share it).
 
-_SAFETENSORS_DTYPE = {"F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "BF16": np.dtype("<u2")}
 
+def _merged_in_dtype(checkpoint: Checkpoint, tensor: str, adapter: LoraAdapter):
+    def produce() -> np.ndarray:
+        info = checkpoint.info(tensor)
+        module = tensor[: -len(".weight")]
+        if module not in adapter.modules:
+            return checkpoint.raw(tensor)
+        merged = checkpoint.float32(tensor) + adapter.delta(module)
+        return float32_to_bf16(merged) if info.dtype == "BF16" else merged.astype(DTYPES[info.dtype])
 
-def _float32_to_bf16_bits(array: np.ndarray) -> np.ndarray:
-    bits = np.ascontiguousarray(array, dtype=np.float32).view(np.uint32)
-    rounded = bits + 0x7FFF + ((bits >> 16) & 1)  # round to nearest even
-    return (rounded >> 16).astype(np.uint16)
+    return produce
 
 
 def merge_to_safetensors(
@@ -169,43 +186,21 @@ def merge_to_safetensors(
     checkpoint = _open_checked(config)
     adapter = LoraAdapter(adapter_dir, config)
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     total = sum(info.nbytes for _, info in checkpoint.items())
-    gguf_out.check_free_space(out_dir / "x", total)
+    gguf_out.check_free_space(out_dir / "model.safetensors", total)
     done = 0
-    names = checkpoint.names()
     for file_name, source in checkpoint.files.items():
-        tensors = [n for n in names if checkpoint.where[n] == file_name]
-        header: dict = {"__metadata__": {"format": "pt"}}
-        offset = 0
-        for tensor in tensors:
-            info = checkpoint.info(tensor)
-            header[tensor] = {"dtype": info.dtype, "shape": list(info.shape), "data_offsets": [offset, offset + info.nbytes]}
-            offset += info.nbytes
-        blob = json.dumps(header, separators=(",", ":")).encode()
-        blob += b" " * (-len(blob) % 8)
-        with atomic_path(out_dir / file_name) as tmp, open(tmp, "wb") as handle:
-            handle.write(struct.pack("<Q", len(blob)) + blob)
-            for tensor in tensors:
+        tensors = [
+            TensorSource(name, info.dtype, info.shape, _merged_in_dtype(checkpoint, name, adapter))
+            for name, info in source.tensors.items()
+        ]
+        with atomic_path(out_dir / file_name) as tmp:
+            for name in write_safetensors(tmp, tensors, source.metadata or None):
                 if cancel is not None:
                     cancel.check()
-                info = checkpoint.info(tensor)
-                module = tensor[: -len(".weight")]
-                if module in adapter.modules:
-                    merged = source.float32(tensor) + adapter.delta(module)
-                    if info.dtype == "BF16":
-                        data = _float32_to_bf16_bits(merged)
-                    else:
-                        data = merged.astype(_SAFETENSORS_DTYPE[info.dtype])
-                else:
-                    data = source.raw(tensor)
-                handle.write(np.ascontiguousarray(data).tobytes())
                 done += 1
-                yield Progress(done, len(names), "tensors", tensor)
+                yield Progress(done, len(checkpoint.where), "tensors", name)
     for extra in config.folder.iterdir():
         if extra.is_file() and not extra.name.endswith(".safetensors"):
             shutil.copyfile(extra, out_dir / extra.name)
     yield Done(f"Merged checkpoint written to {out_dir}", str(out_dir))
-
-
-__all__ = ["convert_model", "convert_adapter", "merge_to_safetensors", "bf16_to_float32"]

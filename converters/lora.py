@@ -169,4 +169,4 @@ class LoraAdapter:
     def delta(self, module: str) -> np.ndarray:
         """scale * B @ A in float32, the exact amount PEFT's merge adds."""
         a, b = self.factors(module)
-        return (self.modules[module].scale * (b @ a)).astype(np.float32, copy=False)
+        return (b @ a) * np.float32(self.modules[module].scale)

@@ -1,17 +1,20 @@
-"""Memory-mapped reading of safetensors checkpoints, one tensor at a time.
+"""Reading safetensors checkpoints one tensor at a time.
 
 Reads the format directly (an 8-byte header length, a JSON header, raw data) so
 that every problem can be reported precisely (which file, which tensor, how many
-bytes are missing) and so that nothing is loaded before it is needed: a tensor is
-a view on a memory map, and the merge/convert loop touches one at a time. Also
-reads bf16, which numpy has no type for. Nothing is ever unpickled.
+bytes are missing) and so that nothing is loaded before it is needed. A tensor is
+read into its own buffer with a positioned read rather than through a memory map:
+pages of a map that were touched stay counted in the process's resident memory
+until the map is closed, so converting a 7.6 GB checkpoint through a map "uses"
+7.6 GB; explicit reads keep the peak near one tensor. Also reads bf16, which
+numpy has no type for. Nothing is ever unpickled.
 """
 
 from __future__ import annotations
 
 import json
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,8 +54,72 @@ class TensorInfo:
         return self.end - self.start
 
 
-def bf16_to_float32(bits: np.ndarray) -> np.ndarray:
-    return (bits.astype(np.uint32) << 16).view(np.float32)
+class Scratch:
+    """Reusable buffers for the tensor-at-a-time loops.
+
+    A fresh allocation of a few hundred MB costs more in page faults on first touch
+    than the conversion done on it (measured: 0.7 s vs 0.05 s for one Phi-3-mini MLP
+    weight), so the loops read, widen, merge and narrow into buffers that are sized
+    once and reused. An array handed out by a buffer is only valid until the same
+    key is asked for again. Not thread-safe: one per thread.
+    """
+
+    def __init__(self) -> None:
+        self._buffers: dict[str, np.ndarray] = {}
+
+    def array(self, key: str, shape: tuple[int, ...], dtype) -> np.ndarray:
+        dtype = np.dtype(dtype)
+        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        buffer = self._buffers.get(key)
+        if buffer is None or buffer.nbytes < nbytes:
+            buffer = self._buffers[key] = np.empty(max(nbytes, 1), dtype=np.uint8)
+        return buffer[:nbytes].view(dtype).reshape(shape)
+
+
+def bf16_to_float32(bits: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """float32 values of bf16 bits (uint16); ``out`` is an optional uint32/float32 buffer."""
+    target = np.empty(bits.shape, dtype=np.uint32) if out is None else out.view(np.uint32)
+    np.left_shift(bits, 16, out=target, dtype=np.uint32)
+    return target.view(np.float32)
+
+
+def float32_to_bf16(array: np.ndarray) -> np.ndarray:
+    """bf16 bits (uint16) of float32 values, rounded to nearest even."""
+    bits = np.ascontiguousarray(array, dtype=np.float32).view(np.uint32)
+    return ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
+
+
+@dataclass
+class TensorSource:
+    """A tensor to write: its safetensors dtype and shape, and how to produce its data."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    produce: Callable[[], np.ndarray]
+
+
+def write_safetensors(path: Path, tensors: list[TensorSource], metadata: dict[str, str] | None = None) -> Iterator[str]:
+    """Write a safetensors file one tensor at a time (header first); yields each name once written.
+
+    ``path`` is written directly: callers wrap it in :func:`muse_desktop.fileio.atomic_path`.
+    """
+    header: dict = {"__metadata__": metadata or {"format": "pt"}}
+    offset = 0
+    for tensor in tensors:
+        nbytes = int(np.prod(tensor.shape, dtype=np.int64)) * DTYPES[tensor.dtype].itemsize
+        header[tensor.name] = {"dtype": tensor.dtype, "shape": list(tensor.shape), "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+    blob = json.dumps(header, separators=(",", ":")).encode()
+    blob += b" " * (-len(blob) % 8)  # data starts 8-byte aligned
+    with open(path, "wb") as handle:
+        handle.write(struct.pack("<Q", len(blob)) + blob)
+        for tensor in tensors:
+            data = np.ascontiguousarray(tensor.produce(), dtype=DTYPES[tensor.dtype])
+            if data.shape != tuple(tensor.shape):
+                raise ConversionError(f"{tensor.name}: produced shape {list(data.shape)}, declared {list(tensor.shape)}.")
+            data.tofile(handle)
+            yield tensor.name
 
 
 class SafetensorsFile:
@@ -99,20 +166,44 @@ class SafetensorsFile:
                     f"but the file has {size}. Download or copy the file again."
                 )
             self.tensors[name] = TensorInfo(name, dtype, shape, self.path, base + start, base + end)
-        self._map: np.memmap | None = None
+
+    def read_rows(self, name: str, start: int, stop: int, out: np.ndarray | None = None) -> np.ndarray:
+        """Rows ``[start, stop)`` (along the first axis) as stored (bf16 as uint16 bits), into ``out`` if given."""
+        info = self.tensors[name]
+        dtype = DTYPES[info.dtype]
+        shape = (stop - start, *info.shape[1:]) if info.shape else ()
+        row_bytes = info.nbytes // info.shape[0] if info.shape else info.nbytes
+        array = np.empty(shape, dtype=dtype) if out is None else out
+        want = array.nbytes
+        with open(self.path, "rb", buffering=0) as handle:
+            handle.seek(info.start + start * row_bytes)
+            got = handle.readinto(memoryview(array.reshape(-1).view(np.uint8)))
+        if got != want:
+            raise ConversionError(f"{self.path.name} changed or was truncated while reading tensor '{name}'.")
+        return array
 
     def raw(self, name: str) -> np.ndarray:
-        """The stored array (a read-only view on the memory map; bf16 as uint16 bits)."""
+        """The whole stored array, freshly read (bf16 as uint16 bits)."""
         info = self.tensors[name]
-        if self._map is None:
-            self._map = np.memmap(self.path, dtype=np.uint8, mode="r")
-        return self._map[info.start : info.end].view(DTYPES[info.dtype]).reshape(info.shape)
+        return self.read_rows(name, 0, info.shape[0] if info.shape else 0)
 
     def float32(self, name: str) -> np.ndarray:
+        """The whole tensor as float32."""
         array = self.raw(name)
-        if self.tensors[name].dtype == "BF16":
-            return bf16_to_float32(array)
-        return array.astype(np.float32, copy=False)
+        return bf16_to_float32(array) if self.tensors[name].dtype == "BF16" else array.astype(np.float32, copy=False)
+
+    def rows_float32(self, name: str, start: int, stop: int, scratch: Scratch) -> np.ndarray:
+        """Rows ``[start, stop)`` as float32, in ``scratch``'s buffers."""
+        info = self.tensors[name]
+        shape = (stop - start, *info.shape[1:])
+        wide = scratch.array("f32", shape, np.float32)
+        if info.dtype == "F32":
+            return self.read_rows(name, start, stop, out=wide)
+        narrow = self.read_rows(name, start, stop, out=scratch.array("raw", shape, DTYPES[info.dtype]))
+        if info.dtype == "BF16":
+            return bf16_to_float32(narrow, out=wide)
+        np.copyto(wide, narrow, casting="unsafe")
+        return wide
 
 
 class Checkpoint:
@@ -164,6 +255,9 @@ class Checkpoint:
 
     def float32(self, name: str) -> np.ndarray:
         return self.files[self.where[name]].float32(name)
+
+    def rows_float32(self, name: str, start: int, stop: int, scratch: Scratch) -> np.ndarray:
+        return self.files[self.where[name]].rows_float32(name, start, stop, scratch)
 
     def raw(self, name: str) -> np.ndarray:
         return self.files[self.where[name]].raw(name)

@@ -311,6 +311,20 @@ def test_nan_weights_are_reported_with_file_and_tensor(tiny_model, tmp_path):
     assert not list(tmp_path.glob(f".out.gguf{TEMP_MARK}*"))
 
 
+def test_values_beyond_f16_are_reported_not_written_as_inf(tiny_model, tmp_path):
+    from safetensors.numpy import save_file
+
+    model = copy_model(tiny_model, tmp_path / "m")
+    shard = model / "model-00002-of-00002.safetensors"
+    weights = load_file(shard)
+    name = next(n for n in weights if n.endswith("down_proj.weight"))
+    weights[name][0, 0] = 1e6
+    save_file(weights, shard, metadata={"format": "pt"})
+    with pytest.raises(ConversionError, match=f"tensor '{name}' has values too large for f16"):
+        run(convert_model(model, tmp_path / "out.gguf", "f16"))
+    run(convert_model(model, tmp_path / "out.gguf", "f32"))  # f32 holds them
+
+
 def test_cancel_stops_between_tensors_and_leaves_nothing(tiny_model, tmp_path):
     token = CancelToken()
     out = tmp_path / "out.gguf"
@@ -333,16 +347,16 @@ def test_not_enough_disk_space_is_said_before_writing(tiny_model, tmp_path, monk
 KILL_SCRIPT = """
 import sys, time
 import converters.gguf_out as out
-original = out.encode
+original = out.encode_into
 count = 0
-def slow(array, qtype):
+def slow(*args):
     global count
     count += 1
     if count == 4:
         print("MIDWAY", flush=True)
         time.sleep(60)
-    return original(array, qtype)
-out.encode = slow
+    return original(*args)
+out.encode_into = slow
 from converters.convert import convert_model
 for _ in convert_model(sys.argv[1], sys.argv[2], "f32"):
     pass
