@@ -7,6 +7,7 @@ LongRoPE checkpoints get two rope-factor tensors and an attention factor.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from dataclasses import dataclass
@@ -120,10 +121,15 @@ def read_config(folder: str | Path) -> Phi3Config:
     return config
 
 
+@functools.lru_cache(maxsize=8)
+def _name_map(n_layers: int) -> gguf.TensorNameMap:
+    return gguf.get_tensor_name_map(ARCH, n_layers)
+
+
 def gguf_tensor_name(hf_name: str, n_layers: int) -> str:
     """GGUF name of an HF tensor (``...weight`` kept), through gguf-py's own map."""
     base, _, suffix = hf_name.rpartition(".")
-    mapped = gguf.get_tensor_name_map(ARCH, n_layers).get_name(base)
+    mapped = _name_map(n_layers).get_name(base)
     if mapped is None:
         raise ConversionError(f"Tensor '{hf_name}' has no place in a Phi-3 GGUF.")
     return f"{mapped}.{suffix}"
@@ -162,6 +168,7 @@ def default_model_name(config: Phi3Config, adapter_name: str | None = None) -> s
 
 
 def write_model_metadata(writer: gguf.GGUFWriter, config: Phi3Config, name: str, file_type: int) -> None:
+    writer.add_type(gguf.GGUFType.MODEL)
     writer.add_name(name)
     writer.add_context_length(config.max_positions)
     writer.add_rope_scaling_orig_ctx_len(config.original_max_positions)
@@ -218,8 +225,11 @@ def write_vocab(writer: gguf.GGUFWriter, config: Phi3Config) -> None:
         else:
             toktypes[i] = types.NORMAL
     for token_id, content, special in _added_tokens(folder):
+        # <unk>, <s>, </s> keep sentencepiece's own types. (llama.cpp's converter
+        # retypes them from tokenizer_config.json, which makes Phi-3's </s> a
+        # USER_DEFINED token that llama.cpp then matches even in plain user text.)
         if token_id >= vocab_size or (token_id < sp.vocab_size() and sp.IdToPiece(token_id) == content):
-            continue  # padding beyond the model, or <unk>/<s>/</s> already typed above
+            continue
         tokens[token_id] = content.encode("utf-8")
         scores[token_id] = -1000.0
         toktypes[token_id] = types.CONTROL if special else types.USER_DEFINED
