@@ -16,6 +16,17 @@ from pathlib import Path
 TEMP_MARK = ".part-"
 
 
+def _default_mode() -> int:
+    # mkstemp creates files readable by the owner only; a finished file should get
+    # the permissions any other new file would (0666 less the umask).
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+_FILE_MODE = _default_mode()
+
+
 def _fsync_dir(folder: Path) -> None:
     # Makes the rename itself durable; not possible (nor needed) on Windows.
     if os.name != "posix":
@@ -50,6 +61,7 @@ def atomic_path(final: str | os.PathLike[str]) -> Iterator[Path]:
     os.close(fd)
     tmp = Path(tmp_name)
     try:
+        os.chmod(tmp, _FILE_MODE)
         yield tmp
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())

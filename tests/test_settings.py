@@ -86,3 +86,13 @@ def test_leftovers_of_a_killed_write_are_removed_by_the_next_write(tmp_path):
     unrelated.write_bytes(b"someone else's")
     atomic_write_text(target, "done")
     assert not leftover.exists() and unrelated.exists() and target.read_text() == "done"
+
+
+def test_finished_files_get_normal_permissions(tmp_path):
+    if os.name != "posix":
+        pytest.skip("POSIX permissions")
+    target = tmp_path / "shared.gguf"
+    atomic_write_text(target, "x")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~umask
