@@ -28,6 +28,13 @@ class Progress:
 
 
 @dataclass
+class Text:
+    """A piece of streamed answer text (always whole characters)."""
+
+    delta: str
+
+
+@dataclass
 class Log:
     message: str
     level: str = "info"  # info, warning
@@ -53,8 +60,8 @@ class Error:
     kind: str = "error"  # error, cancelled, out-of-memory, ...
 
 
-Event = Union[Progress, Log, Metric, Done, Error]
-_KINDS = {cls.__name__.lower(): cls for cls in (Progress, Log, Metric, Done, Error)}
+Event = Union[Progress, Text, Log, Metric, Done, Error]
+_KINDS = {cls.__name__.lower(): cls for cls in (Progress, Text, Log, Metric, Done, Error)}
 
 
 def to_json(event: Event) -> str:

@@ -1,0 +1,303 @@
+"""Run a GGUF Phi-3 model with llama.cpp and stream answers adapted to a user type.
+
+The token ids come from :mod:`muse_desktop.prompting` with llama.cpp's own
+tokenizer behind the contract's adapter, so the model is fed exactly the ids the
+trainer trains on. Text is streamed as whole characters (a character split over
+byte tokens is held back until complete), generation stops at ``<|end|>`` or
+``<|endoftext|>``, special tokens are never shown, a cancel takes effect before
+the next token, the evaluated prefix is reused between turns (llama-cpp-python
+compares the new ids with the cached ones), and the oldest turns are dropped
+when a conversation outgrows the context.
+"""
+
+from __future__ import annotations
+
+import codecs
+import ctypes
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from converters.errors import ConversionError
+from converters.gguf_check import inspect_gguf
+from muse_desktop.events import CancelToken, Done, Event, Log, Text
+from muse_desktop.prompting import InstructionTemplate, PromptError, Special, Turn, build_pieces, encode
+
+
+class ModelError(ValueError):
+    """The model (or adapter) cannot be used; the message says why, for the user."""
+
+
+@dataclass
+class EngineSettings:
+    threads: int = 0  # 0: the physical cores, as llama.cpp prefers
+    context_length: int = 4096
+    gpu_layers: int = 0
+    batch_size: int = 256
+
+
+@dataclass
+class Sampling:
+    temperature: float = 0.7
+    top_p: float = 0.9
+    max_new_tokens: int = 512
+    repeat_penalty: float = 1.1
+    seed: int | None = None
+
+
+# Shorter, calmer answers where long ones lose the reader (MUsE's user types).
+_SHORT = {"young child": 160, "child": 220, "preschooler": 160, "elementary school student": 220}
+_MEDIUM = {"teenager": 380, "elderly": 380, "very elderly": 300, "language learner": 300}
+
+
+def default_sampling(prompt_name: str) -> Sampling:
+    """Sampling settings suited to a user type (by its prompt form)."""
+    key = prompt_name.strip().casefold()
+    if key in _SHORT:
+        return Sampling(temperature=0.6, max_new_tokens=_SHORT[key])
+    if key in _MEDIUM:
+        return Sampling(temperature=0.6, max_new_tokens=_MEDIUM[key])
+    return Sampling()
+
+
+@dataclass(frozen=True)
+class AdapterSpec:
+    path: str
+    scale: float = 1.0
+
+    @classmethod
+    def parse(cls, text: str) -> "AdapterSpec":
+        """``PATH`` or ``PATH:SCALE`` (the scale after the last colon, if it is a number)."""
+        path, sep, scale = text.rpartition(":")
+        if sep and path:
+            try:
+                return cls(path, float(scale))
+            except ValueError:
+                pass
+        return cls(text, 1.0)
+
+
+def default_threads() -> int:
+    count = os.cpu_count() or 2
+    return max(1, count // 2 if count > 4 else count)
+
+
+class LlamaCppTokenizer:
+    """The prompt contract's tokenizer adapter over llama.cpp's own tokenizer."""
+
+    def __init__(self, llm):
+        self.llm = llm
+        self.bos_id = llm.token_bos()
+        self.add_bos = bool(_vocab_flag(llm, "llama_vocab_get_add_bos", True))
+
+    def special_id(self, token: str) -> int:
+        ids = self.llm.tokenize(token.encode("utf-8"), add_bos=False, special=True)
+        if len(ids) != 1:
+            raise KeyError(token)
+        return ids[0]
+
+    def encode_text(self, text: str) -> list[int]:
+        return self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=False)
+
+
+def _vocab_flag(llm, name: str, default):
+    import llama_cpp
+
+    function = getattr(llama_cpp, name, None)
+    if function is None:
+        return default
+    return function(llama_cpp.llama_model_get_vocab(llm.model))
+
+
+@dataclass
+class _Loaded:
+    spec: AdapterSpec
+    handle: object
+
+
+class ChatEngine:
+    """One loaded model (with its adapters) that answers conversations."""
+
+    def __init__(self, model_path: str | Path, settings: EngineSettings | None = None,
+                 adapters: Sequence[AdapterSpec] = ()):
+        self.settings = settings or EngineSettings()
+        self.model_path = Path(model_path)
+        try:
+            self.info = inspect_gguf(self.model_path)
+        except ConversionError as exc:
+            raise ModelError(str(exc)) from None
+        from llama_cpp import Llama
+
+        try:
+            self.llm = Llama(
+                model_path=str(self.model_path),
+                n_ctx=self.settings.context_length,
+                n_batch=self.settings.batch_size,
+                n_threads=self.settings.threads or default_threads(),
+                n_gpu_layers=self.settings.gpu_layers,
+                verbose=False,
+            )
+        except (ValueError, RuntimeError) as exc:
+            raise ModelError(f"llama.cpp could not load {self.model_path.name}: {exc}") from None
+        self.tokenizer = LlamaCppTokenizer(self.llm)
+        self.stop_ids = {self.llm.token_eos()}
+        for token in Special.END_OF_GENERATION:
+            try:
+                self.stop_ids.add(self.tokenizer.special_id(token))
+            except KeyError:
+                pass
+        self._adapters: list[_Loaded] = []
+        self.set_adapters(adapters)
+
+    # -- adapters ----------------------------------------------------------------------
+
+    def set_adapters(self, adapters: Sequence[AdapterSpec]) -> None:
+        """Apply GGUF LoRA adapters (with their scales) without reloading the base."""
+        import llama_cpp
+
+        loaded: dict[str, _Loaded] = {item.spec.path: item for item in self._adapters}
+        chosen: list[_Loaded] = []
+        for spec in adapters:
+            previous = loaded.get(spec.path)
+            if previous is not None:
+                chosen.append(_Loaded(spec, previous.handle))
+                continue
+            try:
+                info = inspect_gguf(spec.path, expect="adapter")
+            except ConversionError as exc:
+                raise ModelError(str(exc)) from None
+            if info.architecture != self.info.architecture:
+                raise ModelError(f"{Path(spec.path).name} is for '{info.architecture}', the model is '{self.info.architecture}'.")
+            handle = llama_cpp.llama_adapter_lora_init(self.llm.model, str(spec.path).encode("utf-8"))
+            if not handle:  # a NULL pointer object, not None
+                raise ModelError(f"llama.cpp refused the adapter {Path(spec.path).name}: its tensors do not fit this model.")
+            chosen.append(_Loaded(spec, handle))
+        count = len(chosen)
+        handles = (llama_cpp.llama_adapter_lora_p_ctypes * max(count, 1))(*[c.handle for c in chosen])
+        scales = (ctypes.c_float * max(count, 1))(*[c.spec.scale for c in chosen])
+        code = llama_cpp.llama_set_adapters_lora(
+            self.llm.ctx, ctypes.cast(handles, ctypes.POINTER(llama_cpp.llama_adapter_lora_p_ctypes)), count, scales
+        )
+        if code != 0:
+            raise ModelError(f"llama.cpp could not apply the adapters (code {code}).")
+        self._adapters = chosen
+        self.llm.reset()  # the cached prefix was computed with other weights
+
+    @property
+    def adapters(self) -> list[AdapterSpec]:
+        return [item.spec for item in self._adapters]
+
+    # -- prompts -----------------------------------------------------------------------
+
+    def prompt_ids(self, user_type: str, turns: Sequence[Turn],
+                   template: InstructionTemplate | str | None = None) -> list[int]:
+        return encode(build_pieces(user_type, turns, template, add_generation_prompt=True), self.tokenizer).input_ids
+
+    def answer_room(self, max_new_tokens: int) -> int:
+        """Tokens kept free for the answer: what was asked, but at most a quarter of the context."""
+        return max(1, min(max_new_tokens, max(self.llm.n_ctx() // 4, 64)))
+
+    def fit(self, user_type: str, turns: Sequence[Turn], template, max_new_tokens: int) -> tuple[list[int], int]:
+        """Ids that leave room for the answer, dropping the oldest exchanges; returns (ids, dropped turns)."""
+        budget = self.llm.n_ctx() - self.answer_room(max_new_tokens)
+        start = 0
+        while True:
+            ids = self.prompt_ids(user_type, turns[start:], template)
+            if len(ids) <= budget:
+                return ids, start
+            if start + 2 >= len(turns):
+                raise PromptError(
+                    f"The message is too long for this model's memory ({len(ids)} tokens; "
+                    f"at most {budget} with room for the answer). Please shorten it."
+                )
+            start += 2  # one question and its answer
+
+    # -- generation --------------------------------------------------------------------
+
+    def generate(
+        self,
+        user_type: str,
+        turns: Sequence[Turn],
+        template: InstructionTemplate | str | None = None,
+        sampling: Sampling | None = None,
+        cancel: CancelToken | None = None,
+        logits_processor: Callable | None = None,
+    ) -> Iterator[Event]:
+        """Stream the answer to the last user turn as Text events, then Done (data has the details).
+
+        ``logits_processor`` (``(ids, scores) -> scores``) may reshape each step's
+        scores, e.g. to forbid or force tokens.
+        """
+        sampling = sampling or default_sampling(user_type)
+        ids, dropped = self.fit(user_type, turns, template, sampling.max_new_tokens)
+        if dropped:
+            yield Log(f"This conversation is longer than the model can remember; the oldest {dropped // 2} "
+                      "exchange(s) were left out. Who you are is still known.", "warning")
+        cached = self.llm.longest_token_prefix(self.llm._input_ids.tolist(), ids) if self.llm.n_tokens else 0
+        if sampling.seed is not None:
+            self.llm.set_seed(sampling.seed)
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        generated: list[int] = []
+        text_parts: list[str] = []
+        stopped = "length"
+        started = time.perf_counter()
+        first_token_at = None
+        processors = None
+        if logits_processor is not None:
+            from llama_cpp import LogitsProcessorList
+
+            processors = LogitsProcessorList([logits_processor])
+        tokens = self.llm.generate(
+            ids,
+            temp=sampling.temperature,
+            top_p=sampling.top_p,
+            repeat_penalty=sampling.repeat_penalty,
+            logits_processor=processors,
+            reset=True,
+        )
+        try:
+            for token in tokens:
+                if first_token_at is None:
+                    first_token_at = time.perf_counter()
+                if token in self.stop_ids:
+                    stopped = "end"
+                    break
+                generated.append(token)
+                piece = decoder.decode(self.llm.detokenize([token], special=False))
+                if not text_parts:
+                    piece = piece[1:] if piece.startswith(" ") else piece  # the tokenizer's space prefix
+                if piece:
+                    text_parts.append(piece)
+                    yield Text(piece)
+                if cancel is not None and cancel.cancelled:
+                    stopped = "cancelled"
+                    break
+                if len(generated) >= sampling.max_new_tokens or len(ids) + len(generated) >= self.llm.n_ctx() - 1:
+                    break
+        finally:
+            tokens.close()
+        tail = decoder.decode(b"", final=True)
+        if tail:
+            text_parts.append(tail)
+            yield Text(tail)
+        elapsed = time.perf_counter() - started
+        decode_time = elapsed - ((first_token_at or started) - started)
+        yield Done(
+            "answered",
+            data={
+                "text": "".join(text_parts),
+                "token_ids": generated,
+                "stopped": stopped,
+                "prompt_tokens": len(ids),
+                "cached_tokens": cached,
+                "dropped_turns": dropped,
+                "time_to_first_token_s": (first_token_at or started) - started,
+                "tokens_per_s": len(generated) / decode_time if decode_time > 0 and generated else 0.0,
+                "sampling": sampling.__dict__,
+            },
+        )
+
+    def close(self) -> None:
+        self.llm.close()
