@@ -108,6 +108,57 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
     return 0
 
 
+def resolve_user_type(text: str):
+    """A catalog type by id, prompt form or name; otherwise a checked custom type."""
+    from muse_desktop.usertypes import InvalidUserType, custom_user_type, fold, load_catalog
+
+    catalog = load_catalog()
+    found = catalog.get(text) or catalog.by_prompt_name(text)
+    if found is None:
+        matches = [t for t in catalog.search(text) if fold(t.display_name) == fold(text)]
+        found = matches[0] if matches else None
+    if found is not None:
+        return found
+    try:
+        return custom_user_type(text)
+    except InvalidUserType as exc:
+        raise CliError(str(exc)) from None
+
+
+def _cmd_chat(args: argparse.Namespace) -> int:
+    from muse_desktop.chat.engine import AdapterSpec, ChatEngine, EngineSettings, ModelError, default_sampling
+    from muse_desktop.events import Done, Log, Text
+    from muse_desktop.prompting import PromptError, Turn, prompt_text
+    from muse_desktop.settings import load_settings
+
+    user_type = resolve_user_type(args.user_type)
+    turns = [Turn("user", args.question)]
+    template = load_settings().settings.instruction_template or None
+    try:
+        if args.prompt_only:
+            sys.stdout.write(prompt_text(user_type.prompt_name, turns, template, add_generation_prompt=True))
+            return 0
+        sampling = default_sampling(user_type.prompt_name)
+        for name in ("max_tokens", "temperature", "seed"):
+            value = getattr(args, name)
+            if value is not None:
+                setattr(sampling, "max_new_tokens" if name == "max_tokens" else name, value)
+        engine = ChatEngine(args.model, EngineSettings(threads=args.threads or 0, context_length=args.context),
+                            [AdapterSpec.parse(a) for a in args.adapter])
+        for event in engine.generate(user_type.prompt_name, turns, template, sampling):
+            if isinstance(event, Text):
+                sys.stdout.write(event.delta)
+                sys.stdout.flush()
+            elif isinstance(event, Log):
+                print(event.message, file=sys.stderr)
+            elif isinstance(event, Done):
+                print()
+        engine.close()
+    except (ModelError, PromptError) as exc:
+        raise CliError(str(exc)) from None
+    return 0
+
+
 def _open_app() -> int:
     try:
         from muse_desktop.ui.app import run_app
@@ -154,6 +205,20 @@ def build_parser() -> argparse.ArgumentParser:
     adapter.add_argument("--base", metavar="MODEL_DIR", required=True, help="the base checkpoint it was trained on")
     adapter.add_argument("--outtype", choices=outtypes, default="f32")
     adapter.set_defaults(func=_cmd_convert_adapter)
+
+    chat = commands.add_parser("chat", help="answer one question with a GGUF model and exit")
+    chat.add_argument("question")
+    chat.add_argument("--model", metavar="M.gguf", required=True)
+    chat.add_argument("--adapter", metavar="A.gguf[:SCALE]", action="append", default=[],
+                      help="a GGUF LoRA adapter applied at run time (repeatable)")
+    chat.add_argument("--user-type", metavar="T", default="adult", help="id, prompt form or name (default: adult)")
+    chat.add_argument("--max-tokens", type=int, metavar="N")
+    chat.add_argument("--temperature", type=float, metavar="T")
+    chat.add_argument("--seed", type=int, metavar="S")
+    chat.add_argument("--threads", type=int, metavar="N")
+    chat.add_argument("--context", type=int, default=4096, metavar="N", help="context length (default 4096)")
+    chat.add_argument("--prompt-only", action="store_true", help="print the exact prompt text instead of answering")
+    chat.set_defaults(func=_cmd_chat)
 
     from converters.quantize import DEFAULT_TYPE, QUANT_TYPES
 

@@ -107,3 +107,41 @@ def test_failures_are_one_line_without_traceback(tiny_model, tmp_path, args, rea
     lines = [line for line in result.stderr.splitlines() if line.startswith("muse-desktop:")]
     assert len(lines) == 1 and reason in lines[0]
     assert not (tmp_path / "o.gguf").exists()
+
+
+def test_chat_prompt_only_prints_the_exact_muse_prompt():
+    result = subprocess.run([installed_command(), "chat", "--model", "unused.gguf", "--user-type", "older-adult",
+                             "--prompt-only", "Why is a balanced diet important?"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == (
+        "<|user|>You should adaptively use proper words and sentences to make Elderly understand. "
+        "Please include contexts familiar with Elderly\nWhy is a balanced diet important?<|end|>\n<|assistant|>\n"
+    )
+
+
+def test_chat_answers_headless(tiny_gguf, adapters, tiny_model, tmp_path):
+    from converters.convert import convert_adapter
+    from muse_desktop.demo_model import Variant
+
+    lora = tmp_path / "a.gguf"
+    for _ in convert_adapter(adapters["all"], lora, tiny_model):
+        pass
+    command = [installed_command(), "chat", "--model", str(tiny_gguf[Variant.MINI_4K]), "--user-type", "Nurse",
+               "--max-tokens", "12", "--seed", "3", "--threads", "2", "--context", "512"]
+    first = subprocess.run([*command, "What is a fever?"], capture_output=True, text=True)
+    again = subprocess.run([*command, "What is a fever?"], capture_output=True, text=True)
+    tuned = subprocess.run([*command, "--adapter", f"{lora}:1.0", "What is a fever?"], capture_output=True, text=True)
+    assert first.returncode == again.returncode == tuned.returncode == 0, first.stderr + tuned.stderr
+    assert first.stdout.strip() and first.stdout == again.stdout != tuned.stdout
+    assert "<|" not in first.stdout
+
+
+def test_chat_with_a_bad_model_fails_in_one_line(tmp_path):
+    bad = tmp_path / "broken.gguf"
+    bad.write_bytes(b"GGUF\x03\x00\x00\x00garbage")
+    result = subprocess.run([installed_command(), "chat", "--model", str(bad), "hi"], capture_output=True, text=True)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.startswith("muse-desktop: broken.gguf is damaged or truncated")
+    custom = subprocess.run([installed_command(), "chat", "--model", str(bad), "--user-type", "x\x07", "hi"],
+                            capture_output=True, text=True)
+    assert custom.returncode == 2 and "control characters" in custom.stderr
