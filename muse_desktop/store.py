@@ -1,0 +1,299 @@
+"""What must persist: profiles, conversations and messages, in SQLite.
+
+WAL journal, foreign keys on, ``synchronous=FULL`` so that a message is on disk
+the moment it is committed (a kill or power cut right after loses nothing), and a
+schema version (``PRAGMA user_version``) with forward-only migrations. A file
+that is not a database is moved aside, never overwritten; a database written by a
+newer version is refused untouched.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from muse_desktop.paths import user_dirs
+from muse_desktop.prompting import Turn
+
+DB_FILE = "muse.sqlite3"
+
+# Each entry upgrades the schema from version i to i + 1. Never edit a released one.
+MIGRATIONS = [
+    """
+    CREATE TABLE profiles (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        user_type_id TEXT NOT NULL DEFAULT '',
+        custom_user_type TEXT NOT NULL DEFAULT '',
+        model_path TEXT NOT NULL DEFAULT '',
+        adapter_path TEXT NOT NULL DEFAULT '',
+        adapter_scale REAL NOT NULL DEFAULT 1.0,
+        settings_json TEXT NOT NULL DEFAULT '{}',
+        created_at TEXT NOT NULL
+    );
+    CREATE TABLE conversations (
+        id INTEGER PRIMARY KEY,
+        profile_id INTEGER REFERENCES profiles(id) ON DELETE CASCADE,
+        title TEXT NOT NULL,
+        user_type TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL
+    );
+    CREATE INDEX conversations_by_profile ON conversations(profile_id, updated_at);
+    CREATE TABLE messages (
+        id INTEGER PRIMARY KEY,
+        conversation_id INTEGER NOT NULL REFERENCES conversations(id) ON DELETE CASCADE,
+        role TEXT NOT NULL CHECK (role IN ('user', 'assistant')),
+        content TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        model TEXT NOT NULL DEFAULT '',
+        settings_json TEXT NOT NULL DEFAULT '{}'
+    );
+    CREATE INDEX messages_by_conversation ON messages(conversation_id, id);
+    """,
+]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+class StoreError(RuntimeError):
+    """The database cannot be used; the message says why, for the user."""
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+@dataclass
+class Profile:
+    id: int
+    name: str
+    user_type_id: str = ""
+    custom_user_type: str = ""
+    model_path: str = ""
+    adapter_path: str = ""
+    adapter_scale: float = 1.0
+    settings: dict[str, Any] = field(default_factory=dict)
+    created_at: str = ""
+
+
+@dataclass
+class Conversation:
+    id: int
+    profile_id: int | None
+    title: str
+    user_type: str
+    created_at: str
+    updated_at: str
+
+
+@dataclass
+class Message:
+    id: int
+    conversation_id: int
+    role: str
+    content: str
+    created_at: str
+    model: str = ""
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+class Store:
+    """The app's database (one connection; use from one thread at a time)."""
+
+    def __init__(self, path: str | Path | None = None):
+        self.path = Path(path) if path else user_dirs().data / DB_FILE
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.moved_aside: Path | None = None
+        try:
+            self.db = self._connect()
+        except sqlite3.DatabaseError as exc:
+            if "not a database" not in str(exc) and "malformed" not in str(exc):
+                raise StoreError(f"Could not open your conversations ({exc}).") from None
+            self.moved_aside = self.path.with_name(f"{self.path.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
+            self.path.replace(self.moved_aside)
+            for suffix in ("-wal", "-shm"):
+                leftover = self.path.with_name(self.path.name + suffix)
+                if leftover.exists():
+                    leftover.replace(self.moved_aside.with_name(self.moved_aside.name + suffix))
+            self.db = self._connect()
+
+    @property
+    def problem(self) -> str | None:
+        if self.moved_aside is None:
+            return None
+        return (f"The conversation database was damaged. It was kept as {self.moved_aside.name} "
+                "and a new one was started.")
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, isolation_level=None, timeout=10)
+        db.row_factory = sqlite3.Row
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA foreign_keys=ON")
+            db.execute("PRAGMA synchronous=FULL")
+            self._migrate(db)
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    @staticmethod
+    def _migrate(db: sqlite3.Connection) -> None:
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"Your conversations were saved by a newer MUsE Desktop (schema {version}, this one knows "
+                f"{SCHEMA_VERSION}). Please update the app; nothing was changed."
+            )
+        for target in range(version, SCHEMA_VERSION):
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in filter(str.strip, MIGRATIONS[target].split(";")):
+                    db.execute(statement)
+                db.execute(f"PRAGMA user_version={target + 1}")
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.db
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+
+    def close(self) -> None:
+        self.db.close()
+
+    # -- profiles ----------------------------------------------------------------------
+
+    def create_profile(self, name: str, **fields: Any) -> Profile:
+        settings = json.dumps(fields.pop("settings", {}))
+        columns = ["name", "created_at", "settings_json", *fields]
+        values = [name, now(), settings, *fields.values()]
+        try:
+            cursor = self.db.execute(
+                f"INSERT INTO profiles ({', '.join(columns)}) VALUES ({', '.join('?' * len(values))})", values
+            )
+        except sqlite3.IntegrityError:
+            raise StoreError(f"There is already a profile called '{name}'.") from None
+        return self.profile(cursor.lastrowid)
+
+    def profile(self, profile_id: int) -> Profile:
+        row = self.db.execute("SELECT * FROM profiles WHERE id = ?", (profile_id,)).fetchone()
+        if row is None:
+            raise StoreError(f"No profile {profile_id}.")
+        data = dict(row)
+        data["settings"] = json.loads(data.pop("settings_json"))
+        return Profile(**data)
+
+    def profiles(self) -> list[Profile]:
+        return [self.profile(row[0]) for row in self.db.execute("SELECT id FROM profiles ORDER BY name")]
+
+    def update_profile(self, profile_id: int, **fields: Any) -> Profile:
+        if "settings" in fields:
+            fields["settings_json"] = json.dumps(fields.pop("settings"))
+        if fields:
+            assignments = ", ".join(f"{column} = ?" for column in fields)
+            self.db.execute(f"UPDATE profiles SET {assignments} WHERE id = ?", [*fields.values(), profile_id])
+        return self.profile(profile_id)
+
+    def delete_profile(self, profile_id: int) -> None:
+        self.db.execute("DELETE FROM profiles WHERE id = ?", (profile_id,))
+
+    # -- conversations -----------------------------------------------------------------
+
+    def create_conversation(self, user_type: str, title: str = "New conversation",
+                            profile_id: int | None = None) -> Conversation:
+        stamp = now()
+        cursor = self.db.execute(
+            "INSERT INTO conversations (profile_id, title, user_type, created_at, updated_at) VALUES (?, ?, ?, ?, ?)",
+            (profile_id, title, user_type, stamp, stamp),
+        )
+        return self.conversation(cursor.lastrowid)
+
+    def conversation(self, conversation_id: int) -> Conversation:
+        row = self.db.execute("SELECT * FROM conversations WHERE id = ?", (conversation_id,)).fetchone()
+        if row is None:
+            raise StoreError(f"No conversation {conversation_id}.")
+        return Conversation(**dict(row))
+
+    def conversations(self, profile_id: int | None = None) -> list[Conversation]:
+        if profile_id is None:
+            rows = self.db.execute("SELECT * FROM conversations ORDER BY updated_at DESC, id DESC")
+        else:
+            rows = self.db.execute(
+                "SELECT * FROM conversations WHERE profile_id = ? ORDER BY updated_at DESC, id DESC", (profile_id,)
+            )
+        return [Conversation(**dict(row)) for row in rows]
+
+    def rename_conversation(self, conversation_id: int, title: str) -> None:
+        title = " ".join(title.split())
+        if not title:
+            raise StoreError("A conversation needs a name.")
+        self.db.execute("UPDATE conversations SET title = ? WHERE id = ?", (title, conversation_id))
+
+    def delete_conversation(self, conversation_id: int) -> None:
+        self.db.execute("DELETE FROM conversations WHERE id = ?", (conversation_id,))
+
+    # -- messages ----------------------------------------------------------------------
+
+    def add_message(self, conversation_id: int, role: str, content: str, model: str = "",
+                    settings: dict[str, Any] | None = None) -> Message:
+        """Store a finished message; it is committed (and synced) before this returns."""
+        stamp = now()
+        with self.transaction() as db:
+            cursor = db.execute(
+                "INSERT INTO messages (conversation_id, role, content, created_at, model, settings_json) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (conversation_id, role, content, stamp, model, json.dumps(settings or {})),
+            )
+            db.execute("UPDATE conversations SET updated_at = ? WHERE id = ?", (stamp, conversation_id))
+        return self.message(cursor.lastrowid)
+
+    def message(self, message_id: int) -> Message:
+        row = self.db.execute("SELECT * FROM messages WHERE id = ?", (message_id,)).fetchone()
+        data = dict(row)
+        data["settings"] = json.loads(data.pop("settings_json"))
+        return Message(**data)
+
+    def messages(self, conversation_id: int) -> list[Message]:
+        rows = self.db.execute("SELECT id FROM messages WHERE conversation_id = ? ORDER BY id", (conversation_id,))
+        return [self.message(row[0]) for row in rows]
+
+    def turns(self, conversation_id: int) -> list[Turn]:
+        return [Turn(m.role, m.content) for m in self.messages(conversation_id)]
+
+    # -- export ------------------------------------------------------------------------
+
+    def export_json(self, conversation_id: int) -> dict[str, Any]:
+        conversation = self.conversation(conversation_id)
+        return {
+            "title": conversation.title,
+            "user_type": conversation.user_type,
+            "created_at": conversation.created_at,
+            "messages": [
+                {"role": m.role, "content": m.content, "created_at": m.created_at, "model": m.model,
+                 "settings": m.settings}
+                for m in self.messages(conversation_id)
+            ],
+        }
+
+    def export_markdown(self, conversation_id: int) -> str:
+        conversation = self.conversation(conversation_id)
+        lines = [f"# {conversation.title}", "", f"*Answers worded for: {conversation.user_type}*", ""]
+        for m in self.messages(conversation_id):
+            who = "You" if m.role == "user" else "MUsE"
+            lines += [f"**{who}** ({m.created_at[:16].replace('T', ' ')} UTC)", "", m.content, ""]
+        return "\n".join(lines)
