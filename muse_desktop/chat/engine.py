@@ -294,7 +294,8 @@ class ChatEngine:
                 "cached_tokens": cached,
                 "dropped_turns": dropped,
                 "time_to_first_token_s": (first_token_at or started) - started,
-                "tokens_per_s": len(generated) / decode_time if decode_time > 0 and generated else 0.0,
+                # Tokens after the first, over the time since the first: the decode rate.
+                "tokens_per_s": (len(generated) - 1) / decode_time if decode_time > 0 and len(generated) > 1 else 0.0,
                 "sampling": sampling.__dict__,
             },
         )
