@@ -108,3 +108,15 @@ def test_every_core_module_is_covered_by_the_ui_contract():
     entry_points = {"muse_desktop.ui", "muse_desktop.cli", "muse_desktop.__main__"}
     top_level = {m for m in all_modules() if m.count(".") == 1} - entry_points
     assert top_level <= covered, sorted(top_level - covered)
+
+
+def test_every_package_is_listed_for_the_distribution():
+    """setuptools installs only the packages pyproject.toml lists (resources/ is mapped by hand)."""
+    config = tomllib.loads((REPO / "pyproject.toml").read_text())
+    listed = set(config["tool"]["setuptools"]["packages"])
+    found = {"muse_resources"}
+    for root in ("muse_desktop", "converters"):
+        for init in (REPO / root).rglob("__init__.py"):
+            found.add(".".join(init.parent.relative_to(REPO).parts))
+    assert listed == found
+    assert config["tool"]["setuptools"]["package-dir"] == {"muse_resources": "resources"}
