@@ -121,3 +121,57 @@ def test_no_arguments_opens_the_window(qtbot, monkeypatch):
     monkeypatch.setattr(QApplication, "exec", fake_exec)
     assert cli.main([]) == 0
     assert shown and shown[0].windowTitle() == "MUsE Desktop"
+
+
+def test_talking_to_a_model_streams_the_answer_and_saves_both_messages(qtbot, tiny_gguf, isolated_home):
+    from muse_desktop.demo_model import Variant
+    from muse_desktop.store import Store
+    from muse_desktop.ui.chat import Bubble
+
+    store = Store()
+    win = MainWindow(Settings(user_type_id="older-adult"), store=store)
+    qtbot.addWidget(win)
+    win.show()
+    qtbot.mouseClick(win.page.start, Qt.LeftButton)
+    assert win.pages.currentWidget() is win.chat and win.chat.who.text() == "Answers for: Older adult"
+    with qtbot.waitSignal(win.chat.model_ready, timeout=30000):
+        win.chat.load_model(str(tiny_gguf[Variant.MINI_4K]))
+    assert load_settings().settings.model_path == str(tiny_gguf[Variant.MINI_4K])
+    qtbot.keyClicks(win.chat.input, "Why is a balanced diet important?")
+    with qtbot.waitSignal(win.chat.answer_done, timeout=30000):
+        qtbot.keyClick(win.chat.input, Qt.Key_Return)
+    qtbot.waitUntil(lambda: win.chat.worker is None)
+    bubbles = win.chat.findChildren(Bubble)
+    assert [b.role for b in bubbles] == ["user", "assistant"]
+    assert bubbles[0].text() == "Why is a balanced diet important?" and bubbles[1].text().strip()
+    conversation = store.conversations()[0]
+    assert conversation.user_type == "Elderly"
+    saved = store.messages(conversation.id)
+    assert [m.role for m in saved] == ["user", "assistant"]
+    assert saved[1].content == bubbles[1].text().strip() and saved[1].settings["stopped"] in ("end", "length")
+    for widget in interactive_widgets(win):
+        assert widget.accessibleName() or (isinstance(widget, QAbstractButton) and widget.text())
+    for button in win.chat.findChildren(QAbstractButton):
+        if button.isVisible():
+            assert button.height() >= MIN_TARGET_PX
+    win.close()
+    store.close()
+
+
+def test_a_bad_model_file_is_explained_and_the_app_stays_up(qtbot, tmp_path):
+    bad = tmp_path / "holiday-photo.gguf"
+    bad.write_bytes(b"\xff\xd8\xff\xe0 not a model")
+    win = MainWindow(Settings(user_type_id="child"))
+    qtbot.addWidget(win)
+    win.show()
+    win.show_chat()
+    with qtbot.waitSignal(win.chat.problem, timeout=10000) as blocker:
+        win.chat.load_model(str(bad))
+    assert "holiday-photo.gguf is not a GGUF model file" in blocker.args[0]
+    qtbot.waitUntil(lambda: win.chat.worker is None)
+    assert win.chat.status.text() == blocker.args[0] and win.chat.engine is None
+    assert win.chat.send_button.isEnabled() and win.isVisible()
+    win.chat.input.setText("Hello?")
+    win.chat.send()
+    assert "open a model file first" in win.chat.status.text()
+    win.close()

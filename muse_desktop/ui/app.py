@@ -1,5 +1,4 @@
-"""The desktop window. This version lets a person say who they are (the user type)
-and shows how the assistant will be told about them; chat arrives with the engine."""
+"""The desktop window: say who you are (the user type), then talk with a model."""
 
 from __future__ import annotations
 
@@ -21,6 +20,7 @@ from PySide6.QtWidgets import (
     QMessageBox,
     QPushButton,
     QScrollArea,
+    QStackedWidget,
     QVBoxLayout,
     QWidget,
 )
@@ -28,6 +28,8 @@ from PySide6.QtWidgets import (
 from muse_desktop import APP_NAME, __version__
 from muse_desktop.prompting import InstructionTemplate, TemplateError
 from muse_desktop.settings import Settings, Theme, load_settings, save_settings
+from muse_desktop.store import Store
+from muse_desktop.ui.chat import ChatPage
 from muse_desktop.ui.theme import stylesheet
 from muse_desktop.usertypes import Catalog, InvalidUserType, UserType, custom_user_type, load_catalog
 
@@ -122,12 +124,11 @@ class UserTypePage(QWidget):
         self.preview.setTextInteractionFlags(Qt.TextSelectableByMouse)
         self.preview.setAccessibleName("What the assistant is told")
         layout.addWidget(self.preview)
-        note = QLabel(
-            "No model is set up yet: talking to the assistant is not available in this version."
-        )
-        note.setObjectName("muted")
-        note.setWordWrap(True)
-        layout.addWidget(note)
+        self.start = QPushButton("Start talking")
+        self.start.setObjectName("primary")
+        self.start.setAccessibleName("Start talking")
+        self.start.setMinimumHeight(64)
+        layout.addWidget(self.start)
 
         self.refresh_list("")
         self.show_current()
@@ -180,6 +181,7 @@ class UserTypePage(QWidget):
         user_type = self.current()
         for type_id, button in self.tiles.items():
             button.setChecked(user_type is not None and user_type.id == type_id)
+        self.start.setEnabled(user_type is not None)
         if user_type is None:
             self.chosen.setText("Nobody chosen yet.")
             self.preview.setText("")
@@ -193,15 +195,22 @@ class UserTypePage(QWidget):
 
 
 class MainWindow(QMainWindow):
-    def __init__(self, settings: Settings | None = None, catalog: Catalog | None = None):
+    def __init__(self, settings: Settings | None = None, catalog: Catalog | None = None, store: Store | None = None):
         super().__init__()
         self.settings = settings or load_settings().settings
         self.setWindowTitle(APP_NAME)
+        self.store = store or Store()
         self.page = UserTypePage(catalog or load_catalog(), self.settings, self.save)
         scroll = QScrollArea()
         scroll.setWidgetResizable(True)
         scroll.setWidget(self.page)
-        self.setCentralWidget(scroll)
+        self.chat = ChatPage(self.settings, self.store, self.save)
+        self.pages = QStackedWidget()
+        self.pages.addWidget(scroll)
+        self.pages.addWidget(self.chat)
+        self.setCentralWidget(self.pages)
+        self.page.start.clicked.connect(self.show_chat)
+        self.chat.back_requested.connect(lambda: self.pages.setCurrentIndex(0))
         self._build_menu()
         self.apply_look()
         self.resize(900, 820)
@@ -248,6 +257,18 @@ class MainWindow(QMainWindow):
     def apply_look(self) -> None:
         self.setStyleSheet(stylesheet(self.settings.theme, self.settings.zoom_percent))
 
+    def show_chat(self) -> None:
+        user_type = self.page.current()
+        if user_type is None:
+            return
+        self.chat.set_user_type(user_type)
+        self.pages.setCurrentWidget(self.chat)
+        self.chat.input.setFocus()
+
+    def closeEvent(self, event) -> None:
+        self.chat.shutdown()
+        super().closeEvent(event)
+
     def save(self) -> None:
         try:
             save_settings(self.settings)
@@ -260,8 +281,10 @@ def run_app(argv: Sequence[str] | None = None) -> int:
     app = QApplication.instance() or QApplication(list(argv or sys.argv[:1]))
     app.setApplicationName(APP_NAME)
     loaded = load_settings()
-    window = MainWindow(loaded.settings)
+    store = Store()
+    window = MainWindow(loaded.settings, store=store)
     window.show()
-    if loaded.problem:
-        QMessageBox.warning(window, APP_NAME, loaded.problem)
+    for problem in (loaded.problem, store.problem):
+        if problem:
+            QMessageBox.warning(window, APP_NAME, problem)
     return app.exec()

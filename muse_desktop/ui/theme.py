@@ -51,6 +51,11 @@ QPushButton {{ background: {p['field']}; color: {p['text']}; border: 2px solid {
 QPushButton:checked, QPushButton#primary {{ background: {p['accent']}; color: {p['accent_text']};
     border-color: {p['accent']}; }}
 *:focus {{ outline: none; border: 4px solid {p['focus']}; }}
+QLabel#userBubble {{ background: {p['field']}; border: 2px solid {p['border']}; border-radius: 10px;
+    padding: 10px; margin-left: 60px; }}
+QLabel#assistantBubble {{ background: {p['window']}; border: 2px solid {p['accent']}; border-radius: 10px;
+    padding: 10px; margin-right: 60px; }}
+QPushButton:disabled {{ color: {p['muted']}; border-style: dashed; }}
 QMenuBar, QMenu {{ background: {p['window']}; color: {p['text']}; }}
 QMenu::item:selected, QMenuBar::item:selected {{ background: {p['accent']}; color: {p['accent_text']}; }}
 """

@@ -1,0 +1,254 @@
+"""The conversation page: open a GGUF model, ask, and read answers as they arrive."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtWidgets import (
+    QFileDialog,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPushButton,
+    QScrollArea,
+    QVBoxLayout,
+    QWidget,
+)
+
+from muse_desktop.events import Done
+from muse_desktop.settings import Settings
+from muse_desktop.store import Store
+from muse_desktop.ui.workers import EventWorker
+from muse_desktop.usertypes import UserType
+
+
+class Bubble(QLabel):
+    """One message; selectable text, named for screen readers."""
+
+    def __init__(self, role: str, text: str):
+        super().__init__(text)
+        self.role = role
+        self.setObjectName("userBubble" if role == "user" else "assistantBubble")
+        self.setWordWrap(True)
+        self.setTextInteractionFlags(Qt.TextSelectableByMouse | Qt.TextSelectableByKeyboard)
+        self.setFocusPolicy(Qt.StrongFocus)
+        self.setAccessibleName("You said" if role == "user" else "MUsE said")
+
+    def append(self, text: str) -> None:
+        self.setText(self.text() + text)
+
+
+class ChatPage(QWidget):
+    back_requested = Signal()
+    model_ready = Signal()
+    answer_done = Signal()
+    problem = Signal(str)
+
+    def __init__(self, settings: Settings, store: Store, on_settings_changed):
+        super().__init__()
+        self.settings = settings
+        self.store = store
+        self.on_settings_changed = on_settings_changed
+        self.user_type: UserType | None = None
+        self.engine = None
+        self.worker: EventWorker | None = None
+        self.conversation_id: int | None = None
+        self.answer_bubble: Bubble | None = None
+
+        layout = QVBoxLayout(self)
+        top = QHBoxLayout()
+        self.who = QLabel("")
+        self.who.setObjectName("heading")
+        self.who.setWordWrap(True)
+        top.addWidget(self.who, 1)
+        self.change = QPushButton("Change who I am")
+        self.change.setAccessibleName("Change who I am")
+        self.change.clicked.connect(self.back_requested)
+        top.addWidget(self.change)
+        layout.addLayout(top)
+
+        model_row = QHBoxLayout()
+        self.model_label = QLabel("No model open yet.")
+        self.model_label.setWordWrap(True)
+        model_row.addWidget(self.model_label, 1)
+        self.open_model = QPushButton("Open a model file…")
+        self.open_model.setAccessibleName("Open a model file")
+        self.open_model.clicked.connect(self.choose_model)
+        model_row.addWidget(self.open_model)
+        layout.addLayout(model_row)
+        self.status = QLabel("")
+        self.status.setObjectName("muted")
+        self.status.setWordWrap(True)
+        self.status.setAccessibleName("Status")
+        layout.addWidget(self.status)
+
+        self.scroll = QScrollArea()
+        self.scroll.setWidgetResizable(True)
+        self.scroll.setAccessibleName("Conversation")
+        holder = QWidget()
+        self.messages = QVBoxLayout(holder)
+        self.messages.addStretch(1)
+        self.scroll.setWidget(holder)
+        layout.addWidget(self.scroll, 1)
+
+        row = QHBoxLayout()
+        self.input = QLineEdit()
+        self.input.setPlaceholderText("Type your question here")
+        self.input.setAccessibleName("Your question")
+        self.input.setMinimumHeight(48)
+        self.input.returnPressed.connect(self.send)
+        row.addWidget(self.input, 1)
+        self.send_button = QPushButton("Send")
+        self.send_button.setObjectName("primary")
+        self.send_button.setAccessibleName("Send the question")
+        self.send_button.clicked.connect(self.send)
+        row.addWidget(self.send_button)
+        self.stop_button = QPushButton("Stop")
+        self.stop_button.setAccessibleName("Stop the answer")
+        self.stop_button.clicked.connect(self.stop)
+        self.stop_button.setEnabled(False)
+        row.addWidget(self.stop_button)
+        self.new_button = QPushButton("New conversation")
+        self.new_button.setAccessibleName("Start a new conversation")
+        self.new_button.clicked.connect(self.new_conversation)
+        row.addWidget(self.new_button)
+        layout.addLayout(row)
+
+    # -- who and which model ---------------------------------------------------------------
+
+    def set_user_type(self, user_type: UserType) -> None:
+        if self.user_type is not None and user_type.prompt_name != self.user_type.prompt_name:
+            self.new_conversation()  # a conversation is worded for one user type
+        self.user_type = user_type
+        self.who.setText(f"Answers for: {user_type.display_name}")
+        if self.engine is None and self.settings.model_path and Path(self.settings.model_path).exists():
+            self.load_model(self.settings.model_path)
+
+    def choose_model(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Open a model file", str(Path.home()), "GGUF models (*.gguf)")
+        if path:
+            self.load_model(path)
+
+    def load_model(self, path: str) -> None:
+        if self.busy:
+            return
+        from muse_desktop.chat.engine import ChatEngine, EngineSettings
+
+        settings = EngineSettings(threads=self.settings.threads, context_length=self.settings.context_length,
+                                  gpu_layers=self.settings.gpu_layers)
+
+        def events(_token):
+            engine = ChatEngine(path, settings)
+            yield Done("loaded", data={"engine": engine})
+
+        self.status.setText(f"Opening {Path(path).name}…")
+        self._run(events, on_done=lambda event: self._loaded(path, event.data["engine"]))
+
+    def _loaded(self, path: str, engine) -> None:
+        if self.engine is not None:
+            self.engine.close()
+        self.engine = engine
+        self.model_label.setText(f"Model: {Path(path).name}")
+        self.status.setText("Ready. Type a question and press Enter.")
+        if self.settings.model_path != path:
+            self.settings.model_path = path
+            self.on_settings_changed()
+        self.model_ready.emit()
+
+    # -- asking ----------------------------------------------------------------------------
+
+    @property
+    def busy(self) -> bool:
+        return self.worker is not None
+
+    def add_bubble(self, role: str, text: str) -> Bubble:
+        bubble = Bubble(role, text)
+        self.messages.insertWidget(self.messages.count() - 1, bubble)
+        bar = self.scroll.verticalScrollBar()
+        bar.rangeChanged.connect(lambda _min, maximum: bar.setValue(maximum))
+        return bubble
+
+    def send(self) -> None:
+        question = self.input.text().strip()
+        if not question or self.busy or self.user_type is None:
+            return
+        if self.engine is None:
+            self.status.setText("Please open a model file first.")
+            return
+        if self.conversation_id is None:
+            title = question if len(question) <= 48 else question[:47] + "…"
+            self.conversation_id = self.store.create_conversation(self.user_type.prompt_name, title).id
+        self.store.add_message(self.conversation_id, "user", question)
+        self.add_bubble("user", question)
+        self.input.clear()
+        turns = self.store.turns(self.conversation_id)
+        self.answer_bubble = self.add_bubble("assistant", "")
+        prompt_name = self.user_type.prompt_name
+        template = self.settings.instruction_template or None
+        engine = self.engine
+        self.status.setText("Thinking…")
+        self._run(lambda token: engine.generate(prompt_name, turns, template, cancel=token),
+                  on_done=self._answered, on_text=self.answer_bubble.append)
+
+    def _answered(self, event: Done) -> None:
+        data = event.data
+        text = data["text"].strip()
+        if text:
+            self.store.add_message(self.conversation_id, "assistant", text, model=Path(self.settings.model_path).name,
+                                   settings=dict(data["sampling"], stopped=data["stopped"]))
+        self.status.setText("Stopped." if data["stopped"] == "cancelled" else "Ready.")
+        self.answer_done.emit()
+
+    def stop(self) -> None:
+        if self.worker is not None:
+            self.worker.cancel()
+
+    def new_conversation(self) -> None:
+        if self.busy:
+            return
+        self.conversation_id = None
+        while self.messages.count() > 1:
+            item = self.messages.takeAt(0)
+            if item.widget():
+                item.widget().deleteLater()
+
+    # -- running work off the GUI thread --------------------------------------------------------
+
+    def _run(self, make_events, on_done, on_text=None) -> None:
+        worker = EventWorker(make_events)
+        self.worker = worker
+        if on_text is not None:
+            worker.text.connect(on_text)
+        worker.log.connect(lambda message, _level: self.status.setText(message))
+        worker.done.connect(on_done)
+        worker.failed.connect(self._failed)
+        worker.finished.connect(self._finished)
+        self.stop_button.setEnabled(on_text is not None)
+        self.send_button.setEnabled(False)
+        self.open_model.setEnabled(False)
+        worker.start()
+
+    def _failed(self, message: str) -> None:
+        self.status.setText(message)
+        self.problem.emit(message)
+
+    def _finished(self) -> None:
+        worker, self.worker = self.worker, None
+        if worker is not None:
+            worker.thread.wait()
+            # Let Qt delete both on its own thread; leaving them to Python's
+            # garbage collector at exit has crashed the interpreter.
+            worker.deleteLater()
+            worker.thread.deleteLater()
+        self.stop_button.setEnabled(False)
+        self.send_button.setEnabled(True)
+        self.open_model.setEnabled(True)
+
+    def shutdown(self) -> None:
+        if self.worker is not None:
+            self.worker.cancel()
+            self.worker.thread.wait(5000)
+        if self.engine is not None:
+            self.engine.close()
+            self.engine = None
