@@ -175,3 +175,29 @@ def test_a_bad_model_file_is_explained_and_the_app_stays_up(qtbot, tmp_path):
     win.chat.send()
     assert "open a model file first" in win.chat.status.text()
     win.close()
+
+
+def test_stop_ends_the_answer_and_keeps_what_was_said(qtbot, tiny_gguf):
+    from muse_desktop.demo_model import Variant
+    from muse_desktop.store import Store
+
+    store = Store()
+    win = MainWindow(Settings(user_type_id="teenager"), store=store)
+    qtbot.addWidget(win)
+    win.show()
+    win.show_chat()
+    with qtbot.waitSignal(win.chat.model_ready, timeout=30000):
+        win.chat.load_model(str(tiny_gguf[Variant.MINI_4K]))
+    qtbot.waitUntil(lambda: win.chat.worker is None)
+    win.chat.input.setText("Tell me a long story")
+    with qtbot.waitSignal(win.chat.answer_done, timeout=30000):
+        win.chat.send()
+        assert win.chat.stop_button.isEnabled()
+        qtbot.mouseClick(win.chat.stop_button, Qt.LeftButton)
+    qtbot.waitUntil(lambda: win.chat.worker is None)
+    assert win.chat.status.text() == "Stopped."
+    saved = store.messages(store.conversations()[0].id)
+    assert saved[0].content == "Tell me a long story"
+    assert all(m.settings.get("stopped") == "cancelled" for m in saved[1:])
+    win.close()
+    store.close()
