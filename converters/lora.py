@@ -10,7 +10,6 @@ rsLoRA), ranks and alphas per module from ``rank_pattern`` / ``alpha_pattern``
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from dataclasses import dataclass
@@ -18,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from converters.errors import ConversionError
+from converters.errors import ConversionError, read_json
 from converters.phi3 import LINEAR_MODULES, Phi3Config
 from converters.safetensors_io import SafetensorsFile
 
@@ -67,13 +66,8 @@ class LoraAdapter:
         self.modules = self._collect(base)
 
     def _read_config(self) -> dict:
-        path = self.folder / ADAPTER_CONFIG
-        try:
-            config = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ConversionError(f"No {ADAPTER_CONFIG} in {self.folder}: is this a PEFT adapter folder?") from None
-        except json.JSONDecodeError as exc:
-            raise ConversionError(f"{path} is not valid JSON ({exc}).") from None
+        config = read_json(self.folder / ADAPTER_CONFIG,
+                           f"No {ADAPTER_CONFIG} in {self.folder}: is this a PEFT adapter folder?")
         if str(config.get("peft_type", "LORA")).upper() != "LORA":
             raise ConversionError(f"{self.folder.name} is a {config.get('peft_type')} adapter; only LoRA can be merged.")
         return config

@@ -16,7 +16,7 @@ from pathlib import Path
 import gguf
 import numpy as np
 
-from converters.errors import ConversionError
+from converters.errors import ConversionError, read_json
 
 SUPPORTED_ARCHITECTURES = ("Phi3ForCausalLM",)
 ARCH = gguf.MODEL_ARCH.PHI3
@@ -73,12 +73,7 @@ def read_config(folder: str | Path) -> Phi3Config:
     """Read config.json and refuse, up front, anything that is not a supported Phi-3."""
     folder = Path(folder)
     path = folder / "config.json"
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConversionError(f"No config.json in {folder}: is this a Hugging Face model folder?") from None
-    except json.JSONDecodeError as exc:
-        raise ConversionError(f"{path} is not valid JSON ({exc}).") from None
+    raw = read_json(path, f"No config.json in {folder}: is this a Hugging Face model folder?")
     architectures = raw.get("architectures") or [raw.get("model_type", "unknown")]
     if not any(a in SUPPORTED_ARCHITECTURES for a in architectures):
         raise ConversionError(
