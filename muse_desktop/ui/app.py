@@ -31,6 +31,7 @@ from muse_desktop.settings import Settings, Theme, load_settings, save_settings
 from muse_desktop.store import Store
 from muse_desktop.ui.chat import ChatPage
 from muse_desktop.ui.theme import stylesheet
+from muse_desktop.ui import widgets
 from muse_desktop.usertypes import Catalog, InvalidUserType, UserType, custom_user_type, load_catalog
 
 # The four big tiles: the age groups most people pick.
@@ -49,10 +50,7 @@ class UserTypePage(QWidget):
         layout = QVBoxLayout(self)
         layout.setSpacing(14)
 
-        heading = QLabel("Who is using MUsE?")
-        heading.setObjectName("heading")
-        heading.setWordWrap(True)
-        layout.addWidget(heading)
+        layout.addWidget(widgets.label("Who is using MUsE?", "heading"))
         intro = QLabel("Answers are worded for the person you choose. You can change this at any time.")
         intro.setWordWrap(True)
         layout.addWidget(intro)
@@ -88,6 +86,8 @@ class UserTypePage(QWidget):
 
         self.results = QListWidget()
         self.results.setAccessibleName("Matching user types")
+        self.results.setWordWrap(True)
+        self.results.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
         self.results.setMinimumHeight(180)
         self.results.itemActivated.connect(self._item_chosen)
         self.results.itemClicked.connect(self._item_chosen)
@@ -103,32 +103,24 @@ class UserTypePage(QWidget):
         custom_label.setBuddy(self.custom)
         self.custom.returnPressed.connect(self._use_custom)
         row.addWidget(self.custom, 1)
-        self.use_custom = QPushButton("Use this")
-        self.use_custom.setAccessibleName("Use my own user type")
-        self.use_custom.clicked.connect(self._use_custom)
+        self.use_custom = widgets.button("Use this", "Use my own user type", self._use_custom)
         row.addWidget(self.use_custom)
         layout.addLayout(row)
-        self.error = QLabel("")
-        self.error.setObjectName("error")
-        self.error.setWordWrap(True)
-        self.error.setAccessibleName("Problem")
+        self.error = widgets.label(style="error", name="Problem")
         layout.addWidget(self.error)
 
-        self.chosen = QLabel("")
-        self.chosen.setWordWrap(True)
-        self.chosen.setAccessibleName("Chosen user type")
-        layout.addWidget(self.chosen)
-        self.preview = QLabel("")
-        self.preview.setObjectName("muted")
-        self.preview.setWordWrap(True)
+        # The choice and the way on stay in view below the scrolling part
+        # (MainWindow places this footer outside the scroll area).
+        self.footer = QWidget()
+        footer = QVBoxLayout(self.footer)
+        self.chosen = widgets.label(name="Chosen user type")
+        footer.addWidget(self.chosen)
+        self.preview = widgets.label(style="muted", name="What the assistant is told")
         self.preview.setTextInteractionFlags(Qt.TextSelectableByMouse)
-        self.preview.setAccessibleName("What the assistant is told")
-        layout.addWidget(self.preview)
-        self.start = QPushButton("Start talking")
-        self.start.setObjectName("primary")
-        self.start.setAccessibleName("Start talking")
+        footer.addWidget(self.preview)
+        self.start = widgets.button("Start talking", "Start talking", primary=True)
         self.start.setMinimumHeight(64)
-        layout.addWidget(self.start)
+        footer.addWidget(self.start)
 
         self.refresh_list("")
         self.show_current()
@@ -205,8 +197,13 @@ class MainWindow(QMainWindow):
         scroll.setWidgetResizable(True)
         scroll.setWidget(self.page)
         self.chat = ChatPage(self.settings, self.store, self.save)
+        picker = QWidget()
+        picker_layout = QVBoxLayout(picker)
+        picker_layout.setContentsMargins(0, 0, 0, 0)
+        picker_layout.addWidget(scroll, 1)
+        picker_layout.addWidget(self.page.footer)
         self.pages = QStackedWidget()
-        self.pages.addWidget(scroll)
+        self.pages.addWidget(picker)
         self.pages.addWidget(self.chat)
         self.setCentralWidget(self.pages)
         self.page.start.clicked.connect(self.show_chat)

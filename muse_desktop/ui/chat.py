@@ -10,7 +10,6 @@ from PySide6.QtWidgets import (
     QHBoxLayout,
     QLabel,
     QLineEdit,
-    QPushButton,
     QScrollArea,
     QVBoxLayout,
     QWidget,
@@ -19,6 +18,7 @@ from PySide6.QtWidgets import (
 from muse_desktop.events import Done
 from muse_desktop.settings import Settings
 from muse_desktop.store import Store
+from muse_desktop.ui import widgets
 from muse_desktop.ui.workers import EventWorker
 from muse_desktop.usertypes import UserType
 
@@ -58,29 +58,19 @@ class ChatPage(QWidget):
 
         layout = QVBoxLayout(self)
         top = QHBoxLayout()
-        self.who = QLabel("")
-        self.who.setObjectName("heading")
-        self.who.setWordWrap(True)
+        self.who = widgets.label(style="heading")
         top.addWidget(self.who, 1)
-        self.change = QPushButton("Change who I am")
-        self.change.setAccessibleName("Change who I am")
-        self.change.clicked.connect(self.back_requested)
+        self.change = widgets.button("Change who I am", "Change who I am", self.back_requested)
         top.addWidget(self.change)
         layout.addLayout(top)
 
         model_row = QHBoxLayout()
-        self.model_label = QLabel("No model open yet.")
-        self.model_label.setWordWrap(True)
+        self.model_label = widgets.label("No model open yet.")
         model_row.addWidget(self.model_label, 1)
-        self.open_model = QPushButton("Open a model file…")
-        self.open_model.setAccessibleName("Open a model file")
-        self.open_model.clicked.connect(self.choose_model)
+        self.open_model = widgets.button("Open a model file…", "Open a model file", self.choose_model)
         model_row.addWidget(self.open_model)
         layout.addLayout(model_row)
-        self.status = QLabel("")
-        self.status.setObjectName("muted")
-        self.status.setWordWrap(True)
-        self.status.setAccessibleName("Status")
+        self.status = widgets.label(style="muted", name="Status")
         layout.addWidget(self.status)
 
         self.scroll = QScrollArea()
@@ -99,20 +89,12 @@ class ChatPage(QWidget):
         self.input.setMinimumHeight(48)
         self.input.returnPressed.connect(self.send)
         row.addWidget(self.input, 1)
-        self.send_button = QPushButton("Send")
-        self.send_button.setObjectName("primary")
-        self.send_button.setAccessibleName("Send the question")
-        self.send_button.clicked.connect(self.send)
-        row.addWidget(self.send_button)
-        self.stop_button = QPushButton("Stop")
-        self.stop_button.setAccessibleName("Stop the answer")
-        self.stop_button.clicked.connect(self.stop)
+        self.send_button = widgets.button("Send", "Send the question", self.send, primary=True)
+        self.stop_button = widgets.button("Stop", "Stop the answer", self.stop)
         self.stop_button.setEnabled(False)
-        row.addWidget(self.stop_button)
-        self.new_button = QPushButton("New conversation")
-        self.new_button.setAccessibleName("Start a new conversation")
-        self.new_button.clicked.connect(self.new_conversation)
-        row.addWidget(self.new_button)
+        self.new_button = widgets.button("New conversation", "Start a new conversation", self.new_conversation)
+        for widget in (self.send_button, self.stop_button, self.new_button):
+            row.addWidget(widget)
         layout.addLayout(row)
 
     # -- who and which model ---------------------------------------------------------------
