@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 import time
 
 import numpy as np
@@ -190,7 +189,6 @@ def test_bad_files_get_a_clear_message_before_llama_cpp(tmp_path, tiny_model):
 
 def test_adapters_apply_swap_and_scale_without_reloading(tiny_model, tiny_gguf, adapters, tmp_path):
     from converters.convert import convert_model
-    from converters.verify import hf_logits
 
     lora = tmp_path / "all.gguf"
     for _ in convert_adapter(adapters["all"], lora, tiny_model):
@@ -218,4 +216,3 @@ def test_adapters_apply_swap_and_scale_without_reloading(tiny_model, tiny_gguf, 
     chat.close()
     assert AdapterSpec.parse("a/b.gguf:0.5") == AdapterSpec("a/b.gguf", 0.5)
     assert AdapterSpec.parse("C:/x/b.gguf") == AdapterSpec("C:/x/b.gguf", 1.0)
-    del hf_logits

@@ -9,14 +9,13 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 
 import gguf
 import numpy as np
 import pytest
 import torch
 from safetensors.numpy import load_file
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM
 
 from converters.convert import convert_adapter, convert_model, merge_to_safetensors
 from converters.errors import ConversionError

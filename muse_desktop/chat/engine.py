@@ -17,7 +17,7 @@ import ctypes
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from converters.errors import ConversionError
