@@ -52,6 +52,8 @@ def inspect_gguf(path: str | Path, expect: str = "model") -> GGUFInfo:
         raise ConversionError(f"File not found: {path}") from None
     except IsADirectoryError:
         raise ConversionError(f"{path} is a folder, not a GGUF file.") from None
+    if size == 0:
+        raise ConversionError(f"{path.name} is empty (0 bytes): it may not have finished downloading or copying.")
     if magic != GGUF_MAGIC:
         hint = " It looks like a safetensors checkpoint: convert it first." if path.suffix == ".safetensors" else ""
         raise ConversionError(f"{path.name} is not a GGUF model file.{hint}")
@@ -60,7 +62,11 @@ def inspect_gguf(path: str | Path, expect: str = "model") -> GGUFInfo:
     try:
         reader = gguf.GGUFReader(path, "r")
     except Exception as exc:  # gguf-py raises many kinds on a damaged header
-        raise ConversionError(f"{path.name} is damaged or truncated ({type(exc).__name__}: {exc}).") from None
+        detail = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+        raise ConversionError(
+            f"{path.name} is damaged or truncated: it may not have finished downloading or copying. "
+            f"(Detail: {detail})"
+        ) from None
     architecture = _field(reader, "general.architecture")
     if architecture is None:
         raise ConversionError(f"{path.name} has no general.architecture: not a usable model file.")

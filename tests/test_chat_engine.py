@@ -216,3 +216,62 @@ def test_adapters_apply_swap_and_scale_without_reloading(tiny_model, tiny_gguf, 
     chat.close()
     assert AdapterSpec.parse("a/b.gguf:0.5") == AdapterSpec("a/b.gguf", 0.5)
     assert AdapterSpec.parse("C:/x/b.gguf") == AdapterSpec("C:/x/b.gguf", 1.0)
+
+
+def damaged_copies(source, folder):
+    """21 damaged variants of a good GGUF: truncations, flipped header and tensor-info fields, foreign files."""
+    import struct
+
+    import gguf
+
+    blob = source.read_bytes()
+    reader = gguf.GGUFReader(source)
+    first = reader.tensors[0]
+    name = first.name.encode()
+    at = blob.find(name, 24)  # the first tensor's info: name, n_dims, dims, type, offset
+    dims_at = at + len(name) + 4
+    type_at = dims_at + 8 * len(first.shape)
+
+    def put(offset, value):
+        changed = bytearray(blob)
+        changed[offset:offset + len(value)] = value
+        return bytes(changed)
+
+    cases = {f"truncated-{fraction}": blob[: int(len(blob) * fraction)] for fraction in (0.0005, 0.01, 0.2, 0.5, 0.9)}
+    cases.update({
+        "truncated-after-magic": blob[:4],
+        "truncated-before-data": blob[: reader.data_offset],
+        "truncated-last-byte": blob[:-1],
+        "version-99": put(4, struct.pack("<I", 99)),
+        "tensor-count-huge": put(8, struct.pack("<Q", 2**40)),
+        "kv-count-huge": put(16, struct.pack("<Q", 2**40)),
+        "kv-count-zero": put(16, struct.pack("<Q", 0)),
+        "magic-flipped": put(0, b"GGUX"),
+        "tensor-name-length-huge": put(at - 8, struct.pack("<Q", 2**33)),
+        "tensor-ndims-9": put(at + len(name), struct.pack("<I", 9)),
+        "tensor-dim-doubled": put(dims_at, struct.pack("<Q", int(first.shape[0]) * 2)),
+        "tensor-type-99": put(type_at, struct.pack("<I", 99)),
+        "tensor-offset-beyond": put(type_at + 4, struct.pack("<Q", 2**40)),
+        "empty": b"",
+        "jpeg": b"\xff\xd8\xff\xe0" + b"\x00" * 5000,
+        "text": b"hello, this is a text file\n" * 100,
+    })
+    paths = []
+    for case, data in cases.items():
+        path = folder / f"{case}.gguf"
+        path.write_bytes(data)
+        paths.append(path)
+    return paths
+
+
+def test_twenty_one_damaged_files_each_get_a_message(tiny_gguf, tmp_path):
+    paths = damaged_copies(tiny_gguf[Variant.MINI_4K], tmp_path)
+    assert len(paths) == 21
+    for path in paths:
+        with pytest.raises(ModelError) as raised:
+            ChatEngine(path, EngineSettings(context_length=256, threads=1))
+        message = str(raised.value)
+        assert path.name in message and "Traceback" not in message, message
+        assert any(words in message for words in ("damaged", "truncated", "not a GGUF", "empty", "could not load"))
+    # The good file still loads afterwards: nothing was left in a bad state.
+    ChatEngine(tiny_gguf[Variant.MINI_4K], EngineSettings(context_length=256, threads=1)).close()

@@ -121,3 +121,45 @@ def test_migrations_run_from_an_empty_database(tmp_path):
     tables = {row[0] for row in store.db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     assert {"profiles", "conversations", "messages"} <= tables
     store.close()
+
+
+STREAM_AND_DIE = """
+import sys, time
+import numpy as np
+from muse_desktop.chat.engine import ChatEngine, EngineSettings, Sampling
+from muse_desktop.events import Text
+from muse_desktop.store import Store
+
+store = Store()
+chat = store.create_conversation("Elderly", "before the kill")
+store.add_message(chat.id, "user", "first question")
+store.add_message(chat.id, "assistant", "first answer")
+store.add_message(chat.id, "user", "second question")
+engine = ChatEngine(sys.argv[1], EngineSettings(context_length=4096, threads=1))
+stops = sorted(engine.stop_ids)
+
+def slow_and_endless(_ids, scores):
+    time.sleep(0.01)
+    scores[stops] = -np.inf
+    return scores
+
+for event in engine.generate("Elderly", store.turns(chat.id), sampling=Sampling(max_new_tokens=100000),
+                             logits_processor=slow_and_endless):
+    if isinstance(event, Text):
+        print("STREAMING", chat.id, flush=True)
+"""
+
+
+def test_killing_the_app_while_an_answer_streams_keeps_earlier_messages(tiny_gguf, isolated_home):
+    from muse_desktop.demo_model import Variant
+
+    process = subprocess.Popen([sys.executable, "-c", STREAM_AND_DIE, str(tiny_gguf[Variant.MINI_4K])],
+                               stdout=subprocess.PIPE, text=True, cwd=REPO)
+    line = process.stdout.readline().split()
+    assert line[0] == "STREAMING"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    store = Store()
+    assert store.db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    assert [m.content for m in store.messages(int(line[1]))] == ["first question", "first answer", "second question"]
+    store.close()
