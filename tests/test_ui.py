@@ -201,3 +201,58 @@ def test_stop_ends_the_answer_and_keeps_what_was_said(qtbot, tiny_gguf):
     assert all(m.settings.get("stopped") == "cancelled" for m in saved[1:])
     win.close()
     store.close()
+
+
+def test_regenerate_copy_and_history_after_reopening(qtbot, tiny_gguf, isolated_home):
+    from PySide6.QtGui import QGuiApplication
+
+    from muse_desktop.demo_model import Variant
+    from muse_desktop.store import Store
+    from muse_desktop.ui.chat import Bubble
+
+    def open_window():
+        win = MainWindow(load_settings().settings, store=Store())
+        qtbot.addWidget(win)
+        win.show()
+        win.show_chat()
+        return win
+
+    def wait_answer(win, action):
+        with qtbot.waitSignal(win.chat.answer_done, timeout=30000):
+            action()
+        qtbot.waitUntil(lambda: win.chat.worker is None)
+
+    from muse_desktop.settings import save_settings
+
+    save_settings(Settings(user_type_id="farmer"))
+    win = open_window()
+    with qtbot.waitSignal(win.chat.model_ready, timeout=30000):
+        win.chat.load_model(str(tiny_gguf[Variant.MINI_4K]))
+    qtbot.waitUntil(lambda: win.chat.worker is None)
+    win.chat.input.setText("When should I plant potatoes?")
+    wait_answer(win, win.chat.send)
+    store = win.chat.store
+    conversation = store.conversations()[0]
+    first = store.messages(conversation.id)[1].content
+    wait_answer(win, lambda: qtbot.mouseClick(win.chat.regenerate_button, Qt.LeftButton))
+    messages = store.messages(conversation.id)
+    assert [m.role for m in messages] == ["user", "assistant"]  # replaced, not added
+    assert messages[1].content != first
+    assert [b.role for b in win.chat.findChildren(Bubble) if b.isVisible()] == ["user", "assistant"]
+    qtbot.mouseClick(win.chat.copy_button, Qt.LeftButton)
+    assert QGuiApplication.clipboard().text() == messages[1].content
+    win.close()
+    store.close()
+
+    again = open_window()  # the model is reopened from the settings
+    qtbot.waitUntil(lambda: again.chat.engine is not None and again.chat.worker is None, timeout=30000)
+    assert again.chat.history.count() == 1
+    assert again.chat.history.item(0).text().startswith("When should I plant potatoes?")
+    again.chat.open_conversation(again.chat.history.item(0).data(Qt.UserRole))
+    shown = [b.text() for b in again.chat.findChildren(Bubble)]
+    assert shown == ["When should I plant potatoes?", messages[1].content]
+    again.chat.input.setText("And carrots?")
+    wait_answer(again, again.chat.send)
+    assert len(again.chat.store.messages(conversation.id)) == 4
+    again.close()
+    again.chat.store.close()

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 from PySide6.QtCore import Qt, Signal
+from PySide6.QtGui import QGuiApplication
 from PySide6.QtWidgets import (
     QFileDialog,
     QHBoxLayout,
     QLabel,
     QLineEdit,
+    QListWidget,
+    QListWidgetItem,
     QScrollArea,
     QVBoxLayout,
     QWidget,
@@ -73,6 +77,15 @@ class ChatPage(QWidget):
         self.status = widgets.label(style="muted", name="Status")
         layout.addWidget(self.status)
 
+        middle = QHBoxLayout()
+        self.history = QListWidget()
+        self.history.setAccessibleName("Earlier conversations")
+        self.history.setWordWrap(True)
+        self.history.setMaximumWidth(280)
+        self.history.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
+        self.history.itemActivated.connect(self._open_item)
+        self.history.itemClicked.connect(self._open_item)
+        middle.addWidget(self.history)
         self.scroll = QScrollArea()
         self.scroll.setWidgetResizable(True)
         self.scroll.setAccessibleName("Conversation")
@@ -80,21 +93,27 @@ class ChatPage(QWidget):
         self.messages = QVBoxLayout(holder)
         self.messages.addStretch(1)
         self.scroll.setWidget(holder)
-        layout.addWidget(self.scroll, 1)
+        middle.addWidget(self.scroll, 1)
+        layout.addLayout(middle, 1)
 
-        row = QHBoxLayout()
+        # The question box gets its own full-width row, so it stays usable at 200 % zoom.
         self.input = QLineEdit()
         self.input.setPlaceholderText("Type your question here")
         self.input.setAccessibleName("Your question")
         self.input.setMinimumHeight(48)
         self.input.returnPressed.connect(self.send)
-        row.addWidget(self.input, 1)
+        layout.addWidget(self.input)
+        row = QHBoxLayout()
         self.send_button = widgets.button("Send", "Send the question", self.send, primary=True)
         self.stop_button = widgets.button("Stop", "Stop the answer", self.stop)
         self.stop_button.setEnabled(False)
-        self.new_button = widgets.button("New conversation", "Start a new conversation", self.new_conversation)
-        for widget in (self.send_button, self.stop_button, self.new_button):
+        self.regenerate_button = widgets.button("Try again", "Answer the last question again", self.regenerate)
+        self.copy_button = widgets.button("Copy", "Copy the last answer", self.copy_answer)
+        self.new_button = widgets.button("New chat", "Start a new conversation", self.new_conversation)
+        for widget in (self.send_button, self.stop_button, self.regenerate_button, self.copy_button):
             row.addWidget(widget)
+        row.addStretch(1)
+        row.addWidget(self.new_button)
         layout.addLayout(row)
 
     # -- who and which model ---------------------------------------------------------------
@@ -104,6 +123,7 @@ class ChatPage(QWidget):
             self.new_conversation()  # a conversation is worded for one user type
         self.user_type = user_type
         self.who.setText(f"Answers for: {user_type.display_name}")
+        self.refresh_history()
         if self.engine is None and self.settings.model_path and Path(self.settings.model_path).exists():
             self.load_model(self.settings.model_path)
 
@@ -164,13 +184,21 @@ class ChatPage(QWidget):
         self.store.add_message(self.conversation_id, "user", question)
         self.add_bubble("user", question)
         self.input.clear()
-        turns = self.store.turns(self.conversation_id)
-        self.answer_bubble = self.add_bubble("assistant", "")
-        prompt_name = self.user_type.prompt_name
+        self.refresh_history()
+        self._ask(self.store.turns(self.conversation_id))
+
+    def _ask(self, turns, seed: int | None = None) -> None:
+        from muse_desktop.chat.engine import default_sampling
+
+        conversation = self.store.conversation(self.conversation_id)
+        prompt_name = conversation.user_type
+        sampling = default_sampling(prompt_name)
+        sampling.seed = seed
         template = self.settings.instruction_template or None
         engine = self.engine
+        self.answer_bubble = self.add_bubble("assistant", "")
         self.status.setText("Thinking…")
-        self._run(lambda token: engine.generate(prompt_name, turns, template, cancel=token),
+        self._run(lambda token: engine.generate(prompt_name, turns, template, sampling, cancel=token),
                   on_done=self._answered, on_text=self.answer_bubble.append)
 
     def _answered(self, event: Done) -> None:
@@ -180,6 +208,7 @@ class ChatPage(QWidget):
             self.store.add_message(self.conversation_id, "assistant", text, model=Path(self.settings.model_path).name,
                                    settings=dict(data["sampling"], stopped=data["stopped"]))
         self.status.setText("Stopped." if data["stopped"] == "cancelled" else "Ready.")
+        self.refresh_history()
         self.answer_done.emit()
 
     def stop(self) -> None:
@@ -190,10 +219,63 @@ class ChatPage(QWidget):
         if self.busy:
             return
         self.conversation_id = None
+        self._clear_bubbles()
+
+    def _clear_bubbles(self) -> None:
         while self.messages.count() > 1:
             item = self.messages.takeAt(0)
             if item.widget():
                 item.widget().deleteLater()
+
+    # -- history, regenerate, copy ------------------------------------------------------
+
+    def refresh_history(self) -> None:
+        """Earlier conversations worded for the current user type, newest first."""
+        self.history.clear()
+        if self.user_type is None:
+            return
+        for conversation in self.store.conversations():
+            if conversation.user_type != self.user_type.prompt_name:
+                continue
+            item = QListWidgetItem(f"{conversation.title}\n{conversation.updated_at[:10]}")
+            item.setData(Qt.UserRole, conversation.id)
+            self.history.addItem(item)
+
+    def _open_item(self, item: QListWidgetItem) -> None:
+        self.open_conversation(item.data(Qt.UserRole))
+
+    def open_conversation(self, conversation_id: int) -> None:
+        if self.busy:
+            return
+        self._clear_bubbles()
+        self.conversation_id = conversation_id
+        for message in self.store.messages(conversation_id):
+            self.add_bubble(message.role, message.content)
+        self.status.setText(f"Continuing “{self.store.conversation(conversation_id).title}”.")
+
+    def _bubbles(self) -> list[Bubble]:
+        return [self.messages.itemAt(i).widget() for i in range(self.messages.count() - 1)]
+
+    def copy_answer(self) -> None:
+        answers = [b for b in self._bubbles() if b.role == "assistant" and b.text().strip()]
+        if answers:
+            QGuiApplication.clipboard().setText(answers[-1].text().strip())
+            self.status.setText("The answer was copied.")
+
+    def regenerate(self) -> None:
+        """Answer the last question again (the previous answer is replaced)."""
+        if self.busy or self.engine is None or self.conversation_id is None:
+            return
+        messages = self.store.messages(self.conversation_id)
+        if not messages:
+            return
+        bubbles = self._bubbles()
+        if messages[-1].role == "assistant":
+            self.store.delete_message(messages[-1].id)
+            if bubbles and bubbles[-1].role == "assistant":
+                bubbles[-1].deleteLater()
+                self.messages.removeWidget(bubbles[-1])
+        self._ask(self.store.turns(self.conversation_id), seed=random.randrange(2**31))
 
     # -- running work off the GUI thread --------------------------------------------------------
 
@@ -207,8 +289,8 @@ class ChatPage(QWidget):
         worker.failed.connect(self._failed)
         worker.finished.connect(self._finished)
         self.stop_button.setEnabled(on_text is not None)
-        self.send_button.setEnabled(False)
-        self.open_model.setEnabled(False)
+        for control in (self.send_button, self.open_model, self.regenerate_button, self.new_button):
+            control.setEnabled(False)
         worker.start()
 
     def _failed(self, message: str) -> None:
@@ -224,8 +306,8 @@ class ChatPage(QWidget):
             worker.deleteLater()
             worker.thread.deleteLater()
         self.stop_button.setEnabled(False)
-        self.send_button.setEnabled(True)
-        self.open_model.setEnabled(True)
+        for control in (self.send_button, self.open_model, self.regenerate_button, self.new_button):
+            control.setEnabled(True)
 
     def shutdown(self) -> None:
         if self.worker is not None:
