@@ -7,7 +7,9 @@
     same GGUF, threads, context and greedy sampling, same number of tokens;
 (2) prompt processing tokens/s (raw llama.cpp, 256 tokens);
 (3) time to first token of a later turn as the conversation grows, with the
-    engine's prefix reuse, and with the cache thrown away (what a naive app does).
+    engine's prefix reuse, and with the cache thrown away (what a naive app does);
+(4) a 20-turn conversation through the engine: TTFT of turn 20 vs turn 1;
+(5) model load time, and cold start of the window to interactive (fresh process).
 """
 
 from __future__ import annotations
@@ -88,6 +90,50 @@ def ttft_series(engine: ChatEngine, lengths, reuse: bool) -> list[tuple[int, flo
     return results
 
 
+def conversation_ttft(engine: ChatEngine, turns_wanted: int = 20, answer_tokens: int = 24) -> list[float]:
+    engine.llm.reset()
+    turns: list[Turn] = []
+    ttfts = []
+    sampling = Sampling(temperature=0.7, max_new_tokens=answer_tokens, seed=1)
+    for i in range(turns_wanted):
+        turns.append(Turn("user", f"Question {i + 1}: what should I know about my garden this week?"))
+        done = list(engine.generate("Elderly", turns, sampling=sampling, logits_processor=no_stop(engine.stop_ids)))[-1]
+        ttfts.append(done.data["time_to_first_token_s"])
+        turns.append(Turn("assistant", done.data["text"]))
+    return ttfts
+
+
+def load_time(model: Path, threads: int) -> float:
+    start = time.perf_counter()
+    ChatEngine(model, EngineSettings(threads=threads, context_length=4096)).close()
+    return time.perf_counter() - start
+
+
+COLD_START = """
+import time
+start = time.perf_counter()
+from PySide6.QtWidgets import QApplication
+app = QApplication([])
+from muse_desktop.ui.app import MainWindow
+window = MainWindow()
+window.show()
+app.processEvents()
+print(time.perf_counter() - start)
+"""
+
+
+def cold_start() -> float:
+    import os
+    import subprocess
+    import tempfile
+
+    env = dict(os.environ, QT_QPA_PLATFORM="offscreen", MUSE_HOME=tempfile.mkdtemp())
+    start = time.perf_counter()
+    out = subprocess.run([sys.executable, "-c", COLD_START], capture_output=True, text=True, env=env, check=True)
+    total = time.perf_counter() - start
+    return total if out.stdout.strip() else float("nan")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("model", type=Path)
@@ -105,6 +151,10 @@ def main() -> int:
     pp = prompt_rate(engine)
     reuse = ttft_series(engine, (2, 8, 16), reuse=True)
     fresh = ttft_series(engine, (2, 8, 16), reuse=False)
+    turn_ttfts = conversation_ttft(engine)
+    engine.close()
+    loads = [load_time(args.model, args.threads) for _ in range(3)]
+    starts = [cold_start() for _ in range(3)]
     print(f"model: {args.model.name}, threads {args.threads}, {args.tokens} tokens, median of {args.rounds}")
     print("| measure | raw llama.cpp | MUsE engine | ratio |")
     print("| --- | ---: | ---: | ---: |")
@@ -115,7 +165,10 @@ def main() -> int:
     print("| ---: | ---: | ---: |")
     for (n, t_reuse), (_, t_fresh) in zip(reuse, fresh):
         print(f"| {n} | {t_reuse:.2f} | {t_fresh:.2f} |")
-    engine.close()
+    print(f"\n20-turn conversation, TTFT per turn (s): {' '.join(f'{t:.2f}' for t in turn_ttfts)}")
+    print(f"TTFT turn 20 / turn 1: {turn_ttfts[-1] / turn_ttfts[0]:.2f}x (bar <= 1.2x)")
+    print(f"model load (median of 3): {statistics.median(loads):.2f} s")
+    print(f"window cold start to interactive, whole process (median of 3): {statistics.median(starts):.2f} s")
     return 0
 
 
