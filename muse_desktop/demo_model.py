@@ -334,3 +334,33 @@ def build_demo_model(
     _write_tokenizer_json(out)
     shutil.rmtree(out / ".tokenizer-build", ignore_errors=True)
     return out
+
+
+DEMO_NOTICE = "Demo model: random weights. Its answers are nonsense; it only shows how the app works."
+
+
+def ensure_demo_gguf(folder: str | os.PathLike[str] | None = None, cancel=None):
+    """Build (once) the tiny demo checkpoint and its GGUF; yields events, Done's path is the GGUF.
+
+    Works in the chat-only install: no torch, just sentencepiece, safetensors and gguf.
+    """
+    from converters.convert import convert_model
+    from converters.errors import ConversionError
+    from converters.gguf_check import inspect_gguf
+    from muse_desktop.events import Done, Log
+    from muse_desktop.paths import user_dirs
+
+    root = Path(folder) if folder else user_dirs().models / "demo"
+    target = root / "muse-demo-phi3-tiny.gguf"
+    try:
+        inspect_gguf(target)
+        yield Done(DEMO_NOTICE, str(target))
+        return
+    except ConversionError:
+        pass
+    yield Log("Building the demo model (a few seconds)…")
+    checkpoint = build_demo_model(root / "checkpoint", Variant.MINI_4K)
+    for event in convert_model(checkpoint, target, "f16", cancel=cancel):
+        if not isinstance(event, Done):
+            yield event
+    yield Done(DEMO_NOTICE, str(target))

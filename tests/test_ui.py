@@ -256,3 +256,23 @@ def test_regenerate_copy_and_history_after_reopening(qtbot, tiny_gguf, isolated_
     assert len(again.chat.store.messages(conversation.id)) == 4
     again.close()
     again.chat.store.close()
+
+
+def test_the_demo_is_a_usable_default_with_no_model(qtbot, isolated_home):
+    from muse_desktop.demo_model import DEMO_NOTICE
+
+    win = MainWindow(Settings(user_type_id="child"))
+    qtbot.addWidget(win)
+    win.show()
+    win.show_chat()
+    with qtbot.waitSignal(win.chat.model_ready, timeout=60000):
+        qtbot.mouseClick(win.chat.demo_button, Qt.LeftButton)
+    qtbot.waitUntil(lambda: win.chat.worker is None)
+    assert win.chat.model_label.text() == DEMO_NOTICE and "random weights" in DEMO_NOTICE
+    demo = load_settings().settings.model_path
+    assert demo.startswith(str(isolated_home)) and demo.endswith(".gguf")
+    win.chat.input.setText("Hello!")
+    with qtbot.waitSignal(win.chat.answer_done, timeout=30000):
+        win.chat.send()
+    qtbot.waitUntil(lambda: win.chat.worker is None)
+    win.close()

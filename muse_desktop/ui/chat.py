@@ -59,6 +59,7 @@ class ChatPage(QWidget):
         self.worker: EventWorker | None = None
         self.conversation_id: int | None = None
         self.answer_bubble: Bubble | None = None
+        self._pending_model: str | None = None  # opened once the current work has finished
 
         layout = QVBoxLayout(self)
         top = QHBoxLayout()
@@ -73,6 +74,11 @@ class ChatPage(QWidget):
         model_row.addWidget(self.model_label, 1)
         self.open_model = widgets.button("Open a model file…", "Open a model file", self.choose_model)
         model_row.addWidget(self.open_model)
+        self.demo_button = widgets.button("Try the demo", "Try the demo model, which has random weights",
+                                          self.use_demo)
+        self.demo_button.setToolTip("A tiny model with random weights: it shows how the app works, "
+                                    "but its answers are nonsense.")
+        model_row.addWidget(self.demo_button)
         layout.addLayout(model_row)
         self.status = widgets.label(style="muted", name="Status")
         layout.addWidget(self.status)
@@ -147,11 +153,26 @@ class ChatPage(QWidget):
         self.status.setText(f"Opening {Path(path).name}…")
         self._run(events, on_done=lambda event: self._loaded(path, event.data["engine"]))
 
+    def use_demo(self) -> None:
+        """Build (the first time) and open the tiny demo model: a usable default with no download."""
+        if self.busy:
+            return
+        from muse_desktop.demo_model import ensure_demo_gguf
+
+        self.status.setText("Preparing the demo model…")
+        self._run(lambda token: ensure_demo_gguf(cancel=token), on_done=self._demo_ready)
+
+    def _demo_ready(self, event: Done) -> None:
+        self._pending_model = event.path
+
     def _loaded(self, path: str, engine) -> None:
+        from muse_desktop.demo_model import DEMO_NOTICE
+
         if self.engine is not None:
             self.engine.close()
         self.engine = engine
-        self.model_label.setText(f"Model: {Path(path).name}")
+        is_demo = Path(path).name.startswith("muse-demo-")
+        self.model_label.setText(DEMO_NOTICE if is_demo else f"Model: {Path(path).name}")
         self.status.setText("Ready. Type a question and press Enter.")
         if self.settings.model_path != path:
             self.settings.model_path = path
@@ -176,7 +197,7 @@ class ChatPage(QWidget):
         if not question or self.busy or self.user_type is None:
             return
         if self.engine is None:
-            self.status.setText("Please open a model file first.")
+            self.status.setText("Please open a model file first, or try the demo.")
             return
         if self.conversation_id is None:
             title = question if len(question) <= 48 else question[:47] + "…"
@@ -289,7 +310,7 @@ class ChatPage(QWidget):
         worker.failed.connect(self._failed)
         worker.finished.connect(self._finished)
         self.stop_button.setEnabled(on_text is not None)
-        for control in (self.send_button, self.open_model, self.regenerate_button, self.new_button):
+        for control in (self.send_button, self.open_model, self.demo_button, self.regenerate_button, self.new_button):
             control.setEnabled(False)
         worker.start()
 
@@ -306,8 +327,11 @@ class ChatPage(QWidget):
             worker.deleteLater()
             worker.thread.deleteLater()
         self.stop_button.setEnabled(False)
-        for control in (self.send_button, self.open_model, self.regenerate_button, self.new_button):
+        for control in (self.send_button, self.open_model, self.demo_button, self.regenerate_button, self.new_button):
             control.setEnabled(True)
+        pending, self._pending_model = self._pending_model, None
+        if pending:
+            self.load_model(pending)
 
     def shutdown(self) -> None:
         if self.worker is not None:
