@@ -276,3 +276,55 @@ def test_the_demo_is_a_usable_default_with_no_model(qtbot, isolated_home):
         win.chat.send()
     qtbot.waitUntil(lambda: win.chat.worker is None)
     win.close()
+
+
+def test_read_aloud_speaks_or_says_why_not(qtbot, tiny_gguf, tmp_path, monkeypatch):
+    from muse_desktop.demo_model import Variant
+    from muse_desktop.speech import find_backend
+
+    monkeypatch.setenv("PATH", str(tmp_path))  # no speech engine on this PATH
+    silent = MainWindow(Settings(user_type_id="older-adult"))
+    qtbot.addWidget(silent)
+    silent.show_chat()
+    assert silent.chat.read_button.text() == "Read aloud (not available)"
+    qtbot.mouseClick(silent.chat.read_button, Qt.LeftButton)
+    assert "needs a speech engine" in silent.chat.status.text()
+    silent.close()
+    monkeypatch.undo()
+    if find_backend() is None:
+        return  # the rest needs a real engine (espeak-ng or speech-dispatcher)
+    win = MainWindow(Settings(user_type_id="older-adult"))
+    qtbot.addWidget(win)
+    win.show()
+    win.show_chat()
+    assert win.chat.read_button.text() == "Read aloud"
+    with qtbot.waitSignal(win.chat.model_ready, timeout=30000):
+        win.chat.load_model(str(tiny_gguf[Variant.MINI_4K]))
+    qtbot.waitUntil(lambda: win.chat.worker is None)
+    win.chat.input.setText("Hello")
+    with qtbot.waitSignal(win.chat.answer_done, timeout=30000):
+        win.chat.send()
+    qtbot.waitUntil(lambda: win.chat.worker is None)
+    qtbot.mouseClick(win.chat.read_button, Qt.LeftButton)
+    assert win.chat.status.text().startswith("Reading the answer aloud")
+    qtbot.mouseClick(win.chat.read_button, Qt.LeftButton)
+    assert win.chat.status.text() == "Stopped reading." and not win.chat.speaker.speaking
+    win.close()
+
+
+def test_chat_controls_keep_their_whole_labels_at_200_percent(qtbot):
+    win = MainWindow(Settings(user_type_id="older-adult"))
+    qtbot.addWidget(win)
+    win.resize(1000, 800)
+    win.show()
+    win.show_chat()
+    for _ in range(4):
+        win.zoom(+1)
+    qtbot.wait(20)
+    assert win.settings.zoom_percent == 200
+    for button in win.chat.findChildren(QAbstractButton):
+        if button.isVisible():
+            assert button.width() >= button.sizeHint().width(), button.text()
+            assert button.height() >= MIN_TARGET_PX
+    assert win.chat.input.width() >= 600
+    win.close()

@@ -21,6 +21,7 @@ from PySide6.QtWidgets import (
 
 from muse_desktop.events import Done
 from muse_desktop.settings import Settings
+from muse_desktop.speech import Speaker
 from muse_desktop.store import Store
 from muse_desktop.ui import widgets
 from muse_desktop.ui.workers import EventWorker
@@ -115,12 +116,22 @@ class ChatPage(QWidget):
         self.stop_button.setEnabled(False)
         self.regenerate_button = widgets.button("Try again", "Answer the last question again", self.regenerate)
         self.copy_button = widgets.button("Copy", "Copy the last answer", self.copy_answer)
+        self.speaker = Speaker.from_system()
+        self.read_button = widgets.button("Read aloud", "Read the last answer aloud", self.read_aloud)
+        if not self.speaker.available:
+            self.read_button.setText("Read aloud (not available)")
+            self.read_button.setToolTip(self.speaker.unavailable_reason)
         self.new_button = widgets.button("New chat", "Start a new conversation", self.new_conversation)
-        for widget in (self.send_button, self.stop_button, self.regenerate_button, self.copy_button):
+        # Two rows of three, so that every label still fits at 200 % zoom.
+        for widget in (self.send_button, self.stop_button, self.regenerate_button):
             row.addWidget(widget)
         row.addStretch(1)
-        row.addWidget(self.new_button)
         layout.addLayout(row)
+        second = QHBoxLayout()
+        for widget in (self.copy_button, self.read_button, self.new_button):
+            second.addWidget(widget)
+        second.addStretch(1)
+        layout.addLayout(second)
 
     # -- who and which model ---------------------------------------------------------------
 
@@ -283,6 +294,20 @@ class ChatPage(QWidget):
             QGuiApplication.clipboard().setText(answers[-1].text().strip())
             self.status.setText("The answer was copied.")
 
+    def read_aloud(self) -> None:
+        """Read the last answer aloud; pressed again while reading, stop."""
+        if not self.speaker.available:
+            self.status.setText(self.speaker.unavailable_reason)
+            return
+        if self.speaker.speaking:
+            self.speaker.stop()
+            self.status.setText("Stopped reading.")
+            return
+        answers = [b for b in self._bubbles() if b.role == "assistant" and b.text().strip()]
+        if answers:
+            self.speaker.speak(answers[-1].text().strip())
+            self.status.setText("Reading the answer aloud. Press “Read aloud” again to stop.")
+
     def regenerate(self) -> None:
         """Answer the last question again (the previous answer is replaced)."""
         if self.busy or self.engine is None or self.conversation_id is None:
@@ -334,6 +359,7 @@ class ChatPage(QWidget):
             self.load_model(pending)
 
     def shutdown(self) -> None:
+        self.speaker.stop()
         if self.worker is not None:
             self.worker.cancel()
             self.worker.thread.wait(5000)
