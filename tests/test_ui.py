@@ -25,6 +25,20 @@ def window(qtbot):
 def interactive_widgets(window):
     return [w for w in window.findChildren(QAbstractButton) + window.findChildren(QLineEdit) + window.findChildren(QAbstractItemView) if w.isVisible()]
 
+def load_model_and_wait(qtbot, win, path) -> None:
+    """Open ``path`` on the chat page and wait until the model is loaded and the worker gone."""
+    with qtbot.waitSignal(win.chat.model_ready, timeout=30000):
+        win.chat.load_model(str(path))
+    qtbot.waitUntil(lambda: win.chat.worker is None)
+
+
+def answer_and_wait(qtbot, win, action) -> None:
+    """Run ``action`` (which asks something) and wait for the whole answer."""
+    with qtbot.waitSignal(win.chat.answer_done, timeout=30000):
+        action()
+    qtbot.waitUntil(lambda: win.chat.worker is None)
+
+
 
 def test_every_interactive_widget_has_an_accessible_name(window):
     widgets = interactive_widgets(window)
@@ -134,13 +148,10 @@ def test_talking_to_a_model_streams_the_answer_and_saves_both_messages(qtbot, ti
     win.show()
     qtbot.mouseClick(win.page.start, Qt.LeftButton)
     assert win.pages.currentWidget() is win.chat and win.chat.who.text() == "Answers for: Older adult"
-    with qtbot.waitSignal(win.chat.model_ready, timeout=30000):
-        win.chat.load_model(str(tiny_gguf[Variant.MINI_4K]))
+    load_model_and_wait(qtbot, win, tiny_gguf[Variant.MINI_4K])
     assert load_settings().settings.model_path == str(tiny_gguf[Variant.MINI_4K])
     qtbot.keyClicks(win.chat.input, "Why is a balanced diet important?")
-    with qtbot.waitSignal(win.chat.answer_done, timeout=30000):
-        qtbot.keyClick(win.chat.input, Qt.Key_Return)
-    qtbot.waitUntil(lambda: win.chat.worker is None)
+    answer_and_wait(qtbot, win, lambda: qtbot.keyClick(win.chat.input, Qt.Key_Return))
     bubbles = win.chat.findChildren(Bubble)
     assert [b.role for b in bubbles] == ["user", "assistant"]
     assert bubbles[0].text() == "Why is a balanced diet important?" and bubbles[1].text().strip()
@@ -186,9 +197,7 @@ def test_stop_ends_the_answer_and_keeps_what_was_said(qtbot, tiny_gguf):
     qtbot.addWidget(win)
     win.show()
     win.show_chat()
-    with qtbot.waitSignal(win.chat.model_ready, timeout=30000):
-        win.chat.load_model(str(tiny_gguf[Variant.MINI_4K]))
-    qtbot.waitUntil(lambda: win.chat.worker is None)
+    load_model_and_wait(qtbot, win, tiny_gguf[Variant.MINI_4K])
     win.chat.input.setText("Tell me a long story")
     with qtbot.waitSignal(win.chat.answer_done, timeout=30000):
         win.chat.send()
@@ -217,24 +226,17 @@ def test_regenerate_copy_and_history_after_reopening(qtbot, tiny_gguf, isolated_
         win.show_chat()
         return win
 
-    def wait_answer(win, action):
-        with qtbot.waitSignal(win.chat.answer_done, timeout=30000):
-            action()
-        qtbot.waitUntil(lambda: win.chat.worker is None)
-
     from muse_desktop.settings import save_settings
 
     save_settings(Settings(user_type_id="farmer"))
     win = open_window()
-    with qtbot.waitSignal(win.chat.model_ready, timeout=30000):
-        win.chat.load_model(str(tiny_gguf[Variant.MINI_4K]))
-    qtbot.waitUntil(lambda: win.chat.worker is None)
+    load_model_and_wait(qtbot, win, tiny_gguf[Variant.MINI_4K])
     win.chat.input.setText("When should I plant potatoes?")
-    wait_answer(win, win.chat.send)
+    answer_and_wait(qtbot, win, win.chat.send)
     store = win.chat.store
     conversation = store.conversations()[0]
     first = store.messages(conversation.id)[1].content
-    wait_answer(win, lambda: qtbot.mouseClick(win.chat.regenerate_button, Qt.LeftButton))
+    answer_and_wait(qtbot, win, lambda: qtbot.mouseClick(win.chat.regenerate_button, Qt.LeftButton))
     messages = store.messages(conversation.id)
     assert [m.role for m in messages] == ["user", "assistant"]  # replaced, not added
     assert messages[1].content != first
@@ -252,7 +254,7 @@ def test_regenerate_copy_and_history_after_reopening(qtbot, tiny_gguf, isolated_
     shown = [b.text() for b in again.chat.findChildren(Bubble)]
     assert shown == ["When should I plant potatoes?", messages[1].content]
     again.chat.input.setText("And carrots?")
-    wait_answer(again, again.chat.send)
+    answer_and_wait(qtbot, again, again.chat.send)
     assert len(again.chat.store.messages(conversation.id)) == 4
     again.close()
     again.chat.store.close()
@@ -272,9 +274,7 @@ def test_the_demo_is_a_usable_default_with_no_model(qtbot, isolated_home):
     demo = load_settings().settings.model_path
     assert demo.startswith(str(isolated_home)) and demo.endswith(".gguf")
     win.chat.input.setText("Hello!")
-    with qtbot.waitSignal(win.chat.answer_done, timeout=30000):
-        win.chat.send()
-    qtbot.waitUntil(lambda: win.chat.worker is None)
+    answer_and_wait(qtbot, win, win.chat.send)
     win.close()
 
 
@@ -298,13 +298,9 @@ def test_read_aloud_speaks_or_says_why_not(qtbot, tiny_gguf, tmp_path, monkeypat
     win.show()
     win.show_chat()
     assert win.chat.read_button.text() == "Read aloud"
-    with qtbot.waitSignal(win.chat.model_ready, timeout=30000):
-        win.chat.load_model(str(tiny_gguf[Variant.MINI_4K]))
-    qtbot.waitUntil(lambda: win.chat.worker is None)
+    load_model_and_wait(qtbot, win, tiny_gguf[Variant.MINI_4K])
     win.chat.input.setText("Hello")
-    with qtbot.waitSignal(win.chat.answer_done, timeout=30000):
-        win.chat.send()
-    qtbot.waitUntil(lambda: win.chat.worker is None)
+    answer_and_wait(qtbot, win, win.chat.send)
     qtbot.mouseClick(win.chat.read_button, Qt.LeftButton)
     assert win.chat.status.text().startswith("Reading the answer aloud")
     qtbot.mouseClick(win.chat.read_button, Qt.LeftButton)
