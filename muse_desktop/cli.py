@@ -6,6 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from converters.errors import ConversionError  # a plain exception module, nothing heavy
 from muse_desktop import APP_NAME, __version__
 
 
@@ -69,12 +70,6 @@ def run_events(events) -> object:
             print(event.message, flush=True)
             result = event
     return result
-
-
-def _converter_errors():
-    from converters.errors import ConversionError
-
-    return ConversionError
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
@@ -240,7 +235,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CliError as exc:
         print(f"muse-desktop: {exc}", file=sys.stderr)
         return 2
-    except _converter_errors() as exc:
+    except ConversionError as exc:
         print(f"muse-desktop: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
