@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 from converters.errors import ConversionError  # a plain exception module, nothing heavy
 from muse_desktop import APP_NAME, __version__
+from muse_desktop.events import Cancelled
 
 
 class CliError(Exception):
@@ -48,6 +49,12 @@ def _cmd_demo_model(args: argparse.Namespace) -> int:
 VERIFY_TOLERANCE = {"f32": 1e-3, "f16": 1e-2, "bf16": 2e-2, "q8_0": 5e-2}
 
 
+def _amount(event) -> str:
+    if event.unit == "bytes":
+        return f"{event.done / 2**20:.1f}/{event.total / 2**20:.1f} MiB"
+    return f"{event.done:g}/{event.total:g} {event.unit}"
+
+
 def run_events(events) -> object:
     """Print a generator's events (a bar on a terminal, plain lines otherwise); return Done's data."""
     from muse_desktop.events import Done, Log, Progress
@@ -58,10 +65,10 @@ def run_events(events) -> object:
         if isinstance(event, Progress):
             if tty:
                 filled = int(30 * event.fraction)
-                line = f"[{'#' * filled}{'-' * (30 - filled)}] {event.done:g}/{event.total:g} {event.message}"
+                line = f"[{'#' * filled}{'-' * (30 - filled)}] {_amount(event)} {event.message}"
                 print(f"\r{line[:110]:<110}", end="", file=sys.stderr, flush=True)
             else:
-                print(f"{event.done:g}/{event.total:g} {event.unit} {event.message}", file=sys.stderr, flush=True)
+                print(f"{_amount(event)} {event.message}", file=sys.stderr, flush=True)
         elif isinstance(event, Log):
             print(("\n" if tty else "") + event.message, file=sys.stderr, flush=True)
         elif isinstance(event, Done):
@@ -93,6 +100,20 @@ def _cmd_convert_adapter(args: argparse.Namespace) -> int:
     from converters.convert import convert_adapter
 
     run_events(convert_adapter(args.adapter_dir, args.out, args.base, args.outtype))
+    return 0
+
+
+def _cmd_get_muse(args: argparse.Namespace) -> int:
+    from muse_desktop.getmuse import get_muse
+    from muse_desktop.settings import load_settings, save_settings
+
+    loaded = load_settings().settings
+    done = run_events(get_muse(args.models_dir, args.adapter_repo or loaded.muse_adapter_repo,
+                               args.endpoint or loaded.hub_endpoint or None))
+    if args.use and done is not None:
+        loaded.model_path = done.path
+        save_settings(loaded)
+        print(f"The app will open {done.path} from now on.")
     return 0
 
 
@@ -217,6 +238,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     from converters.quantize import DEFAULT_TYPE, QUANT_TYPES
 
+    get = commands.add_parser("get-muse", help="download Phi-3-mini-128k-instruct (+ MUsE adapter), merge, quantize")
+    get.add_argument("--models-dir", metavar="DIR", help="where models go (default: the app's models folder)")
+    get.add_argument("--adapter-repo", metavar="OWNER/NAME", help="the MUsE adapter's repository on the hub")
+    get.add_argument("--endpoint", metavar="URL", help="the hub (default: $MUSE_HUB_ENDPOINT or huggingface.co)")
+    get.add_argument("--use", action="store_true", help="make the app open the result")
+    get.set_defaults(func=_cmd_get_muse)
+
     quant = commands.add_parser("quantize", help="quantize a GGUF with llama.cpp's quantizer")
     quant.add_argument("input", metavar="IN.gguf")
     quant.add_argument("out", metavar="OUT.gguf")
@@ -236,6 +264,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"muse-desktop: {exc}", file=sys.stderr)
         return 2
     except ConversionError as exc:
+        print(f"muse-desktop: {exc}", file=sys.stderr)
+        return 1
+    except Cancelled:
+        print("muse-desktop: cancelled", file=sys.stderr)
+        return 130
+    except RuntimeError as exc:
+        from muse_desktop.download import DownloadError  # imported late: urllib is slow to load
+
+        if not isinstance(exc, DownloadError):
+            raise
         print(f"muse-desktop: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -44,6 +44,8 @@ class Settings:
     threads: int = 0  # 0: choose from the CPU
     context_length: int = 4096
     gpu_layers: int = 0
+    hub_endpoint: str = ""  # empty: $MUSE_HUB_ENDPOINT, $HF_ENDPOINT or huggingface.co
+    muse_adapter_repo: str = ""  # empty: $MUSE_ADAPTER_REPO, or none published yet
     extra: dict[str, Any] = field(default_factory=dict)  # keys from newer versions
 
     def validated(self) -> "Settings":
