@@ -25,7 +25,7 @@ def main() -> int:
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from PySide6.QtWidgets import QApplication
 
-    from muse_desktop.settings import Settings
+    from muse_desktop.settings import Settings, Theme
     from muse_desktop.store import Store
     from muse_desktop.ui.app import MainWindow
 
@@ -46,8 +46,10 @@ def main() -> int:
     settle()
     OUT.mkdir(exist_ok=True)
     window.grab().save(str(OUT / "who-is-using.png"))
-    window.show_chat()
-    window.chat.load_model(model)
+    window.show_chat()  # no model yet: the model step of the first run
+    settle()
+    window.grab().save(str(OUT / "first-run-model.png"))
+    window.use_model(model)
     settle(lambda: window.chat.engine is not None and window.chat.worker is None)
     for question in ("Why is a balanced diet important?", "How much water should I drink?"):
         window.chat.input.setText(question)
@@ -62,6 +64,10 @@ def main() -> int:
         window.zoom(+1)
     settle()
     window.grab().save(str(OUT / "chat-200-percent.png"))
+    window.zoom(0)
+    window.set_theme(Theme.DARK)
+    settle()
+    window.grab().save(str(OUT / "chat-dark.png"))
     window.close()
     return 0
 

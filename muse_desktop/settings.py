@@ -23,11 +23,13 @@ SCHEMA_VERSION = 1
 
 
 class Theme:
-    """Names of the colour themes."""
+    """Names of the colour themes; AUTO follows the system's light or dark setting."""
 
-    NORMAL = "normal"
+    AUTO = "auto"
+    NORMAL = "normal"  # light
+    DARK = "dark"
     HIGH_CONTRAST = "high-contrast"
-    ALL = (NORMAL, HIGH_CONTRAST)
+    ALL = (AUTO, NORMAL, DARK, HIGH_CONTRAST)
 
 
 @dataclass
@@ -39,7 +41,7 @@ class Settings:
     instruction_template: str = ""  # empty means the MUsE default
     model_path: str = ""
     zoom_percent: int = 100
-    theme: str = Theme.NORMAL
+    theme: str = Theme.AUTO
     read_aloud: bool = False
     threads: int = 0  # 0: choose from the CPU
     context_length: int = 4096
@@ -53,7 +55,7 @@ class Settings:
         copy = dataclasses.replace(self)
         copy.zoom_percent = min(max(int(copy.zoom_percent), 50), 400)
         if copy.theme not in Theme.ALL:
-            copy.theme = Theme.NORMAL
+            copy.theme = Theme.AUTO
         copy.threads = max(int(copy.threads), 0)
         copy.context_length = min(max(int(copy.context_length), 256), 131072)
         copy.gpu_layers = max(int(copy.gpu_layers), -1)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
+import time
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -31,6 +32,7 @@ class FakeHub:
         self.ignore_range = False
         self.corrupt: set[str] = set()
         self.unsafe_name: str | None = None
+        self.throttle_s = 0.0  # pause after every 64 KiB, to make a download slow enough to cancel
         hub = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -137,5 +139,10 @@ class FakeHub:
             self.bytes_sent += limit
             handler.close_connection = True
             return
-        handler.wfile.write(body)
-        self.bytes_sent += len(body)
+        step = 1 << 16 if self.throttle_s else len(body) or 1
+        for start in range(0, len(body), step):
+            handler.wfile.write(body[start:start + step])
+            self.bytes_sent += len(body[start:start + step])
+            if self.throttle_s:
+                handler.wfile.flush()
+                time.sleep(self.throttle_s)

@@ -46,7 +46,7 @@ def test_values_out_of_range_are_brought_back():
     path.parent.mkdir(parents=True)
     path.write_text(json.dumps({"zoom_percent": 5000, "theme": "neon", "threads": -3}))
     settings = load_settings().settings
-    assert (settings.zoom_percent, settings.theme, settings.threads) == (400, Theme.NORMAL, 0)
+    assert (settings.zoom_percent, settings.theme, settings.threads) == (400, Theme.AUTO, 0)
 
 
 def test_keys_from_newer_versions_survive_a_save():

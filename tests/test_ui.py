@@ -28,7 +28,7 @@ def interactive_widgets(window):
 def load_model_and_wait(qtbot, win, path) -> None:
     """Open ``path`` on the chat page and wait until the model is loaded and the worker gone."""
     with qtbot.waitSignal(win.chat.model_ready, timeout=30000):
-        win.chat.load_model(str(path))
+        win.use_model(str(path))
     qtbot.waitUntil(lambda: win.chat.worker is None)
 
 
@@ -103,7 +103,7 @@ def test_nothing_overflows_at_200_percent(window, qtbot):
             assert widget.width() <= page.width(), widget.accessibleName()
 
 
-@pytest.mark.parametrize("theme, minimum", [(Theme.NORMAL, 4.5), (Theme.HIGH_CONTRAST, 7.0)])
+@pytest.mark.parametrize("theme, minimum", [(Theme.NORMAL, 4.5), (Theme.DARK, 4.5), (Theme.HIGH_CONTRAST, 7.0)])
 def test_text_contrast_meets_wcag(theme, minimum):
     palette = PALETTES[theme]
     assert contrast_ratio(palette["text"], palette["window"]) >= minimum
@@ -137,7 +137,9 @@ def test_no_arguments_opens_the_window(qtbot, monkeypatch):
     assert shown and shown[0].windowTitle() == "MUsE Desktop"
 
 
-def test_talking_to_a_model_streams_the_answer_and_saves_both_messages(qtbot, tiny_gguf, isolated_home):
+def test_talking_to_a_model_streams_the_answer_and_saves_both_messages(qtbot, tiny_gguf, isolated_home, monkeypatch):
+    from PySide6.QtWidgets import QFileDialog
+
     from muse_desktop.demo_model import Variant
     from muse_desktop.store import Store
     from muse_desktop.ui.chat import Bubble
@@ -147,8 +149,13 @@ def test_talking_to_a_model_streams_the_answer_and_saves_both_messages(qtbot, ti
     qtbot.addWidget(win)
     win.show()
     qtbot.mouseClick(win.page.start, Qt.LeftButton)
+    # No model yet: the second step of the first run asks which one.
+    assert win.pages.currentWidget() is win._model_scroll
+    monkeypatch.setattr(QFileDialog, "getOpenFileName", lambda *a, **k: (str(tiny_gguf[Variant.MINI_4K]), ""))
+    with qtbot.waitSignal(win.chat.model_ready, timeout=30000):
+        qtbot.mouseClick(win.model_page.open_button, Qt.LeftButton)
+    qtbot.waitUntil(lambda: win.chat.worker is None)
     assert win.pages.currentWidget() is win.chat and win.chat.who.text() == "Answers for: Older adult"
-    load_model_and_wait(qtbot, win, tiny_gguf[Variant.MINI_4K])
     assert load_settings().settings.model_path == str(tiny_gguf[Variant.MINI_4K])
     qtbot.keyClicks(win.chat.input, "Why is a balanced diet important?")
     answer_and_wait(qtbot, win, lambda: qtbot.keyClick(win.chat.input, Qt.Key_Return))
@@ -177,14 +184,15 @@ def test_a_bad_model_file_is_explained_and_the_app_stays_up(qtbot, tmp_path):
     win.show()
     win.show_chat()
     with qtbot.waitSignal(win.chat.problem, timeout=10000) as blocker:
-        win.chat.load_model(str(bad))
+        win.use_model(str(bad))
     assert "holiday-photo.gguf is not a GGUF model file" in blocker.args[0]
     qtbot.waitUntil(lambda: win.chat.worker is None)
     assert win.chat.status.text() == blocker.args[0] and win.chat.engine is None
     assert win.chat.send_button.isEnabled() and win.isVisible()
     win.chat.input.setText("Hello?")
     win.chat.send()
-    assert "open a model file first" in win.chat.status.text()
+    assert "There is no model yet" in win.chat.status.text()
+    assert load_settings().settings.model_path == ""  # a bad file is never remembered
     win.close()
 
 
@@ -267,8 +275,10 @@ def test_the_demo_is_a_usable_default_with_no_model(qtbot, isolated_home):
     qtbot.addWidget(win)
     win.show()
     win.show_chat()
+    assert win.pages.currentWidget() is win._model_scroll
+    assert "random weights" in win.model_page.demo_button.accessibleDescription()
     with qtbot.waitSignal(win.chat.model_ready, timeout=60000):
-        qtbot.mouseClick(win.chat.demo_button, Qt.LeftButton)
+        qtbot.mouseClick(win.model_page.demo_button, Qt.LeftButton)
     qtbot.waitUntil(lambda: win.chat.worker is None)
     assert win.chat.model_label.text() == DEMO_NOTICE and "random weights" in DEMO_NOTICE
     demo = load_settings().settings.model_path
@@ -313,14 +323,145 @@ def test_chat_controls_keep_their_whole_labels_at_200_percent(qtbot):
     qtbot.addWidget(win)
     win.resize(1000, 800)
     win.show()
-    win.show_chat()
+    win.chat.set_user_type(win.page.current())
+    win.pages.setCurrentWidget(win.chat)  # the chat page as it looks before a model is open
     for _ in range(4):
         win.zoom(+1)
     qtbot.wait(20)
     assert win.settings.zoom_percent == 200
-    for button in win.chat.findChildren(QAbstractButton):
+    shown = [b for b in win.chat.findChildren(QAbstractButton) if b.isVisible()]
+    assert len(shown) >= 9
+    for button in shown:
+        assert button.width() >= button.sizeHint().width(), button.text()
+        assert button.height() >= MIN_TARGET_PX
+    assert win.chat.input.width() >= 600
+    assert not win.chat.side.isVisible()  # the list gives way at large zoom, one button away
+    qtbot.mouseClick(win.chat.history_toggle, Qt.LeftButton)
+    assert win.chat.side.isVisible()
+    win.show_model_page()
+    qtbot.wait(20)
+    page = win.model_page
+    for button in page.findChildren(QAbstractButton):
         if button.isVisible():
             assert button.width() >= button.sizeHint().width(), button.text()
-            assert button.height() >= MIN_TARGET_PX
-    assert win.chat.input.width() >= 600
+            assert button.height() >= MIN_TARGET_PX and button.accessibleName()
+            assert button.mapTo(page, button.rect().topRight()).x() <= page.width()
     win.close()
+
+
+def test_get_muse_from_the_first_run_wizard_with_progress_and_cancel(qtbot, tmp_path, tiny_model, adapters,
+                                                                    isolated_home):
+    import shutil
+
+    from hub_server import FakeHub
+
+    from muse_desktop.download import PARTIAL_DIR
+
+    root = tmp_path / "hub"
+    shutil.copytree(tiny_model, root / "microsoft" / "Phi-3-mini-128k-instruct")
+    shutil.copytree(adapters["all"], root / "muse" / "adapter")
+    with FakeHub(root) as hub:
+        win = MainWindow(Settings(user_type_id="child", hub_endpoint=hub.endpoint, muse_adapter_repo="muse/adapter"))
+        qtbot.addWidget(win)
+        win.show()
+        qtbot.mouseClick(win.page.start, Qt.LeftButton)
+        page = win.model_page
+        assert win.pages.currentWidget() is win._model_scroll
+        assert "has not been published" not in page.get_button.accessibleDescription()
+
+        hub.throttle_s = 0.05  # slow enough to press Cancel in the middle
+        seen = []
+        qtbot.mouseClick(page.get_button, Qt.LeftButton)
+        page.worker.progress.connect(lambda done, total, unit, _m: seen.append((done, total, unit)))
+        models = isolated_home / "data" / "models"
+
+        def weights_partly_here():
+            return [p for p in models.rglob(f"{PARTIAL_DIR}/*.safetensors.incomplete") if p.stat().st_size > 0]
+
+        qtbot.waitUntil(lambda: bool(weights_partly_here()), timeout=20000)
+        assert page.progress.isVisible() and page.cancel_button.isVisible()
+        assert not page.demo_button.isEnabled()
+        assert any(unit == "bytes" and 0 < done < total for done, total, unit in seen)
+        assert "MB of" in page.status.text()
+        qtbot.mouseClick(page.cancel_button, Qt.LeftButton)
+        qtbot.waitUntil(lambda: page.worker is None, timeout=20000)
+        assert "kept" in page.status.text() and page.get_button.isEnabled()
+        partial = weights_partly_here()[0]
+        assert win.pages.currentWidget() is win._model_scroll
+
+        hub.throttle_s = 0.0
+        with qtbot.waitSignal(win.chat.model_ready, timeout=60000):
+            qtbot.mouseClick(page.get_button, Qt.LeftButton)
+        qtbot.waitUntil(lambda: win.chat.worker is None)
+        assert hub.range_requests(partial.name.removesuffix(".incomplete"))  # continued, not started again
+    assert win.pages.currentWidget() is win.chat
+    assert load_settings().settings.model_path.endswith("muse-phi3-mini-128k-Q4_K_M.gguf")
+    assert win.chat.model_label.text() == "Model: muse-phi3-mini-128k-Q4_K_M.gguf"
+    win.chat.input.setText("Hello")
+    answer_and_wait(qtbot, win, win.chat.send)
+    win.close()
+
+
+def test_conversations_can_be_renamed_saved_and_deleted(qtbot, tiny_gguf, tmp_path, monkeypatch):
+    import json
+
+    from PySide6.QtWidgets import QFileDialog, QInputDialog, QMessageBox
+
+    from muse_desktop.demo_model import Variant
+    from muse_desktop.store import Store
+
+    store = Store()
+    win = MainWindow(Settings(user_type_id="nurse"), store=store)
+    qtbot.addWidget(win)
+    win.show()
+    load_model_and_wait(qtbot, win, tiny_gguf[Variant.MINI_4K])
+    for question in ("What is a fever?", "How do I take a pulse?"):
+        win.chat.new_conversation()
+        win.chat.input.setText(question)
+        answer_and_wait(qtbot, win, win.chat.send)
+    chat = win.chat
+    assert chat.history.count() == 2
+    older = chat.history.item(1)
+    chat.history.setCurrentItem(older)
+    older_id = older.data(Qt.UserRole)
+
+    monkeypatch.setattr(QInputDialog, "getText", lambda *a, **k: ("Fever notes", True))
+    qtbot.mouseClick(chat.rename_button, Qt.LeftButton)
+    assert store.conversation(older_id).title == "Fever notes"
+    assert any(chat.history.item(i).text().startswith("Fever notes") for i in range(chat.history.count()))
+
+    target = tmp_path / "fever"
+    monkeypatch.setattr(QFileDialog, "getSaveFileName", lambda *a, **k: (str(target), "Data for programs (*.json)"))
+    chat.history.setCurrentItem(chat.history.item([chat.history.item(i).data(Qt.UserRole)
+                                                   for i in range(chat.history.count())].index(older_id)))
+    qtbot.mouseClick(chat.export_button, Qt.LeftButton)
+    exported = json.loads((tmp_path / "fever.json").read_text("utf-8"))
+    assert exported == store.export_json(older_id) and exported["messages"][0]["content"] == "What is a fever?"
+    monkeypatch.setattr(QFileDialog, "getSaveFileName", lambda *a, **k: (str(tmp_path / "fever.md"), "x (*.md)"))
+    qtbot.mouseClick(chat.export_button, Qt.LeftButton)
+    assert (tmp_path / "fever.md").read_bytes().decode("utf-8") == store.export_markdown(older_id)
+
+    monkeypatch.setattr(QMessageBox, "question", lambda *a, **k: QMessageBox.No)
+    qtbot.mouseClick(chat.delete_button, Qt.LeftButton)
+    assert len(store.conversations()) == 2  # "No" keeps it
+    monkeypatch.setattr(QMessageBox, "question", lambda *a, **k: QMessageBox.Yes)
+    qtbot.mouseClick(chat.delete_button, Qt.LeftButton)
+    assert [c.title for c in store.conversations()] == ["How do I take a pulse?"]
+    assert chat.history.count() == 1 and "Deleted “Fever notes”" in chat.status.text()
+    win.close()
+    store.close()
+
+
+def test_the_colours_follow_the_system_until_a_theme_is_chosen(window, monkeypatch):
+    from PySide6.QtGui import QGuiApplication, QStyleHints
+
+    assert window.settings.theme == Theme.AUTO and window.effective_theme() == Theme.NORMAL
+    monkeypatch.setattr(QStyleHints, "colorScheme", lambda self: Qt.ColorScheme.Dark)
+    QGuiApplication.styleHints().colorSchemeChanged.emit(Qt.ColorScheme.Dark)
+    assert window.effective_theme() == Theme.DARK and PALETTES[Theme.DARK]["window"] in window.styleSheet()
+    window.theme_actions[Theme.NORMAL].trigger()  # an explicit choice wins over the system
+    assert PALETTES[Theme.NORMAL]["window"] in window.styleSheet()
+    assert load_settings().settings.theme == Theme.NORMAL
+    window.contrast.trigger()
+    assert window.theme_actions[Theme.HIGH_CONTRAST].isChecked()
+    assert PALETTES[Theme.HIGH_CONTRAST]["window"] in window.styleSheet()

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from PySide6.QtCore import Qt
-from PySide6.QtGui import QAction, QKeySequence
+from PySide6.QtGui import QAction, QActionGroup, QGuiApplication, QKeySequence
 from PySide6.QtWidgets import (
     QApplication,
     QButtonGroup,
@@ -30,6 +31,7 @@ from muse_desktop.prompting import InstructionTemplate, TemplateError
 from muse_desktop.settings import Settings, Theme, load_settings, save_settings
 from muse_desktop.store import Store
 from muse_desktop.ui.chat import ChatPage
+from muse_desktop.ui.model_page import ModelPage
 from muse_desktop.ui.theme import stylesheet
 from muse_desktop.ui import widgets
 from muse_desktop.usertypes import Catalog, InvalidUserType, UserType, custom_user_type, load_catalog
@@ -197,6 +199,10 @@ class MainWindow(QMainWindow):
         scroll.setWidgetResizable(True)
         scroll.setWidget(self.page)
         self.chat = ChatPage(self.settings, self.store, self.save)
+        self.model_page = ModelPage(self.settings)
+        model_scroll = QScrollArea()
+        model_scroll.setWidgetResizable(True)
+        model_scroll.setWidget(self.model_page)
         picker = QWidget()
         picker_layout = QVBoxLayout(picker)
         picker_layout.setContentsMargins(0, 0, 0, 0)
@@ -204,11 +210,19 @@ class MainWindow(QMainWindow):
         picker_layout.addWidget(self.page.footer)
         self.pages = QStackedWidget()
         self.pages.addWidget(picker)
+        self.pages.addWidget(model_scroll)
         self.pages.addWidget(self.chat)
+        self._model_scroll = model_scroll
         self.setCentralWidget(self.pages)
         self.page.start.clicked.connect(self.show_chat)
         self.chat.back_requested.connect(lambda: self.pages.setCurrentIndex(0))
+        self.chat.model_page_requested.connect(self.show_model_page)
+        self.model_page.back_requested.connect(self.back_from_model_page)
+        self.model_page.model_chosen.connect(self.use_model)
+        # A bound method (not a lambda), so Qt drops the connection when the window is gone.
+        QGuiApplication.styleHints().colorSchemeChanged.connect(self._system_colours_changed)
         self._build_menu()
+        self.chat.fit_zoom(self.settings.zoom_percent)
         self.apply_look()
         self.resize(900, 820)
 
@@ -217,15 +231,27 @@ class MainWindow(QMainWindow):
         self.bigger = QAction("Larger text", self, shortcut=QKeySequence.ZoomIn)
         self.smaller = QAction("Smaller text", self, shortcut=QKeySequence.ZoomOut)
         self.reset = QAction("Normal text size", self, shortcut=QKeySequence("Ctrl+0"))
-        self.contrast = QAction("High contrast", self, checkable=True, shortcut=QKeySequence("Ctrl+Shift+H"))
-        self.contrast.setChecked(self.settings.theme == Theme.HIGH_CONTRAST)
         self.bigger.triggered.connect(lambda: self.zoom(+1))
         self.smaller.triggered.connect(lambda: self.zoom(-1))
         self.reset.triggered.connect(lambda: self.zoom(0))
-        self.contrast.toggled.connect(self.set_high_contrast)
         for action in (self.bigger, self.smaller, self.reset):
             view.addAction(action)
         view.addSeparator()
+        colours = view.addMenu("Colours")
+        group = QActionGroup(self)
+        self.theme_actions: dict[str, QAction] = {}
+        for theme, text in ((Theme.AUTO, "Like the rest of the computer"), (Theme.NORMAL, "Light"),
+                            (Theme.DARK, "Dark"), (Theme.HIGH_CONTRAST, "High contrast")):
+            action = QAction(text, self, checkable=True)
+            action.setChecked(self.settings.theme == theme)
+            action.triggered.connect(lambda _=False, t=theme: self.set_theme(t))
+            group.addAction(action)
+            colours.addAction(action)
+            self.theme_actions[theme] = action
+        # A shortcut straight to high contrast and back, for people who cannot read the menu.
+        self.contrast = QAction("High contrast", self, checkable=True, shortcut=QKeySequence("Ctrl+Shift+H"))
+        self.contrast.setChecked(self.settings.theme == Theme.HIGH_CONTRAST)
+        self.contrast.toggled.connect(self.set_high_contrast)
         view.addAction(self.contrast)
         help_menu = self.menuBar().addMenu("&Help")
         about = QAction("About", self)
@@ -243,26 +269,67 @@ class MainWindow(QMainWindow):
         else:
             new = next((z for z in reversed(ZOOM_STEPS) if z < current), ZOOM_STEPS[0])
         self.settings.zoom_percent = new
+        self.chat.fit_zoom(new)
         self.apply_look()
         self.save()
 
     def set_high_contrast(self, on: bool) -> None:
-        self.settings.theme = Theme.HIGH_CONTRAST if on else Theme.NORMAL
+        if on != (self.settings.theme == Theme.HIGH_CONTRAST):
+            self.set_theme(Theme.HIGH_CONTRAST if on else Theme.AUTO)
+
+    def set_theme(self, theme: str) -> None:
+        self.settings.theme = theme
+        self.theme_actions[theme].setChecked(True)
+        self.contrast.setChecked(theme == Theme.HIGH_CONTRAST)
         self.apply_look()
         self.save()
 
+    def effective_theme(self) -> str:
+        """The theme in use: AUTO becomes light or dark as the system says (light when it does not say)."""
+        if self.settings.theme != Theme.AUTO:
+            return self.settings.theme
+        dark = QGuiApplication.styleHints().colorScheme() == Qt.ColorScheme.Dark
+        return Theme.DARK if dark else Theme.NORMAL
+
+    def _system_colours_changed(self, _scheme) -> None:
+        if self.settings.theme == Theme.AUTO:
+            self.apply_look()
+
     def apply_look(self) -> None:
-        self.setStyleSheet(stylesheet(self.settings.theme, self.settings.zoom_percent))
+        self.setStyleSheet(stylesheet(self.effective_theme(), self.settings.zoom_percent))
 
     def show_chat(self) -> None:
+        """After "Start talking": the chat, or first the model step when there is no model yet."""
         user_type = self.page.current()
         if user_type is None:
+            return
+        has_model = self.chat.engine is not None or (
+            self.settings.model_path and Path(self.settings.model_path).is_file())
+        if not has_model:
+            self.show_model_page()
             return
         self.chat.set_user_type(user_type)
         self.pages.setCurrentWidget(self.chat)
         self.chat.input.setFocus()
 
+    def show_model_page(self) -> None:
+        self.pages.setCurrentWidget(self._model_scroll)
+        self.model_page.get_button.setFocus()
+
+    def back_from_model_page(self) -> None:
+        self.pages.setCurrentWidget(self.chat if self.chat.engine is not None else self.pages.widget(0))
+
+    def use_model(self, path: str) -> None:
+        """A model was chosen on the model page: open it in the chat."""
+        user_type = self.page.current()
+        if user_type is not None:
+            self.chat.set_user_type(user_type, open_saved_model=False)
+        self.pages.setCurrentWidget(self.chat)
+        self.chat.load_model(path)
+        self.chat.input.setFocus()
+
     def closeEvent(self, event) -> None:
+        self.model_page.shutdown()
         self.chat.shutdown()
         super().closeEvent(event)
 

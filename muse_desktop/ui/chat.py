@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 
@@ -10,16 +11,19 @@ from PySide6.QtGui import QGuiApplication
 from PySide6.QtWidgets import (
     QFileDialog,
     QHBoxLayout,
+    QInputDialog,
     QLabel,
     QLineEdit,
     QListWidget,
     QListWidgetItem,
+    QMessageBox,
     QScrollArea,
     QVBoxLayout,
     QWidget,
 )
 
 from muse_desktop.events import Done
+from muse_desktop.fileio import atomic_write_text
 from muse_desktop.settings import Settings
 from muse_desktop.speech import Speaker
 from muse_desktop.store import Store
@@ -46,6 +50,7 @@ class Bubble(QLabel):
 
 class ChatPage(QWidget):
     back_requested = Signal()
+    model_page_requested = Signal()
     model_ready = Signal()
     answer_done = Signal()
     problem = Signal(str)
@@ -71,15 +76,10 @@ class ChatPage(QWidget):
         layout.addLayout(top)
 
         model_row = QHBoxLayout()
-        self.model_label = widgets.label("No model open yet.")
+        self.model_label = widgets.label("No model open yet.", name="Model")
         model_row.addWidget(self.model_label, 1)
-        self.open_model = widgets.button("Open a model file…", "Open a model file", self.choose_model)
-        model_row.addWidget(self.open_model)
-        self.demo_button = widgets.button("Try the demo", "Try the demo model, which has random weights",
-                                          self.use_demo)
-        self.demo_button.setToolTip("A tiny model with random weights: it shows how the app works, "
-                                    "but its answers are nonsense.")
-        model_row.addWidget(self.demo_button)
+        self.change_model = widgets.button("Change model", "Choose another model", self.model_page_requested)
+        model_row.addWidget(self.change_model)
         layout.addLayout(model_row)
         self.status = widgets.label(style="muted", name="Status")
         layout.addWidget(self.status)
@@ -88,11 +88,23 @@ class ChatPage(QWidget):
         self.history = QListWidget()
         self.history.setAccessibleName("Earlier conversations")
         self.history.setWordWrap(True)
-        self.history.setMaximumWidth(280)
         self.history.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
         self.history.itemActivated.connect(self._open_item)
         self.history.itemClicked.connect(self._open_item)
-        middle.addWidget(self.history)
+        self.side = QWidget()
+        self.side.setMaximumWidth(300)
+        side = QVBoxLayout(self.side)
+        side.setContentsMargins(0, 0, 0, 0)
+        side.addWidget(self.history, 1)
+        # Acting on the selected conversation (or the open one): one button each, no hidden menus.
+        self.rename_button = widgets.button("Rename", "Rename the selected conversation", self.rename_conversation)
+        self.delete_button = widgets.button("Delete", "Delete the selected conversation", self.delete_conversation)
+        self.export_button = widgets.button("Save as…", "Save the selected conversation to a file",
+                                            self.export_conversation)
+        for control in (self.rename_button, self.delete_button, self.export_button):
+            control.setObjectName("compact")  # less padding, still a 44 px target
+            side.addWidget(control)
+        middle.addWidget(self.side)
         self.scroll = QScrollArea()
         self.scroll.setWidgetResizable(True)
         self.scroll.setAccessibleName("Conversation")
@@ -123,9 +135,16 @@ class ChatPage(QWidget):
             self.read_button.setToolTip(self.speaker.unavailable_reason)
         self.new_button = widgets.button("New chat", "Start a new conversation", self.new_conversation)
         # Two rows of three, so that every label still fits at 200 % zoom.
+        # The list of earlier conversations can be hidden to give the conversation room
+        # (it is hidden by itself at large zoom; see fit_zoom).
+        self.history_toggle = widgets.button("Conversations", "Show or hide earlier conversations")
+        self.history_toggle.setCheckable(True)
+        self.history_toggle.setChecked(True)
+        self.history_toggle.toggled.connect(self.side.setVisible)
         for widget in (self.send_button, self.stop_button, self.regenerate_button):
             row.addWidget(widget)
         row.addStretch(1)
+        row.addWidget(self.history_toggle)
         layout.addLayout(row)
         second = QHBoxLayout()
         for widget in (self.copy_button, self.read_button, self.new_button):
@@ -133,24 +152,25 @@ class ChatPage(QWidget):
         second.addStretch(1)
         layout.addLayout(second)
 
+    def fit_zoom(self, zoom_percent: int) -> None:
+        """At large zoom the conversation gets the whole width; the list stays one button away."""
+        self.history_toggle.setChecked(zoom_percent < 175)
+
     # -- who and which model ---------------------------------------------------------------
 
-    def set_user_type(self, user_type: UserType) -> None:
+    def set_user_type(self, user_type: UserType, open_saved_model: bool = True) -> None:
         if self.user_type is not None and user_type.prompt_name != self.user_type.prompt_name:
             self.new_conversation()  # a conversation is worded for one user type
         self.user_type = user_type
         self.who.setText(f"Answers for: {user_type.display_name}")
         self.refresh_history()
-        if self.engine is None and self.settings.model_path and Path(self.settings.model_path).exists():
+        if (open_saved_model and self.engine is None and self.settings.model_path
+                and Path(self.settings.model_path).exists()):
             self.load_model(self.settings.model_path)
-
-    def choose_model(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "Open a model file", str(Path.home()), "GGUF models (*.gguf)")
-        if path:
-            self.load_model(path)
 
     def load_model(self, path: str) -> None:
         if self.busy:
+            self._pending_model = path
             return
         from muse_desktop.chat.engine import ChatEngine, EngineSettings
 
@@ -163,18 +183,6 @@ class ChatPage(QWidget):
 
         self.status.setText(f"Opening {Path(path).name}…")
         self._run(events, on_done=lambda event: self._loaded(path, event.data["engine"]))
-
-    def use_demo(self) -> None:
-        """Build (the first time) and open the tiny demo model: a usable default with no download."""
-        if self.busy:
-            return
-        from muse_desktop.demo_model import ensure_demo_gguf
-
-        self.status.setText("Preparing the demo model…")
-        self._run(lambda token: ensure_demo_gguf(cancel=token), on_done=self._demo_ready)
-
-    def _demo_ready(self, event: Done) -> None:
-        self._pending_model = event.path
 
     def _loaded(self, path: str, engine) -> None:
         from muse_desktop.demo_model import DEMO_NOTICE
@@ -208,7 +216,7 @@ class ChatPage(QWidget):
         if not question or self.busy or self.user_type is None:
             return
         if self.engine is None:
-            self.status.setText("Please open a model file first, or try the demo.")
+            self.status.setText("There is no model yet: press “Change model” to choose one.")
             return
         if self.conversation_id is None:
             title = question if len(question) <= 48 else question[:47] + "…"
@@ -285,6 +293,64 @@ class ChatPage(QWidget):
             self.add_bubble(message.role, message.content)
         self.status.setText(f"Continuing “{self.store.conversation(conversation_id).title}”.")
 
+    def _selected_conversation(self) -> int | None:
+        item = self.history.currentItem()
+        if item is not None and item.isSelected():
+            return item.data(Qt.UserRole)
+        return self.conversation_id
+
+    def rename_conversation(self) -> None:
+        conversation_id = self._selected_conversation()
+        if conversation_id is None or self.busy:
+            self.status.setText("Choose a conversation in the list first.")
+            return
+        old = self.store.conversation(conversation_id).title
+        title, ok = QInputDialog.getText(self, "Rename", "New name for the conversation:", text=old)
+        if ok and title.strip():
+            self.store.rename_conversation(conversation_id, title.strip())
+            self.refresh_history()
+            self.status.setText(f"Renamed to “{title.strip()}”.")
+
+    def delete_conversation(self) -> None:
+        conversation_id = self._selected_conversation()
+        if conversation_id is None or self.busy:
+            self.status.setText("Choose a conversation in the list first.")
+            return
+        title = self.store.conversation(conversation_id).title
+        answer = QMessageBox.question(self, "Delete", f"Delete the conversation “{title}”? This cannot be undone.",
+                                      QMessageBox.Yes | QMessageBox.No, QMessageBox.No)
+        if answer != QMessageBox.Yes:
+            return
+        self.store.delete_conversation(conversation_id)
+        if conversation_id == self.conversation_id:
+            self.conversation_id = None
+            self._clear_bubbles()
+        self.refresh_history()
+        self.status.setText(f"Deleted “{title}”.")
+
+    def export_conversation(self) -> None:
+        conversation_id = self._selected_conversation()
+        if conversation_id is None:
+            self.status.setText("Choose a conversation in the list first.")
+            return
+        conversation = self.store.conversation(conversation_id)
+        safe = "".join(c if c.isalnum() or c in " -_" else "_" for c in conversation.title).strip() or "conversation"
+        path, chosen = QFileDialog.getSaveFileName(self, "Save the conversation", str(Path.home() / f"{safe}.md"),
+                                                   "Text with headings (*.md);;Data for programs (*.json)")
+        if not path:
+            return
+        as_json = path.endswith(".json") or "json" in chosen
+        if as_json and not path.endswith(".json"):
+            path += ".json"
+        text = (json.dumps(self.store.export_json(conversation_id), ensure_ascii=False, indent=2) if as_json
+                else self.store.export_markdown(conversation_id))
+        try:
+            atomic_write_text(path, text)
+        except OSError as exc:
+            self.status.setText(f"Could not save the file ({exc}).")
+            return
+        self.status.setText(f"Saved to {path}.")
+
     def _bubbles(self) -> list[Bubble]:
         return [self.messages.itemAt(i).widget() for i in range(self.messages.count() - 1)]
 
@@ -335,9 +401,13 @@ class ChatPage(QWidget):
         worker.failed.connect(self._failed)
         worker.finished.connect(self._finished)
         self.stop_button.setEnabled(on_text is not None)
-        for control in (self.send_button, self.open_model, self.demo_button, self.regenerate_button, self.new_button):
+        for control in self._locked_while_busy():
             control.setEnabled(False)
         worker.start()
+
+    def _locked_while_busy(self):
+        return (self.send_button, self.change_model, self.regenerate_button, self.new_button,
+                self.rename_button, self.delete_button, self.export_button)
 
     def _failed(self, message: str) -> None:
         self.status.setText(message)
@@ -352,7 +422,7 @@ class ChatPage(QWidget):
             worker.deleteLater()
             worker.thread.deleteLater()
         self.stop_button.setEnabled(False)
-        for control in (self.send_button, self.open_model, self.demo_button, self.regenerate_button, self.new_button):
+        for control in self._locked_while_busy():
             control.setEnabled(True)
         pending, self._pending_model = self._pending_model, None
         if pending:

@@ -19,6 +19,17 @@ PALETTES = {
         "focus": "#B34700",
         "error": "#A4000F",
     },
+    Theme.DARK: {
+        "window": "#1C1C1E",
+        "text": "#F2F2F2",
+        "muted": "#C9C9C9",
+        "accent": "#8AB4F8",
+        "accent_text": "#0A1A33",
+        "field": "#2C2C2E",
+        "border": "#A0A0A0",
+        "focus": "#FFB86B",
+        "error": "#FF9A8F",
+    },
     Theme.HIGH_CONTRAST: {
         "window": "#000000",
         "text": "#FFFFFF",
@@ -39,6 +50,11 @@ def stylesheet(theme: str, zoom_percent: int) -> str:
     return f"""
 * {{ font-size: {size}pt; }}
 QWidget {{ background: {p['window']}; color: {p['text']}; }}
+QFrame#choice {{ border: 2px solid {p['border']}; border-radius: 10px; }}
+QFrame#choice QLabel {{ border: none; }}
+QProgressBar {{ border: 2px solid {p['border']}; border-radius: 6px; background: {p['field']};
+    color: {p['text']}; text-align: center; }}
+QProgressBar::chunk {{ background: {p['accent']}; }}
 QLabel#heading {{ font-size: {round(size * 1.6)}pt; font-weight: bold; }}
 QLabel#muted {{ color: {p['muted']}; }}
 QLabel#error {{ color: {p['error']}; font-weight: bold; }}
@@ -48,6 +64,7 @@ QListWidget::item {{ padding: 8px; }}
 QListWidget::item:selected {{ background: {p['accent']}; color: {p['accent_text']}; }}
 QPushButton {{ background: {p['field']}; color: {p['text']}; border: 2px solid {p['border']};
     border-radius: 10px; padding: 10px 18px; min-height: {MIN_TARGET_PX}px; min-width: {MIN_TARGET_PX}px; }}
+QPushButton#compact {{ padding: 4px 12px; }}
 QPushButton:checked, QPushButton#primary {{ background: {p['accent']}; color: {p['accent_text']};
     border-color: {p['accent']}; }}
 *:focus {{ outline: none; border: 4px solid {p['focus']}; }}

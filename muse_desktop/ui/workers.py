@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterator
 
 from PySide6.QtCore import QObject, QThread, Signal
 
-from muse_desktop.events import CancelToken, Cancelled, Done, Event, Log, Text
+from muse_desktop.events import CancelToken, Cancelled, Done, Event, Log, Progress, Text
 
 
 class EventWorker(QObject):
@@ -14,6 +14,7 @@ class EventWorker(QObject):
 
     text = Signal(str)
     log = Signal(str, str)
+    progress = Signal(float, float, str, str)  # done, total, unit, message
     done = Signal(object)  # the Done event
     failed = Signal(str)
     finished = Signal()
@@ -38,6 +39,8 @@ class EventWorker(QObject):
             for event in self.make_events(self.token):
                 if isinstance(event, Text):
                     self.text.emit(event.delta)
+                elif isinstance(event, Progress):
+                    self.progress.emit(float(event.done), float(event.total), event.unit, event.message)
                 elif isinstance(event, Log):
                     self.log.emit(event.message, event.level)
                 elif isinstance(event, Done):
