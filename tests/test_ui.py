@@ -465,3 +465,30 @@ def test_the_colours_follow_the_system_until_a_theme_is_chosen(window, monkeypat
     window.contrast.trigger()
     assert window.theme_actions[Theme.HIGH_CONTRAST].isChecked()
     assert PALETTES[Theme.HIGH_CONTRAST]["window"] in window.styleSheet()
+
+
+def test_every_control_on_every_page_is_reachable_with_the_tab_key(qtbot):
+    win = MainWindow(Settings(user_type_id="child"))
+    qtbot.addWidget(win)
+    win.show()
+    pages = [(win.pages.widget(0), None), (win._model_scroll, win.show_model_page)]
+    pages.append((win.chat, lambda: (win.chat.set_user_type(win.page.current()), win.pages.setCurrentWidget(win.chat))))
+    for page, show in pages:
+        if show:
+            show()
+        qtbot.wait(10)
+        controls = [w for w in interactive_widgets(win) if page.isAncestorOf(w)]
+        assert controls
+        for control in controls:
+            assert control.focusPolicy() & Qt.TabFocus, control.accessibleName() or control.text()
+            assert control.accessibleName() or control.text()
+        # Walk the real focus chain from the first control: every control comes up.
+        start = controls[0]
+        reached, widget = set(), start
+        for _ in range(500):
+            widget = widget.nextInFocusChain()
+            reached.add(widget)
+            if widget is start:
+                break
+        assert set(controls) <= reached
+    win.close()
