@@ -117,6 +117,53 @@ def _cmd_get_muse(args: argparse.Namespace) -> int:
     return 0
 
 
+def _training_imports():
+    try:
+        import torch  # noqa: F401  (checked here so the message is about the install, not a traceback)
+    except ImportError:
+        raise CliError("training needs the training extra: pip install 'muse-desktop[train]'") from None
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from muse_desktop.datasets import DatasetError
+    from muse_desktop.training.child import TrainingFailed, default_run_dir, run_training
+    from muse_desktop.training.config import ConfigError, load_config
+
+    if not args.resume and not args.config:
+        raise CliError("give a CONFIG.yaml to start a run, or --resume RUN_DIR to continue one")
+    _training_imports()
+    try:
+        if args.resume:
+            config, run_dir = None, args.resume
+            print(f"Resuming {run_dir}", file=sys.stderr)
+        else:
+            config = load_config(args.config)
+            run_dir = args.run_dir or default_run_dir(config)
+            print(f"Run folder: {run_dir}", file=sys.stderr)
+        run_events(run_training(config, run_dir))
+    except (ConfigError, DatasetError) as exc:
+        raise CliError(str(exc)) from None
+    except TrainingFailed as exc:
+        raise CliError(str(exc)) from None
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from muse_desktop.store import Store
+    from muse_desktop.training.export import ExportError, export_run
+
+    _training_imports()
+    store = Store()
+    try:
+        run_events(export_run(args.run_dir, "adapter" if args.adapter else "merge", args.type, store=store,
+                              verify=not args.no_verify))
+    except ExportError as exc:
+        raise CliError(str(exc)) from None
+    finally:
+        store.close()
+    return 0
+
+
 def _cmd_quantize(args: argparse.Namespace) -> int:
     from converters.quantize import quantize
 
@@ -237,6 +284,21 @@ def build_parser() -> argparse.ArgumentParser:
     chat.set_defaults(func=_cmd_chat)
 
     from converters.quantize import DEFAULT_TYPE, QUANT_TYPES
+
+    train = commands.add_parser("train", help="fine-tune with LoRA/QLoRA from a YAML config (or resume a run)")
+    train.add_argument("config", metavar="CONFIG.yaml", nargs="?")
+    train.add_argument("--resume", metavar="RUN_DIR", help="continue a cancelled, crashed or killed run")
+    train.add_argument("--run-dir", metavar="RUN_DIR", help="where the run goes (default: the app's runs folder)")
+    train.set_defaults(func=_cmd_train)
+
+    export = commands.add_parser("export", help="turn a finished run into a GGUF the chat opens")
+    export.add_argument("run_dir", metavar="RUN_DIR")
+    how = export.add_mutually_exclusive_group()
+    how.add_argument("--merge", action="store_true", help="merge into the base and quantize (default)")
+    how.add_argument("--adapter", action="store_true", help="a small GGUF LoRA adapter applied at run time")
+    export.add_argument("--type", default="Q4_K_M", type=str.upper, help="quantization (default Q4_K_M; F16 keeps f16)")
+    export.add_argument("--no-verify", action="store_true", help="skip the logits check")
+    export.set_defaults(func=_cmd_export)
 
     get = commands.add_parser("get-muse", help="download Phi-3-mini-128k-instruct (+ MUsE adapter), merge, quantize")
     get.add_argument("--models-dir", metavar="DIR", help="where models go (default: the app's models folder)")

@@ -58,6 +58,19 @@ MIGRATIONS = [
     );
     CREATE INDEX messages_by_conversation ON messages(conversation_id, id);
     """,
+    # 2: the model library (models and GGUF LoRA adapters made by the trainer or downloaded).
+    """
+    CREATE TABLE library (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL,
+        kind TEXT NOT NULL CHECK (kind IN ('model', 'adapter')),
+        path TEXT NOT NULL UNIQUE,
+        base_path TEXT NOT NULL DEFAULT '',
+        source TEXT NOT NULL DEFAULT '',
+        info_json TEXT NOT NULL DEFAULT '{}',
+        created_at TEXT NOT NULL
+    );
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -91,6 +104,20 @@ class Conversation:
     user_type: str
     created_at: str
     updated_at: str
+
+
+@dataclass
+class LibraryEntry:
+    """A GGUF the app knows about: a model, or an adapter with the base it applies to."""
+
+    id: int
+    name: str
+    kind: str
+    path: str
+    base_path: str
+    source: str
+    info: dict[str, Any]
+    created_at: str
 
 
 @dataclass
@@ -211,6 +238,33 @@ class Store:
 
     def delete_profile(self, profile_id: int) -> None:
         self.db.execute("DELETE FROM profiles WHERE id = ?", (profile_id,))
+
+    # -- model library -----------------------------------------------------------------
+
+    def add_to_library(self, name: str, kind: str, path: str, base_path: str = "", source: str = "",
+                       info: dict[str, Any] | None = None) -> LibraryEntry:
+        """Register (or update, by path) a model or adapter file."""
+        self.db.execute(
+            "INSERT INTO library (name, kind, path, base_path, source, info_json, created_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(path) DO UPDATE SET name = excluded.name, "
+            "kind = excluded.kind, base_path = excluded.base_path, source = excluded.source, "
+            "info_json = excluded.info_json",
+            (name, kind, str(path), str(base_path), source, json.dumps(info or {}), now()),
+        )
+        row = self.db.execute("SELECT * FROM library WHERE path = ?", (str(path),)).fetchone()
+        return self._entry(row)
+
+    @staticmethod
+    def _entry(row) -> LibraryEntry:
+        data = dict(row)
+        data["info"] = json.loads(data.pop("info_json"))
+        return LibraryEntry(**data)
+
+    def library(self) -> list[LibraryEntry]:
+        return [self._entry(row) for row in self.db.execute("SELECT * FROM library ORDER BY created_at DESC, id DESC")]
+
+    def remove_from_library(self, entry_id: int) -> None:
+        self.db.execute("DELETE FROM library WHERE id = ?", (entry_id,))
 
     # -- conversations -----------------------------------------------------------------
 

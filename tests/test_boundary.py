@@ -22,7 +22,8 @@ REPO = Path(__file__).resolve().parent.parent
 HEAVY = ("torch", "transformers", "peft", "bitsandbytes", "accelerate")
 # Modules allowed to import the training stack at module level (none yet: the
 # trainer arrives later and must be listed here deliberately).
-TRAINING_MODULES: set[str] = set()
+# The modules that need torch the moment they are imported (the trainer's own process).
+TRAINING_MODULES = {"muse_desktop.training.recipe", "muse_desktop.training.evaluate"}
 LINT_IMPORTS = Path(sys.executable).parent / ("lint-imports.exe" if os.name == "nt" else "lint-imports")
 
 

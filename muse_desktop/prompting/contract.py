@@ -169,7 +169,7 @@ def _as_template(template: InstructionTemplate | str | None) -> InstructionTempl
 
 
 def build_pieces(
-    user_type: str,
+    user_type: str | None,
     turns: Sequence[Turn],
     template: InstructionTemplate | str | None = None,
     *,
@@ -201,12 +201,13 @@ def build_pieces(
             if add_generation_prompt
             else "A training example must end with an assistant turn"
         )
-    instruction = _as_template(template).render(user_type)
+    # None (not "") means a dataset without user types: plain Phi-3 chat, no instruction.
+    instruction = None if user_type is None else _as_template(template).render(user_type)
     last_index = len(turns) - 1
     pieces: list[Piece] = []
     for index, turn in enumerate(turns):
         if turn.role == Role.USER:
-            text = f"{instruction}\n{turn.content}" if index == 0 else turn.content
+            text = f"{instruction}\n{turn.content}" if index == 0 and instruction is not None else turn.content
             pieces += [Piece(Special.USER, special=True), Piece(text), Piece(Special.END, special=True)]
             pieces.append(Piece("\n"))
         else:
