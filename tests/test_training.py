@@ -347,3 +347,42 @@ def test_train_and_export_from_the_command_line(tmp_path, tiny_model, capsys):
     assert "Exported to" in capsys.readouterr().out
     assert main(["train", str(tmp_path / "missing.yaml")]) == 2
     assert "Cannot read" in capsys.readouterr().err
+
+
+# --- hardware check ------------------------------------------------------------------------
+
+PHI3_MINI = dict(hidden_size=3072, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=32,
+                 intermediate_size=8192, vocab_size=32064)
+
+
+def test_the_weight_count_matches_a_real_model(tiny_model):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from muse_desktop.training.hardware import Shape, read_model_config
+
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model), dtype=torch.float32)
+    assert Shape.of(read_model_config(tiny_model)).params() == sum(p.numel() for p in model.parameters())
+    assert round(Shape.of(PHI3_MINI).params() / 1e9, 2) == 3.82  # Phi-3-mini's published 3.8B
+
+
+def test_the_hardware_check_recommends_a_preset_or_says_why_not():
+    from muse_desktop.training.hardware import Hardware, estimate_memory, recommend
+
+    qlora = load_preset("qlora")
+    qlora.seq_len = 1024
+    assert estimate_memory(qlora, PHI3_MINI).gb < 6  # DESIGN: QLoRA on Phi-3-mini fits a 6 GB laptop GPU
+    gpu = lambda gb: Hardware("cuda", "Laptop GPU", gb * 2**30, True)  # noqa: E731
+    assert recommend(PHI3_MINI, gpu(6)).preset == "qlora"
+    assert recommend(PHI3_MINI, gpu(24)).preset == "muse-3" and not recommend(PHI3_MINI, gpu(24)).overrides
+    assert recommend(PHI3_MINI, gpu(16)).overrides == {"gradient_checkpointing": True}
+    too_small = recommend(PHI3_MINI, gpu(3))
+    assert too_small.preset is None and "has 3.0 GB; even qlora needs about" in too_small.message
+
+
+def test_the_hardware_probe_measures_this_computer():
+    from muse_desktop.training.hardware import epoch_seconds, probe
+
+    hw = probe()
+    assert hw.memory_bytes > 2**30 and hw.flops > 1e8
+    assert epoch_seconds(100_000, load_preset("muse-3"), PHI3_MINI, hw) > 1
