@@ -382,7 +382,7 @@ def test_get_muse_from_the_first_run_wizard_with_progress_and_cancel(qtbot, tmp_
         assert page.progress.isVisible() and page.cancel_button.isVisible()
         assert not page.demo_button.isEnabled()
         assert any(unit == "bytes" and 0 < done < total for done, total, unit in seen)
-        assert "MB of" in page.status.text()
+        qtbot.waitUntil(lambda: "MB of" in page.status.text(), timeout=10000)  # progress in words
         qtbot.mouseClick(page.cancel_button, Qt.LeftButton)
         qtbot.waitUntil(lambda: page.worker is None, timeout=20000)
         assert "kept" in page.status.text() and page.get_button.isEnabled()
@@ -492,3 +492,82 @@ def test_every_control_on_every_page_is_reachable_with_the_tab_key(qtbot):
                 break
         assert set(controls) <= reached
     win.close()
+
+
+def test_trainer_tab_runs_cancels_resumes_exports_and_chats(qtbot, tmp_path, tiny_model, isolated_home):
+    import json
+
+    from muse_desktop.ui.trainer import run_status
+
+    data = tmp_path / "facts.jsonl"
+    rows = [("Child", "What colour is the sky?", "Blue on a sunny day."),
+            ("Elderly", "How do I call my grandson?", "Press the green button."),
+            ("Farmer", "When do I plant potatoes?", "In spring."),
+            ("Nurse", "What is a normal pulse?", "Sixty to one hundred."),
+            ("Child", "Why do cats purr?", "They feel happy."),
+            ("Teenager", "How can I sleep better?", "No phone before bed.")]
+    data.write_text("".join(json.dumps({"user_type": u, "question": q, "answer": a}) + "\n" for u, q, a in rows)
+                    + "{broken\n")
+    win = MainWindow(Settings(user_type_id="child"))
+    qtbot.addWidget(win)
+    win.resize(1000, 900)
+    win.show()
+    win.tabs.setCurrentIndex(1)
+    page = win.trainer
+    page.base_model.setText(str(tiny_model))
+    page.dataset.setText(str(data))
+    page.check_data()
+    qtbot.waitUntil(lambda: page.worker is None, timeout=60000)
+    report = page.report.toPlainText()
+    assert "6 usable, 1 skipped" in report and "line 7: invalid JSON" in report and "takes about" in report
+
+    page.advanced_toggle.click()
+    options = page.options
+    options["max_steps"].setValue(300)
+    options["batch_size"].setValue(2)
+    options["lora_r"].setValue(8)
+    options["lora_alpha"].setValue(16)
+    options["save_steps"].setValue(5)
+    options["learning_rate"].setText("5e-3")
+    qtbot.mouseClick(page.start_button, Qt.LeftButton)
+    qtbot.waitUntil(lambda: len(page.chart.series["train_loss"]) >= 12, timeout=60000)
+    assert page.cancel_button.isEnabled() and not page.start_button.isEnabled()
+    assert "Step" in page.status.text() and "tokens/s" in page.status.text()
+    assert "Training loss" in page.chart.accessibleDescription()
+    qtbot.mouseClick(page.cancel_button, Qt.LeftButton)
+    qtbot.waitUntil(lambda: page.worker is None, timeout=60000)
+    assert "stopped" in page.status.text().lower()
+    assert "can be resumed" in run_status(page.run_dir) and page.resume_button.isEnabled()
+
+    qtbot.mouseClick(page.resume_button, Qt.LeftButton)
+    qtbot.waitUntil(lambda: page.worker is None, timeout=120000)
+    assert page.status.text().startswith("Training finished after 300 steps"), page.status.text()
+    assert run_status(page.run_dir).startswith("finished, 300 steps")
+    first, last = page.chart.series["train_loss"][0][1], page.chart.series["train_loss"][-1][1]
+    assert last < first / 2
+    assert page.chart.series["val_loss"]  # validation points arrived too
+    assert "BLEU" in page.log.toPlainText()  # the before/after evaluation
+
+    qtbot.mouseClick(page.export_button, Qt.LeftButton)
+    qtbot.waitUntil(lambda: page.worker is None, timeout=120000)
+    assert page.status.text().startswith("Exported to") and page.chat_button.isEnabled(), page.status.text()
+    assert [entry.kind for entry in win.store.library()] == ["model"]
+    with qtbot.waitSignal(win.chat.model_ready, timeout=30000):
+        qtbot.mouseClick(page.chat_button, Qt.LeftButton)
+    assert win.tabs.currentIndex() == 0 and win.pages.currentWidget() is win.chat
+    assert win.chat.model_label.text().endswith("-Q4_K_M.gguf")
+    win.close()
+
+
+def test_the_qt_binding_does_not_leak_references_to_none(qtbot):
+    """PySide6 6.12.0 returned None from void calls without a reference: the app aborted after a while."""
+    import sys
+
+    from PySide6.QtWidgets import QLabel
+
+    label = QLabel()
+    qtbot.addWidget(label)
+    before = sys.getrefcount(None)
+    for _ in range(200):
+        label.setText("x")
+    assert sys.getrefcount(None) - before > -50

@@ -22,6 +22,7 @@ from PySide6.QtWidgets import (
     QPushButton,
     QScrollArea,
     QStackedWidget,
+    QTabWidget,
     QVBoxLayout,
     QWidget,
 )
@@ -213,7 +214,18 @@ class MainWindow(QMainWindow):
         self.pages.addWidget(model_scroll)
         self.pages.addWidget(self.chat)
         self._model_scroll = model_scroll
-        self.setCentralWidget(self.pages)
+        from muse_desktop.ui.trainer import TrainerPage
+
+        self.trainer = TrainerPage(self.settings, self.store)
+        trainer_scroll = QScrollArea()
+        trainer_scroll.setWidgetResizable(True)
+        trainer_scroll.setWidget(self.trainer)
+        self.tabs = QTabWidget()
+        self.tabs.setAccessibleName("Sections")
+        self.tabs.addTab(self.pages, "Chat")
+        self.tabs.addTab(trainer_scroll, "Trainer")
+        self.setCentralWidget(self.tabs)
+        self.trainer.chat_requested.connect(self.chat_with)
         self.page.start.clicked.connect(self.show_chat)
         self.chat.back_requested.connect(lambda: self.pages.setCurrentIndex(0))
         self.chat.model_page_requested.connect(self.show_model_page)
@@ -328,7 +340,19 @@ class MainWindow(QMainWindow):
         self.chat.load_model(path)
         self.chat.input.setFocus()
 
+    def chat_with(self, model_path: str, adapter_path: str = "") -> None:
+        """From the Trainer: open the exported model (or base + adapter) in the chat."""
+        self.tabs.setCurrentIndex(0)
+        user_type = self.page.current()
+        if user_type is None:
+            self.pages.setCurrentIndex(0)
+            return
+        self.chat.set_user_type(user_type, open_saved_model=False)
+        self.pages.setCurrentWidget(self.chat)
+        self.chat.load_model(model_path, [adapter_path] if adapter_path else [])
+
     def closeEvent(self, event) -> None:
+        self.trainer.shutdown()
         self.model_page.shutdown()
         self.chat.shutdown()
         super().closeEvent(event)

@@ -168,30 +168,36 @@ class ChatPage(QWidget):
                 and Path(self.settings.model_path).exists()):
             self.load_model(self.settings.model_path)
 
-    def load_model(self, path: str) -> None:
+    def load_model(self, path: str, adapters: list[str] | None = None) -> None:
+        """Open a GGUF model (with GGUF LoRA adapters applied at run time) off the GUI thread."""
         if self.busy:
             self._pending_model = path
             return
-        from muse_desktop.chat.engine import ChatEngine, EngineSettings
+        from muse_desktop.chat.engine import AdapterSpec, ChatEngine, EngineSettings
 
         settings = EngineSettings(threads=self.settings.threads, context_length=self.settings.context_length,
                                   gpu_layers=self.settings.gpu_layers)
 
+        specs = [AdapterSpec(adapter, 1.0) for adapter in adapters or []]
+
         def events(_token):
-            engine = ChatEngine(path, settings)
+            engine = ChatEngine(path, settings, specs)
             yield Done("loaded", data={"engine": engine})
 
         self.status.setText(f"Opening {Path(path).name}…")
-        self._run(events, on_done=lambda event: self._loaded(path, event.data["engine"]))
+        self._run(events, on_done=lambda event: self._loaded(path, event.data["engine"], adapters or []))
 
-    def _loaded(self, path: str, engine) -> None:
+    def _loaded(self, path: str, engine, adapters: list[str] | None = None) -> None:
         from muse_desktop.demo_model import DEMO_NOTICE
 
         if self.engine is not None:
             self.engine.close()
         self.engine = engine
         is_demo = Path(path).name.startswith("muse-demo-")
-        self.model_label.setText(DEMO_NOTICE if is_demo else f"Model: {Path(path).name}")
+        label = DEMO_NOTICE if is_demo else f"Model: {Path(path).name}"
+        if adapters:
+            label += " + " + ", ".join(Path(a).name for a in adapters)
+        self.model_label.setText(label)
         self.status.setText("Ready. Type a question and press Enter.")
         if self.settings.model_path != path:
             self.settings.model_path = path

@@ -1,38 +1,36 @@
-"""Run the core's event generators on a worker thread and re-emit their events as Qt signals."""
+"""Run the core's event generators on a worker thread and re-emit their events as Qt signals.
+
+Two objects: a runner that lives on the worker thread and consumes the generator,
+and the :class:`EventWorker` that stays on the GUI thread. The runner's signals are
+connected to the worker's, so Qt queues them across threads and every slot — even
+a plain lambda, which has no thread of its own — runs on the GUI thread, where
+widgets may be touched.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
-from PySide6.QtCore import QObject, QThread, Signal
+from PySide6.QtCore import QObject, Qt, QThread, Signal
 
-from muse_desktop.events import CancelToken, Cancelled, Done, Event, Log, Progress, Text
+from muse_desktop.events import CancelToken, Cancelled, Done, Event, Log, Metric, Progress, Text
 
 
-class EventWorker(QObject):
-    """Consumes one generator on its own thread; ``cancel()`` is safe from the GUI thread."""
-
+class _Signals(QObject):
     text = Signal(str)
     log = Signal(str, str)
     progress = Signal(float, float, str, str)  # done, total, unit, message
+    metric = Signal(str, float, int)  # name, value, step
     done = Signal(object)  # the Done event
     failed = Signal(str)
     finished = Signal()
 
-    def __init__(self, make_events: Callable[[CancelToken], Iterator[Event]]):
+
+class _Runner(_Signals):
+    def __init__(self, make_events: Callable[[CancelToken], Iterator[Event]], token: CancelToken):
         super().__init__()
         self.make_events = make_events
-        self.token = CancelToken()
-        self.thread = QThread()
-        self.moveToThread(self.thread)
-        self.thread.started.connect(self.run)
-        self.finished.connect(self.thread.quit)
-
-    def start(self) -> None:
-        self.thread.start()
-
-    def cancel(self) -> None:
-        self.token.cancel()
+        self.token = token
 
     def run(self) -> None:
         try:
@@ -41,6 +39,8 @@ class EventWorker(QObject):
                     self.text.emit(event.delta)
                 elif isinstance(event, Progress):
                     self.progress.emit(float(event.done), float(event.total), event.unit, event.message)
+                elif isinstance(event, Metric):
+                    self.metric.emit(event.name, float(event.value), int(event.step))
                 elif isinstance(event, Log):
                     self.log.emit(event.message, event.level)
                 elif isinstance(event, Done):
@@ -51,3 +51,33 @@ class EventWorker(QObject):
             self.failed.emit(str(exc) or type(exc).__name__)
         finally:
             self.finished.emit()
+
+
+class EventWorker(_Signals):
+    """Consumes one generator on its own thread; its signals arrive on the GUI thread.
+
+    ``cancel()`` is safe from the GUI thread.
+    """
+
+    def __init__(self, make_events: Callable[[CancelToken], Iterator[Event]]):
+        super().__init__()
+        self.token = CancelToken()
+        self.thread = QThread()
+        self.runner = _Runner(make_events, self.token)
+        self.runner.moveToThread(self.thread)
+        self.thread.started.connect(self.runner.run)
+        # quit() is thread-safe: called directly, so the thread has stopped its loop by the
+        # time the GUI thread sees ``finished`` and waits for it.
+        self.runner.finished.connect(self.thread.quit, Qt.DirectConnection)
+        for name in ("text", "log", "progress", "metric", "done", "failed", "finished"):
+            getattr(self.runner, name).connect(getattr(self, name))
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def cancel(self) -> None:
+        self.token.cancel()
+
+    def deleteLater(self) -> None:  # noqa: N802 (Qt's name)
+        self.runner.deleteLater()
+        super().deleteLater()
