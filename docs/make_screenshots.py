@@ -68,8 +68,47 @@ def main() -> int:
     window.set_theme(Theme.DARK)
     settle()
     window.grab().save(str(OUT / "chat-dark.png"))
+    window.set_theme(Theme.NORMAL)
+    trainer_mid_run(window, settle)
     window.close()
     return 0
+
+
+def trainer_mid_run(window, settle) -> None:
+    """The Trainer tab with a real run on the tiny demo checkpoint, captured mid-run."""
+    import json
+
+    from muse_desktop.demo_model import build_demo_model
+
+    work = Path(os.environ["MUSE_HOME"])
+    base = build_demo_model(work / "tiny-base")
+    data = work / "my-examples.jsonl"
+    rows = [("Child", "What colour is the sky?", "Blue, like a big blue blanket."),
+            ("Elderly", "How do I call my grandson?", "Press the green phone button, then his name."),
+            ("Farmer", "When should I plant potatoes?", "In spring, once the soil is warm."),
+            ("Nurse", "What is a normal pulse?", "Sixty to one hundred beats a minute."),
+            ("Child", "Why do cats purr?", "They purr when they feel safe and happy."),
+            ("Teenager", "How can I sleep better?", "Put the phone away an hour before bed.")]
+    data.write_text("".join(json.dumps({"user_type": u, "question": q, "answer": a}) + "\n" for u, q, a in rows)
+                    + '{"user_type": "Child", "question": "broken line"\n')
+    window.resize(1000, 1500)
+    window.tabs.setCurrentIndex(1)
+    page = window.trainer
+    page.base_model.setText(str(base))
+    page.dataset.setText(str(data))
+    page.check_data()
+    settle(lambda: page.worker is None)
+    page.options["max_steps"].setValue(400)
+    page.options["batch_size"].setValue(2)
+    page.options["lora_r"].setValue(8)
+    page.options["lora_alpha"].setValue(16)
+    page.options["learning_rate"].setText("5e-3")
+    page.options["save_steps"].setValue(20)
+    page.start()
+    settle(lambda: len(page.chart.series["train_loss"]) >= 150 and len(page.chart.series["val_loss"]) >= 1)
+    window.grab().save(str(OUT / "trainer-mid-run.png"))
+    page.cancel()
+    settle(lambda: page.worker is None)
 
 
 if __name__ == "__main__":

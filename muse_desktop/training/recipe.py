@@ -377,8 +377,9 @@ def train(config: TrainConfig, run_dir: str | Path, cancel: CancelToken | None =
         for problem in data.report.problems[:20]:
             yield Log(str(problem), "warning")
         if data.report.skipped:
-            yield Log(f"{data.report.skipped} rows were skipped (reasons above); training on "
-                      f"{len(data.report.examples)}.", "warning")
+            skipped = data.report.skipped
+            yield Log(f"{skipped} {'row was' if skipped == 1 else 'rows were'} skipped (reasons above); "
+                      f"training on {len(data.report.examples)}.", "warning")
 
     model = load_model(config, device, dtype)
     trainable = [p for p in model.parameters() if p.requires_grad]

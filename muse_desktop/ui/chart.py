@@ -105,7 +105,7 @@ class LossChart(QWidget):
             for step, value in series[1:]:
                 path.lineTo(at(step, value))
             painter.drawPath(path)
-            if marker:
+            if marker and len(series) <= 40:  # beyond that the squares would merge into a band
                 for step, value in series:
                     point = at(step, value)
                     painter.drawRect(QRectF(point.x() - 4, point.y() - 4, 8, 8))

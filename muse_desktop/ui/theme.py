@@ -73,6 +73,7 @@ QLabel#userBubble {{ background: {p['field']}; border: 2px solid {p['border']}; 
 QLabel#assistantBubble {{ background: {p['window']}; border: 2px solid {p['accent']}; border-radius: 10px;
     padding: 10px; margin-right: 60px; }}
 QPushButton:disabled {{ color: {p['muted']}; border-style: dashed; }}
+QPushButton#primary:disabled {{ background: {p['field']}; color: {p['muted']}; border-color: {p['border']}; }}
 QMenuBar, QMenu {{ background: {p['window']}; color: {p['text']}; }}
 QMenu::item:selected, QMenuBar::item:selected {{ background: {p['accent']}; color: {p['accent_text']}; }}
 """

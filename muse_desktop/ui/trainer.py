@@ -67,6 +67,28 @@ def run_status(run_dir: Path) -> str:
     return "not started or stopped before its first checkpoint"
 
 
+def run_details(run_dir: Path) -> str:
+    """A past run's settings and results (with the before/after answers) as plain text."""
+    lines = []
+    for name in ("results.json", "config.json", "request.json"):
+        try:
+            data = json.loads((run_dir / name).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        config = data.get("config", data) if name == "results.json" else data
+        keys = ("preset", "method", "base_model", "dataset", "lora_r", "lora_alpha", "learning_rate", "batch_size",
+                "gradient_accumulation", "epochs", "max_steps", "seq_len", "seed")
+        lines.append("Settings: " + ", ".join(f"{k} {config[k]}" for k in keys if k in config and config[k] != ""))
+        if name == "results.json":
+            lines.append(f"Result: {run_status(run_dir)}; {data.get('tokens', 0):,} tokens in "
+                         f"{_duration(data.get('seconds', 0))}")
+            for row in data.get("evaluation", {}).get("rows", []):
+                lines += [f"[{row['user_type']}] {row['question']}", f"  before: {row['base']}",
+                          f"  after:  {row['tuned']}", f"  expected: {row['reference']}"]
+        break
+    return "\n".join(lines) or "No details saved for this run."
+
+
 class TrainerPage(QWidget):
     chat_requested = Signal(str, str)  # model path, adapter path ("" for none)
 
@@ -331,7 +353,8 @@ class TrainerPage(QWidget):
 
                 seconds = epoch_seconds(report.tokens, config, read_model_config(base), probe())
                 if seconds:
-                    lines.append(f"One pass over the data takes about {_duration(seconds)} on this computer.")
+                    lines.append("One pass over the data takes " + (
+                        "less than a second" if seconds < 1 else f"about {_duration(seconds)}") + " on this computer.")
             elif tokenizer is None:
                 lines.append("Choose the base model to count tokens and estimate the time.")
             if not report.examples:
@@ -492,6 +515,8 @@ class TrainerPage(QWidget):
         for event in read_events(self.run_dir):
             if getattr(event, "name", None) in ("train_loss", "val_loss"):
                 self.chart.add(event.name, event.step, event.value)
+        self.log.setPlainText(run_details(self.run_dir))
+        self.status.setText(f"{self.run_dir.name}: {run_status(self.run_dir)}")
         self._update_buttons()
 
     def export(self, mode: str) -> None:
