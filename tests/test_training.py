@@ -386,3 +386,26 @@ def test_the_hardware_probe_measures_this_computer():
     hw = probe()
     assert hw.memory_bytes > 2**30 and hw.flops > 1e8
     assert epoch_seconds(100_000, load_preset("muse-3"), PHI3_MINI, hw) > 1
+
+
+def test_held_out_questions_are_answered_before_and_after_and_scored(tmp_path, tiny_model):
+    import sacrebleu
+
+    from muse_desktop.training.evaluate import grade
+    from muse_desktop.training.recipe import train
+    from muse_desktop.ui.trainer import run_details
+
+    config = tiny_config(tiny_model, write_triples(tmp_path / "d.jsonl"), validation_split=0.34, eval_questions=2,
+                         eval_max_new_tokens=12, max_steps=30)
+    done = list(train(config, tmp_path / "run"))[-1]
+    rows = done.data["evaluation"]["rows"]
+    assert len(rows) == 2
+    for row in rows:
+        assert row["reference"] in [a for _, _, a in FACTS]
+        assert row["bleu_tuned"] == sacrebleu.sentence_bleu(row["tuned"], [row["reference"]]).score
+    saved = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert saved["evaluation"]["by_user_type"] and saved["steps"] == 30
+    assert "  before: " in run_details(tmp_path / "run") and "expected:" in run_details(tmp_path / "run")
+    # Flesch-Kincaid by hand: 0.39 * words/sentences + 11.8 * syllables/words - 15.59.
+    assert grade("The cat sat on the mat.") == pytest.approx(0.39 * 6 + 11.8 * 6 / 6 - 15.59, abs=0.01)
+    assert grade("...") is None
