@@ -19,6 +19,7 @@ from converters.gguf_check import inspect_gguf
 from converters.gguf_out import check_free_space
 from muse_desktop.events import CancelToken, Cancelled, Done, Event, Log, Progress
 from muse_desktop.fileio import atomic_path
+from muse_desktop.process import module_command
 
 # Type name -> (llama_cpp ftype constant name, approximate bits per weight).
 QUANT_TYPES = {
@@ -57,7 +58,7 @@ def quantize(
     yield Log(f"Quantizing {in_path.name} to {qtype} with {threads} threads")
     with atomic_path(out_path) as tmp:
         process = subprocess.Popen(
-            [sys.executable, "-m", "converters.quantize", str(in_path), str(tmp), qtype, str(threads)],
+            module_command("converters.quantize", str(in_path), str(tmp), qtype, str(threads)),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,

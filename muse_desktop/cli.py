@@ -222,12 +222,12 @@ def _cmd_chat(args: argparse.Namespace) -> int:
     return 0
 
 
-def _open_app() -> int:
+def _open_app(screenshot: str | None = None) -> int:
     try:
         from muse_desktop.ui.app import run_app
     except ImportError as exc:
         raise CliError(f"the desktop window needs PySide6, which could not be loaded ({exc})") from None
-    return run_app(sys.argv[:1])
+    return run_app(sys.argv[:1], screenshot=screenshot)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -239,6 +239,10 @@ def build_parser() -> argparse.ArgumentParser:
         "Run without a command to open the app.",
     )
     parser.add_argument("--version", action="version", version=f"{APP_NAME} {__version__}")
+    parser.add_argument("--self-test", nargs="?", const="", metavar="MODEL.gguf",
+                        help="check this install headless (resources, database, a model answering, the "
+                             "quantizer) and exit 0/1; without a model the demo model is built")
+    parser.add_argument("--screenshot", metavar="PNG", help=argparse.SUPPRESS)  # open, save the window, quit
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     user_types = commands.add_parser("user-types", help="list or search the user types")
@@ -317,10 +321,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    from muse_desktop.process import RUN_MODULE, run_module
+
+    if argv[:1] == [RUN_MODULE]:  # a child process of a frozen bundle
+        return run_module(argv[1:])
     args = build_parser().parse_args(argv)
     try:
+        if args.self_test is not None:
+            from muse_desktop.selftest import run_self_test
+
+            return run_self_test(args.self_test or None)
         if args.command is None:
-            return _open_app()
+            return _open_app(args.screenshot)
         return args.func(args)
     except CliError as exc:
         print(f"muse-desktop: {exc}", file=sys.stderr)

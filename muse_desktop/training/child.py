@@ -50,7 +50,9 @@ def default_run_dir(config: TrainConfig) -> Path:
 
 
 def child_command(run_dir: Path) -> list[str]:
-    return [sys.executable, "-m", "muse_desktop.training.child", "--run-dir", str(run_dir)]
+    from muse_desktop.process import module_command
+
+    return module_command("muse_desktop.training.child", "--run-dir", str(run_dir))
 
 
 def run_training(config: TrainConfig | None, run_dir: str | Path, cancel: CancelToken | None = None,

@@ -364,14 +364,25 @@ class MainWindow(QMainWindow):
             QMessageBox.warning(self, APP_NAME, f"Your choice could not be saved ({exc}).")
 
 
-def run_app(argv: Sequence[str] | None = None) -> int:
-    """Open the window and run until it is closed."""
+def run_app(argv: Sequence[str] | None = None, screenshot: str | None = None) -> int:
+    """Open the window and run until it is closed (with ``screenshot``: save it as PNG and quit)."""
     app = QApplication.instance() or QApplication(list(argv or sys.argv[:1]))
     app.setApplicationName(APP_NAME)
     loaded = load_settings()
     store = Store()
     window = MainWindow(loaded.settings, store=store)
     window.show()
+    if screenshot:
+        from PySide6.QtCore import QTimer
+
+        def save() -> None:
+            saved = window.grab().save(screenshot)
+            print(f"Screenshot {'saved to' if saved else 'could not be saved to'} {screenshot}", flush=True)
+            window.close()
+            app.exit(0 if saved else 1)
+
+        QTimer.singleShot(800, save)
+        return app.exec()
     for problem in (loaded.problem, store.problem):
         if problem:
             QMessageBox.warning(window, APP_NAME, problem)
