@@ -223,7 +223,10 @@ class MainWindow(QMainWindow):
         self.tabs = QTabWidget()
         self.tabs.setAccessibleName("Sections")
         self.tabs.addTab(self.pages, "Chat")
-        self.tabs.addTab(trainer_scroll, "Trainer")
+        # A bundle built without the training stack (MUsE Chat) has no Trainer tab at all;
+        # a chat-only pip install shows the tab with what to install.
+        if self.trainer.available or not getattr(sys, "frozen", False):
+            self.tabs.addTab(trainer_scroll, "Trainer")
         self.setCentralWidget(self.tabs)
         self.trainer.chat_requested.connect(self.chat_with)
         self.page.start.clicked.connect(self.show_chat)

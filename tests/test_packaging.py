@@ -1,0 +1,52 @@
+"""The chat bundle, built with PyInstaller on this machine, runs its self-test and opens its window frozen."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+from helpers import REPO
+
+pytest.importorskip("PyInstaller")
+
+
+@pytest.fixture(scope="module")
+def chat_bundle(tmp_path_factory):
+    dist = tmp_path_factory.mktemp("dist")
+    result = subprocess.run([sys.executable, str(REPO / "packaging" / "build.py"), "chat", "--dist", str(dist)],
+                            capture_output=True, text=True, timeout=1200)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    assert "training stack inside: none" in result.stdout
+    return dist / "muse-chat"
+
+
+def run_frozen(bundle, *args, home):
+    exe = bundle / ("muse-chat.exe" if os.name == "nt" else "muse-chat")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
+    env.update(QT_QPA_PLATFORM="offscreen", MUSE_HOME=str(home))
+    return subprocess.run([str(exe), *args], capture_output=True, text=True, timeout=300, env=env)
+
+
+def test_the_frozen_chat_bundle_passes_its_self_test_without_torch(chat_bundle, tmp_path):
+    inside = [p.name for p in chat_bundle.rglob("*")]
+    assert not [n for n in inside if n.split(".")[0] in ("torch", "transformers", "peft", "libtorch")]
+    result = run_frozen(chat_bundle, "--self-test", home=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "(frozen bundle" in result.stdout and "PASSED" in result.stdout
+    assert "OK   contents: chat only: no torch, transformers or peft" in result.stdout
+    assert "OK   quantizer: Q8_0 written by a child process" in result.stdout  # --run-module works frozen
+
+
+def test_the_frozen_window_opens_offscreen(chat_bundle, tmp_path):
+    from PySide6.QtGui import QImage
+
+    shot = tmp_path / "window.png"
+    result = run_frozen(chat_bundle, "--screenshot", str(shot), home=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    image = QImage(str(shot))
+    assert image.width() >= 600 and image.height() >= 400
+    # User data went to MUSE_HOME, never into the bundle.
+    assert (tmp_path / "data" / "muse.sqlite3").is_file()
+    assert not list(chat_bundle.rglob("*.sqlite3"))
