@@ -29,7 +29,7 @@ def _check(name: str, fn: Callable[[], str], lines: list[str]) -> bool:
     return True
 
 
-def run_self_test(model: str | None = None, out=sys.stdout) -> int:
+def run_self_test(model: str | None = None, out=None) -> int:
     from muse_desktop import APP_NAME, __version__
 
     work = Path(tempfile.mkdtemp(prefix="muse-self-test-"))
@@ -95,13 +95,35 @@ def run_self_test(model: str | None = None, out=sys.stdout) -> int:
         list(quantize(state["model"], out, "Q8_0", threads=2))
         return f"Q8_0 written by a child process ({out.stat().st_size / 2**20:.1f} MiB)"
 
+    def trainer() -> str:
+        import json
+
+        from muse_desktop.demo_model import build_demo_model
+        from muse_desktop.events import Done
+        from muse_desktop.training.child import run_training
+        from muse_desktop.training.config import config_from_dict
+
+        base = build_demo_model(work / "tiny-base")
+        data = work / "examples.jsonl"
+        data.write_text("".join(json.dumps({"user_type": "Child", "question": f"Question {i}?",
+                                            "answer": f"Answer number {i}."}) + "\n" for i in range(4)))
+        config = config_from_dict({"preset": "muse-3", "base_model": str(base), "dataset": str(data), "lora_r": 4,
+                                   "lora_alpha": 8, "max_steps": 3, "batch_size": 2, "validation_split": 0,
+                                   "eval_questions": 0})
+        done = [e for e in run_training(config, work / "run") if isinstance(e, Done)]
+        if not done or not (work / "run" / "adapter" / "adapter_model.safetensors").is_file():
+            raise RuntimeError("the training child process saved no adapter")
+        return "3 LoRA steps in a child process, adapter saved"
+
     def contents() -> str:
         heavy = [name for name in ("torch", "transformers", "peft") if importlib.util.find_spec(name) is not None]
         return "training stack present: " + ", ".join(heavy) if heavy else "chat only: no torch, transformers or peft"
 
-    ok = all([_check("resources", resources, lines), _check("database", database, lines),
-              _check("chat", chat, lines), _check("quantizer", quantizer, lines),
-              _check("contents", contents, lines)])
+    checks = [("resources", resources), ("database", database), ("chat", chat), ("quantizer", quantizer)]
+    if importlib.util.find_spec("torch") is not None:  # MUsE Studio, or a development install
+        checks.append(("trainer", trainer))
+    checks.append(("contents", contents))
+    ok = all([_check(name, fn, lines) for name, fn in checks])
     lines.append("PASSED" if ok else "FAILED")
-    print("\n".join(lines), file=out, flush=True)
+    print("\n".join(lines), file=out or sys.stdout, flush=True)
     return 0 if ok else 1

@@ -145,3 +145,33 @@ def test_chat_with_a_bad_model_fails_in_one_line(tmp_path):
     custom = subprocess.run([installed_command(), "chat", "--model", str(bad), "--user-type", "x\x07", "hi"],
                             capture_output=True, text=True)
     assert custom.returncode == 2 and "control characters" in custom.stderr
+
+
+def test_self_test_checks_everything_and_reports_each_line(capsys):
+    from muse_desktop.cli import main
+
+    assert main(["--self-test"]) == 0
+    out = capsys.readouterr().out
+    for name in ("resources", "database", "chat", "quantizer", "trainer", "contents"):
+        assert f"OK   {name}:" in out
+    assert out.strip().endswith("PASSED")
+
+
+def test_self_test_fails_with_a_reason_for_a_bad_model(tmp_path, capsys):
+    from muse_desktop.cli import main
+
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"GGUF" + b"\0" * 10)
+    assert main(["--self-test", str(bad)]) == 1
+    out = capsys.readouterr().out
+    assert "FAIL chat:" in out and "bad.gguf" in out and out.strip().endswith("FAILED")
+
+
+def test_run_module_only_starts_the_child_modules(capsys):
+    from muse_desktop.cli import main
+    from muse_desktop.process import module_command
+
+    assert main(["--run-module", "os"]) == 2
+    assert "takes one of" in capsys.readouterr().err
+    with pytest.raises(ValueError):
+        module_command("shutil")
