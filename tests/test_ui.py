@@ -557,6 +557,13 @@ def test_trainer_tab_runs_cancels_resumes_exports_and_chats(qtbot, tmp_path, tin
         qtbot.mouseClick(page.chat_button, Qt.LeftButton)
     assert win.tabs.currentIndex() == 0 and win.pages.currentWidget() is win.chat
     assert win.chat.model_label.text().endswith("-Q4_K_M.gguf")
+    # The export stays in the model library: one click on the model page opens it again.
+    qtbot.mouseClick(win.chat.change_model, Qt.LeftButton)
+    library = win.model_page.library
+    assert library.isVisible() and library.count() == 1 and "model" in library.item(0).text()
+    with qtbot.waitSignal(win.chat.model_ready, timeout=30000):
+        library.itemClicked.emit(library.item(0))
+    assert win.pages.currentWidget() is win.chat
     win.close()
 
 

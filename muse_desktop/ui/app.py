@@ -200,7 +200,7 @@ class MainWindow(QMainWindow):
         scroll.setWidgetResizable(True)
         scroll.setWidget(self.page)
         self.chat = ChatPage(self.settings, self.store, self.save)
-        self.model_page = ModelPage(self.settings)
+        self.model_page = ModelPage(self.settings, self.store)
         model_scroll = QScrollArea()
         model_scroll.setWidgetResizable(True)
         model_scroll.setWidget(self.model_page)
@@ -234,6 +234,7 @@ class MainWindow(QMainWindow):
         self.chat.model_page_requested.connect(self.show_model_page)
         self.model_page.back_requested.connect(self.back_from_model_page)
         self.model_page.model_chosen.connect(self.use_model)
+        self.model_page.library_chosen.connect(self.chat_with)
         # A bound method (not a lambda), so Qt drops the connection when the window is gone.
         QGuiApplication.styleHints().colorSchemeChanged.connect(self._system_colours_changed)
         self._build_menu()
@@ -328,6 +329,7 @@ class MainWindow(QMainWindow):
         self.chat.input.setFocus()
 
     def show_model_page(self) -> None:
+        self.model_page.refresh_library()
         self.pages.setCurrentWidget(self._model_scroll)
         self.model_page.get_button.setFocus()
 

@@ -4,8 +4,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from PySide6.QtCore import Signal
-from PySide6.QtWidgets import QFileDialog, QFrame, QHBoxLayout, QProgressBar, QVBoxLayout, QWidget
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtWidgets import (
+    QFileDialog,
+    QFrame,
+    QHBoxLayout,
+    QListWidget,
+    QListWidgetItem,
+    QProgressBar,
+    QVBoxLayout,
+    QWidget,
+)
 
 from muse_desktop.events import Done
 from muse_desktop.settings import Settings
@@ -21,12 +30,14 @@ class ModelPage(QWidget):
     """Three plain choices, each a big button with one sentence saying what it does."""
 
     model_chosen = Signal(str)  # the GGUF path to open
+    library_chosen = Signal(str, str)  # a library entry: model path, adapter path ("" for none)
     back_requested = Signal()
     problem = Signal(str)
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, store=None):
         super().__init__()
         self.settings = settings
+        self.store = store
         self.worker: EventWorker | None = None
         self._chosen: str | None = None
         layout = QVBoxLayout(self)
@@ -50,6 +61,18 @@ class ModelPage(QWidget):
         self.demo_button = self._choice(layout, "Try it offline", "Try the demo model, which has random weights",
                                         "Ready in seconds, no download. It has random weights: its answers are "
                                         "nonsense. It only shows how the app works.", self.use_demo)
+
+        # Models made by the Trainer (or registered otherwise): one click to use again.
+        self.library_label = widgets.label("Models made on this computer:")
+        layout.addWidget(self.library_label)
+        self.library = QListWidget()
+        self.library.setAccessibleName("Models made on this computer")
+        self.library.setWordWrap(True)
+        self.library.setMaximumHeight(160)
+        self.library.itemActivated.connect(self._library_item)
+        self.library.itemClicked.connect(self._library_item)
+        layout.addWidget(self.library)
+        self.refresh_library()
 
         self.progress = QProgressBar()
         self.progress.setAccessibleName("Progress")
@@ -82,6 +105,21 @@ class ModelPage(QWidget):
         inner.addWidget(explanation)
         layout.addWidget(frame)
         return button
+
+    def refresh_library(self) -> None:
+        self.library.clear()
+        entries = [e for e in (self.store.library() if self.store is not None else []) if Path(e.path).is_file()]
+        for entry in entries:
+            what = "add-on for " + Path(entry.base_path).name if entry.kind == "adapter" else "model"
+            item = QListWidgetItem(f"{entry.name} — {what}, {entry.created_at[:10]}")
+            item.setData(Qt.UserRole, (entry.base_path, entry.path) if entry.kind == "adapter" else (entry.path, ""))
+            self.library.addItem(item)
+        self.library.setVisible(bool(entries))
+        self.library_label.setVisible(bool(entries))
+
+    def _library_item(self, item: QListWidgetItem) -> None:
+        if not self.busy:
+            self.library_chosen.emit(*item.data(Qt.UserRole))
 
     # -- the three ways ---------------------------------------------------------------------
 
