@@ -48,6 +48,12 @@ class Settings:
     gpu_layers: int = 0
     hub_endpoint: str = ""  # empty: $MUSE_HUB_ENDPOINT, $HF_ENDPOINT or huggingface.co
     muse_adapter_repo: str = ""  # empty: $MUSE_ADAPTER_REPO, or none published yet
+    # Caregiver lock (muse_desktop.lock): the PIN only as a salted scrypt hash.
+    caregiver_pin: str = ""
+    locked: bool = False
+    simple_mode: bool = False
+    pin_failures: int = 0
+    pin_wait_until: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)  # keys from newer versions
 
     def validated(self) -> "Settings":
@@ -85,6 +91,9 @@ def _coerce(name: str, value: Any) -> Any:
     elif kind is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
+    elif kind is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
     elif isinstance(value, kind):
         return value
     raise TypeError(f"'{name}' should be {kind.__name__}, found {type(value).__name__}")

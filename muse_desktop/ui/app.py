@@ -27,7 +27,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from muse_desktop import APP_NAME, __version__
+from muse_desktop import APP_NAME, __version__, lock
 from muse_desktop.prompting import InstructionTemplate, TemplateError
 from muse_desktop.settings import Settings, Theme, load_settings, save_settings
 from muse_desktop.store import Store
@@ -220,6 +220,7 @@ class MainWindow(QMainWindow):
         trainer_scroll = QScrollArea()
         trainer_scroll.setWidgetResizable(True)
         trainer_scroll.setWidget(self.trainer)
+        self._trainer_scroll = trainer_scroll
         self.tabs = QTabWidget()
         self.tabs.setAccessibleName("Sections")
         self.tabs.addTab(self.pages, "Chat")
@@ -238,6 +239,7 @@ class MainWindow(QMainWindow):
         # A bound method (not a lambda), so Qt drops the connection when the window is gone.
         QGuiApplication.styleHints().colorSchemeChanged.connect(self._system_colours_changed)
         self._build_menu()
+        self.apply_lock()
         self.chat.fit_zoom(self.settings.zoom_percent)
         self.apply_look()
         self.resize(900, 820)
@@ -269,6 +271,23 @@ class MainWindow(QMainWindow):
         self.contrast.setChecked(self.settings.theme == Theme.HIGH_CONTRAST)
         self.contrast.toggled.connect(self.set_high_contrast)
         view.addAction(self.contrast)
+        caregiver = self.menuBar().addMenu("&Caregiver")
+        self.set_pin_action = QAction("Set or change the PIN…", self)
+        self.lock_action = QAction("Lock now", self)
+        self.unlock_action = QAction("Unlock…", self)
+        self.simple_action = QAction("Simple mode", self, checkable=True)
+        self.remove_pin_action = QAction("Remove the PIN…", self)
+        self.set_pin_action.triggered.connect(self.ask_new_pin)
+        self.lock_action.triggered.connect(self.lock_now)
+        self.unlock_action.triggered.connect(self.ask_unlock)
+        self.simple_action.toggled.connect(self.set_simple_mode)
+        self.remove_pin_action.triggered.connect(self.ask_remove_pin)
+        for action in (self.set_pin_action, self.lock_action, self.unlock_action):
+            caregiver.addAction(action)
+        caregiver.addSeparator()
+        caregiver.addAction(self.simple_action)
+        caregiver.addSeparator()
+        caregiver.addAction(self.remove_pin_action)
         help_menu = self.menuBar().addMenu("&Help")
         about = QAction("About", self)
         about.triggered.connect(
@@ -329,6 +348,8 @@ class MainWindow(QMainWindow):
         self.chat.input.setFocus()
 
     def show_model_page(self) -> None:
+        if lock.is_locked(self.settings):
+            return
         self.model_page.refresh_library()
         self.pages.setCurrentWidget(self._model_scroll)
         self.model_page.get_button.setFocus()
@@ -344,6 +365,98 @@ class MainWindow(QMainWindow):
         self.pages.setCurrentWidget(self.chat)
         self.chat.load_model(path)
         self.chat.input.setFocus()
+
+    # -- caregiver lock and simple mode ------------------------------------------------------
+
+    def apply_lock(self) -> None:
+        """Show or hide what the lock and simple mode close."""
+        locked = lock.is_locked(self.settings)
+        simple = self.settings.simple_mode
+        self.chat.change.setVisible(not locked)
+        self.chat.change_model.setVisible(not locked)
+        trainer_index = self.tabs.indexOf(self._trainer_scroll)
+        if trainer_index >= 0:
+            self.tabs.setTabVisible(trainer_index, not locked and not simple)
+        self.tabs.tabBar().setVisible(not simple and self.tabs.count() > 1)
+        self.chat.set_simple(simple)
+        if locked and self.pages.currentWidget() is not self.chat and self.chat.engine is not None:
+            self.pages.setCurrentWidget(self.chat)
+        has_pin = lock.has_pin(self.settings)
+        self.set_pin_action.setEnabled(not locked)
+        self.lock_action.setEnabled(has_pin and not locked)
+        self.unlock_action.setEnabled(locked)
+        self.remove_pin_action.setEnabled(has_pin and not locked)
+        self.simple_action.blockSignals(True)
+        self.simple_action.setChecked(simple)
+        self.simple_action.blockSignals(False)
+        self.simple_action.setEnabled(not locked)
+
+    def set_pin(self, pin: str) -> str | None:
+        """Set the PIN; returns a problem to show, or None."""
+        if lock.is_locked(self.settings):
+            return "Unlock first."
+        try:
+            lock.set_pin(self.settings, pin)
+        except lock.PinError as exc:
+            return str(exc)
+        self.save()
+        self.apply_lock()
+        return None
+
+    def lock_now(self) -> None:
+        if lock.has_pin(self.settings):
+            self.settings.locked = True
+            self.save()
+            self.apply_lock()
+
+    def unlock(self, pin: str) -> lock.Attempt:
+        attempt = lock.try_pin(self.settings, pin)
+        if attempt.ok:
+            self.settings.locked = False
+        self.save()  # the failure count survives a restart
+        self.apply_lock()
+        return attempt
+
+    def set_simple_mode(self, on: bool) -> None:
+        if lock.is_locked(self.settings):
+            self.apply_lock()
+            return
+        self.settings.simple_mode = on
+        self.save()
+        self.apply_lock()
+
+    def _ask_pin(self, title: str, label: str) -> str | None:
+        from PySide6.QtWidgets import QInputDialog
+
+        pin, ok = QInputDialog.getText(self, title, label, QLineEdit.Password)
+        return pin if ok else None
+
+    def ask_new_pin(self) -> None:
+        pin = self._ask_pin("Caregiver PIN", "New PIN (4 to 12 digits):")
+        if pin is None:
+            return
+        if self._ask_pin("Caregiver PIN", "The same PIN again:") != pin:
+            QMessageBox.warning(self, APP_NAME, "The two PINs were not the same; nothing was changed.")
+            return
+        problem = self.set_pin(pin)
+        QMessageBox.information(self, APP_NAME, problem or "The PIN is set. Use “Lock now” to lock.")
+
+    def ask_unlock(self) -> None:
+        pin = self._ask_pin("Unlock", "Caregiver PIN:")
+        if pin is not None:
+            attempt = self.unlock(pin)
+            if not attempt.ok:
+                QMessageBox.warning(self, APP_NAME, attempt.message)
+
+    def ask_remove_pin(self) -> None:
+        if lock.is_locked(self.settings):
+            return
+        answer = QMessageBox.question(self, APP_NAME, "Remove the caregiver PIN? Everything will be open.",
+                                      QMessageBox.Yes | QMessageBox.No, QMessageBox.No)
+        if answer == QMessageBox.Yes:
+            lock.remove_pin(self.settings)
+            self.save()
+            self.apply_lock()
 
     def chat_with(self, model_path: str, adapter_path: str = "") -> None:
         """From the Trainer: open the exported model (or base + adapter) in the chat."""

@@ -140,7 +140,8 @@ class ChatPage(QWidget):
         self.history_toggle = widgets.button("Conversations", "Show or hide earlier conversations")
         self.history_toggle.setCheckable(True)
         self.history_toggle.setChecked(True)
-        self.history_toggle.toggled.connect(self.side.setVisible)
+        self.history_toggle.toggled.connect(lambda shown: self.side.setVisible(shown and not self.simple))
+        self.simple = False
         for widget in (self.send_button, self.stop_button, self.regenerate_button):
             row.addWidget(widget)
         row.addStretch(1)
@@ -151,6 +152,16 @@ class ChatPage(QWidget):
             second.addWidget(widget)
         second.addStretch(1)
         layout.addLayout(second)
+
+    def set_simple(self, on: bool) -> None:
+        """Simple mode: the conversation, the question box and big Send / Stop / Read aloud / New chat."""
+        self.simple = on
+        for control in (self.regenerate_button, self.copy_button, self.history_toggle):
+            control.setVisible(not on)
+        self.side.setVisible(not on and self.history_toggle.isChecked())
+        for control in (self.send_button, self.stop_button, self.read_button, self.new_button):
+            control.setMinimumHeight(80 if on else 0)
+            control.setMinimumWidth(160 if on else 0)
 
     def fit_zoom(self, zoom_percent: int) -> None:
         """At large zoom the conversation gets the whole width; the list stays one button away."""
