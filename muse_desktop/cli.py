@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from collections.abc import Sequence
 
 from converters.errors import ConversionError  # a plain exception module, nothing heavy
@@ -164,6 +165,51 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_kiosk(args: argparse.Namespace) -> int:
+    from muse_desktop.scope import ScopeError, ScopeGuard, train_scope_guard
+    from muse_desktop.settings import load_settings, save_settings
+
+    settings = load_settings().settings
+    if args.action == "train":
+        from muse_desktop.datasets import DatasetError, load_dataset
+
+        if not args.dataset:
+            raise CliError("kiosk train needs the dataset whose questions are in scope")
+        try:
+            report = load_dataset(args.dataset)
+            questions = [e.turns[0].content if e.turns else e.text for e in report.examples]
+            outside = None
+            if args.out_of_scope:
+                outside = Path(args.out_of_scope).read_text(encoding="utf-8").splitlines()
+            result = train_scope_guard(questions, outside, topic=args.topic)
+        except (DatasetError, ScopeError) as exc:
+            raise CliError(str(exc)) from None
+        path = result.guard.save()
+        print(result.summary())
+        print(f"Saved to {path}. " + ("Good enough to switch on: muse-desktop kiosk on" if result.good_enough
+                                      else "Not good enough to switch on (F1 below 0.8): add more questions."))
+        return 0
+    guard = ScopeGuard.load()
+    if args.action == "on":
+        if guard is None:
+            raise CliError("train the kiosk guard first: muse-desktop kiosk train DATASET --topic TOPIC")
+        if guard.metrics.get("f1", 0) < 0.8:
+            raise CliError(f"the guard's held-out F1 is {guard.metrics.get('f1', 0):.2f} (below 0.8); "
+                           "train it with more questions first")
+        settings.kiosk_mode = True
+    elif args.action == "off":
+        settings.kiosk_mode = False
+    elif args.action == "check":
+        if guard is None:
+            raise CliError("no kiosk guard has been trained")
+        question = args.dataset or ""
+        print("in scope" if guard.allows(question) else f"refused: {guard.refusal()}")
+        return 0
+    save_settings(settings)
+    print(f"Kiosk mode is {'on' if settings.kiosk_mode else 'off'}.")
+    return 0
+
+
 def _cmd_quantize(args: argparse.Namespace) -> int:
     from converters.quantize import quantize
 
@@ -303,6 +349,15 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--type", default="Q4_K_M", type=str.upper, help="quantization (default Q4_K_M; F16 keeps f16)")
     export.add_argument("--no-verify", action="store_true", help="skip the logits check")
     export.set_defaults(func=_cmd_export)
+
+    kiosk = commands.add_parser("kiosk", help="train the kiosk's scope guard, switch kiosk mode on or off")
+    kiosk.add_argument("action", choices=["train", "on", "off", "check"])
+    kiosk.add_argument("dataset", nargs="?", metavar="DATASET|QUESTION",
+                       help="train: the dataset whose questions are in scope; check: a question")
+    kiosk.add_argument("--topic", default="this topic", help="what the kiosk is about (used in the refusal)")
+    kiosk.add_argument("--out-of-scope", metavar="FILE", help="off-topic questions, one per line "
+                                                             "(default: the general set shipped with the app)")
+    kiosk.set_defaults(func=_cmd_kiosk)
 
     get = commands.add_parser("get-muse", help="download Phi-3-mini-128k-instruct (+ MUsE adapter), merge, quantize")
     get.add_argument("--models-dir", metavar="DIR", help="where models go (default: the app's models folder)")

@@ -54,6 +54,7 @@ class Settings:
     simple_mode: bool = False
     pin_failures: int = 0
     pin_wait_until: float = 0.0
+    kiosk_mode: bool = False  # off-topic questions get a kind refusal (muse_desktop.scope)
     extra: dict[str, Any] = field(default_factory=dict)  # keys from newer versions
 
     def validated(self) -> "Settings":

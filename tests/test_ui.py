@@ -381,7 +381,8 @@ def test_get_muse_from_the_first_run_wizard_with_progress_and_cancel(qtbot, tmp_
         qtbot.waitUntil(lambda: bool(weights_partly_here()), timeout=20000)
         assert page.progress.isVisible() and page.cancel_button.isVisible()
         assert not page.demo_button.isEnabled()
-        assert any(unit == "bytes" and 0 < done < total for done, total, unit in seen)
+        qtbot.waitUntil(lambda: any(unit == "bytes" and 0 < done < total for done, total, unit in seen),
+                        timeout=10000)
         qtbot.waitUntil(lambda: "MB of" in page.status.text(), timeout=10000)  # progress in words
         qtbot.mouseClick(page.cancel_button, Qt.LeftButton)
         qtbot.waitUntil(lambda: page.worker is None, timeout=20000)

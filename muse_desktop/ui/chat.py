@@ -242,7 +242,24 @@ class ChatPage(QWidget):
         self.add_bubble("user", question)
         self.input.clear()
         self.refresh_history()
+        refusal = self._kiosk_refusal(question)
+        if refusal:  # off-topic in kiosk mode: a kind answer, and the model is never asked
+            self.store.add_message(self.conversation_id, "assistant", refusal, settings={"refused": "off-topic"})
+            self.add_bubble("assistant", refusal)
+            self.status.setText("That question is outside what this kiosk is for.")
+            self.answer_done.emit()
+            return
         self._ask(self.store.turns(self.conversation_id))
+
+    def _kiosk_refusal(self, question: str) -> str | None:
+        if not self.settings.kiosk_mode:
+            return None
+        from muse_desktop.scope import ScopeGuard
+
+        guard = ScopeGuard.load()
+        if guard is None or guard.allows(question):
+            return None
+        return guard.refusal()
 
     def _ask(self, turns, seed: int | None = None) -> None:
         from muse_desktop.chat.engine import default_sampling

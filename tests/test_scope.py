@@ -1,0 +1,116 @@
+"""Kiosk mode: the scope guard's metrics, its numpy scoring against scikit-learn, and the refusal in the chat."""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import numpy as np
+import pytest
+
+from muse_desktop.scope import MIN_PER_CLASS, ScopeError, ScopeGuard, out_of_scope_questions, train_scope_guard
+
+PHARAOHS = ["Tutankhamun", "Ramesses II", "Khufu", "Hatshepsut", "Akhenaten", "Cleopatra"]
+FORMS = ["Who was {}?", "When did {} rule Egypt?", "Where is the tomb of {}?", "What treasures belonged to {}?",
+         "Which statue of {} is in this museum?", "How was {} mummified?", "What did {} build along the Nile?",
+         "Is the mask of {} in the Egyptian gallery?", "Why is {} famous among the pharaohs?",
+         "What hieroglyphs mention {}?"]
+
+
+def museum_questions() -> list[str]:
+    return [form.format(name) for form, name in itertools.product(FORMS, PHARAOHS)]
+
+
+def test_the_guard_reports_held_out_metrics_and_refuses_off_topic_questions():
+    report = train_scope_guard(museum_questions(), topic="ancient Egypt")
+    assert report.n_test >= 40 and report.f1 > 0.9 and report.good_enough
+    assert "precision" in report.summary() and "recall" in report.summary() and "F1" in report.summary()
+    guard = report.guard
+    assert guard.allows("Where is the golden mask of Tutankhamun kept?")
+    assert not guard.allows("How do I bake chocolate chip cookies?")
+    assert not guard.allows("Who won the football match last night?")
+    assert guard.refusal().startswith("I'm sorry, I can only help with questions about ancient Egypt")
+
+
+def test_numpy_scoring_equals_scikit_learn():
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import train_test_split
+
+    inside, outside = museum_questions(), out_of_scope_questions()
+    report = train_scope_guard(inside, outside, seed=3)
+    texts, labels = inside + outside, [1] * len(inside) + [0] * len(outside)
+    train_x, test_x, train_y, _ = train_test_split(texts, labels, test_size=0.25, random_state=3, stratify=labels)
+    vectorizer = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True)
+    model = LogisticRegression(class_weight="balanced", max_iter=1000, random_state=3)
+    model.fit(vectorizer.fit_transform(train_x), train_y)
+    probe = test_x + ["An unseen question about Khufu's pyramid?", "", "!!!"]
+    expected = model.predict_proba(vectorizer.transform(probe))[:, 1]
+    np.testing.assert_allclose(report.guard.in_scope_probability(probe), expected, rtol=1e-9, atol=1e-12)
+
+
+def test_too_little_data_is_refused():
+    with pytest.raises(ScopeError, match=f"at least {MIN_PER_CLASS} of each"):
+        train_scope_guard(museum_questions()[:5])
+
+
+def test_the_guard_survives_saving_and_loading(tmp_path):
+    guard = train_scope_guard(museum_questions(), topic="ancient Egypt").guard
+    path = guard.save(tmp_path / "guard.json")
+    loaded = ScopeGuard.load(path)
+    assert loaded.allows("Who was Hatshepsut?") and loaded.metrics["f1"] == guard.metrics["f1"]
+    assert ScopeGuard.load(tmp_path / "missing.json") is None
+
+
+def test_kiosk_mode_from_the_command_line(tmp_path, capsys):
+    from muse_desktop.cli import main
+    from muse_desktop.settings import load_settings
+
+    data = tmp_path / "museum.jsonl"
+    data.write_text("".join(json.dumps({"user_type": "Child", "question": q, "answer": "It is in room 3."}) + "\n"
+                            for q in museum_questions()))
+    assert main(["kiosk", "on"]) == 2  # nothing trained yet
+    assert main(["kiosk", "train", str(data), "--topic", "ancient Egypt"]) == 0
+    out = capsys.readouterr().out
+    assert "precision" in out and "Good enough to switch on" in out
+    assert main(["kiosk", "on"]) == 0 and load_settings().settings.kiosk_mode
+    assert main(["kiosk", "check", "What is the weather tomorrow?"]) == 0
+    assert "refused: I'm sorry" in capsys.readouterr().out
+    assert main(["kiosk", "off"]) == 0 and not load_settings().settings.kiosk_mode
+
+
+def test_an_off_topic_question_is_refused_without_calling_the_model(qtbot, tiny_gguf):
+    from muse_desktop.demo_model import Variant
+    from muse_desktop.settings import Settings
+    from muse_desktop.store import Store
+    from muse_desktop.ui.app import MainWindow
+    from muse_desktop.ui.chat import Bubble
+
+    train_scope_guard(museum_questions(), topic="ancient Egypt").guard.save()
+    store = Store()
+    win = MainWindow(Settings(user_type_id="child", kiosk_mode=True), store=store)
+    qtbot.addWidget(win)
+    win.show()
+    with qtbot.waitSignal(win.chat.model_ready, timeout=30000):
+        win.use_model(str(tiny_gguf[Variant.MINI_4K]))
+    qtbot.waitUntil(lambda: win.chat.worker is None)
+
+    def no_model(*_args, **_kwargs):
+        raise AssertionError("the model was asked an off-topic question")
+
+    real_generate = win.chat.engine.generate
+    win.chat.engine.generate = no_model
+    win.chat.input.setText("How do I bake chocolate chip cookies?")
+    win.chat.send()
+    bubbles = win.chat.findChildren(Bubble)
+    assert bubbles[-1].text().startswith("I'm sorry, I can only help with questions about ancient Egypt")
+    saved = store.messages(store.conversations()[0].id)
+    assert saved[-1].settings == {"refused": "off-topic"}
+    win.chat.engine.generate = real_generate  # an in-scope question goes to the model
+    with qtbot.waitSignal(win.chat.answer_done, timeout=30000):
+        win.chat.input.setText("Where is the tomb of Khufu?")
+        win.chat.send()
+    qtbot.waitUntil(lambda: win.chat.worker is None)
+    assert len(store.messages(store.conversations()[0].id)) == 4
+    win.close()
+    store.close()
