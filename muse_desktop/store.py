@@ -71,6 +71,22 @@ MIGRATIONS = [
         created_at TEXT NOT NULL
     );
     """,
+    # 3: preferences between candidate answers (preference mode).
+    """
+    CREATE TABLE preferences (
+        id INTEGER PRIMARY KEY,
+        profile_id INTEGER REFERENCES profiles(id) ON DELETE SET NULL,
+        conversation_id INTEGER REFERENCES conversations(id) ON DELETE SET NULL,
+        user_type TEXT NOT NULL,
+        context_json TEXT NOT NULL,
+        prompt TEXT NOT NULL,
+        candidates_json TEXT NOT NULL,
+        best INTEGER NOT NULL,
+        worst INTEGER NOT NULL,
+        reason TEXT NOT NULL DEFAULT '',
+        created_at TEXT NOT NULL
+    );
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -265,6 +281,32 @@ class Store:
 
     def remove_from_library(self, entry_id: int) -> None:
         self.db.execute("DELETE FROM library WHERE id = ?", (entry_id,))
+
+    # -- preferences -------------------------------------------------------------------
+
+    def add_preference(self, user_type: str, context: list[dict], prompt: str, candidates: list[dict],
+                       best: int, worst: int, reason: str = "", conversation_id: int | None = None,
+                       profile_id: int | None = None) -> int:
+        """Record which candidate answer a person found best and worst (and why)."""
+        if not (0 <= best < len(candidates) and 0 <= worst < len(candidates)) or best == worst:
+            raise StoreError("Best and worst must be two different candidates.")
+        cursor = self.db.execute(
+            "INSERT INTO preferences (profile_id, conversation_id, user_type, context_json, prompt, "
+            "candidates_json, best, worst, reason, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (profile_id, conversation_id, user_type, json.dumps(context), prompt, json.dumps(candidates), best,
+             worst, reason, now()),
+        )
+        return cursor.lastrowid
+
+    def preferences(self) -> list[dict[str, Any]]:
+        rows = self.db.execute("SELECT * FROM preferences ORDER BY id").fetchall()
+        out = []
+        for row in rows:
+            data = dict(row)
+            data["context"] = json.loads(data.pop("context_json"))
+            data["candidates"] = json.loads(data.pop("candidates_json"))
+            out.append(data)
+        return out
 
     # -- conversations -----------------------------------------------------------------
 

@@ -23,7 +23,7 @@ HEAVY = ("torch", "transformers", "peft", "bitsandbytes", "accelerate")
 # Modules allowed to import the training stack at module level (none yet: the
 # trainer arrives later and must be listed here deliberately).
 # The modules that need torch the moment they are imported (the trainer's own process).
-TRAINING_MODULES = {"muse_desktop.training.recipe", "muse_desktop.training.evaluate"}
+TRAINING_MODULES = {"muse_desktop.training.recipe", "muse_desktop.training.evaluate", "muse_desktop.training.dpo"}
 LINT_IMPORTS = Path(sys.executable).parent / ("lint-imports.exe" if os.name == "nt" else "lint-imports")
 
 

@@ -173,6 +173,8 @@ def _main(argv: list[str]) -> int:
         config = config_from_dict(json.loads((run_dir / REQUEST).read_text(encoding="utf-8")))
         from muse_desktop.training.recipe import TrainingError, train
 
+        if config.dpo_pairs:
+            from muse_desktop.training.dpo import train_dpo as train
         try:
             for event in train(config, run_dir, token):
                 emit(event)

@@ -94,12 +94,15 @@ class TrainConfig:
     eval_max_new_tokens: int = 64
     logging_steps: int = 1
 
+    dpo_pairs: str = ""  # a preference-pairs JSONL: this run is a DPO stage (training/dpo.py)
+    dpo_beta: float = 0.1
+
     def validate(self) -> "TrainConfig":
         """Check values that a run would otherwise trip over much later; returns self."""
         problems = []
         if not self.base_model:
             problems.append("base_model is missing (a checkpoint folder)")
-        if not self.dataset:
+        if not self.dataset and not self.dpo_pairs:
             problems.append("dataset is missing (a .jsonl, .csv or .txt file)")
         if self.method not in Method.ALL:
             problems.append(f"method must be one of {', '.join(Method.ALL)}")
@@ -136,7 +139,7 @@ class TrainConfig:
 
 
 FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
-PATH_FIELDS = ("base_model", "dataset")
+PATH_FIELDS = ("base_model", "dataset", "dpo_pairs")
 
 
 def _check_keys(data: dict, where: str) -> None:
