@@ -69,9 +69,47 @@ def main() -> int:
     settle()
     window.grab().save(str(OUT / "chat-dark.png"))
     window.set_theme(Theme.NORMAL)
+    personalisation(window, settle)
     trainer_mid_run(window, settle)
     window.close()
     return 0
+
+
+def personalisation(window, settle) -> None:
+    """Preference mode with its four candidates, a kiosk refusal, and simple mode."""
+    import itertools
+
+    from muse_desktop.scope import train_scope_guard
+
+    chat = window.chat
+    window.resize(1000, 1000)
+    chat.new_conversation()
+    chat.preference_toggle.setChecked(True)
+    chat.input.setText("Why do cats purr?")
+    chat.send()
+    settle(lambda: chat.worker is None and len(getattr(chat, "_candidates", [])) == 4)
+    chat.preference_panel.choose(best=1, worst=2, reason="Short and kind")
+    settle()
+    window.grab().save(str(OUT / "preference-mode.png"))
+    chat.preference_panel.keep.click()
+    chat.preference_toggle.setChecked(False)
+    names = ["Tutankhamun", "Ramesses II", "Khufu", "Hatshepsut", "Akhenaten", "Cleopatra"]
+    forms = ["Who was {}?", "When did {} rule Egypt?", "Where is the tomb of {}?", "What treasures belonged to {}?",
+             "Which statue of {} is in this museum?", "How was {} mummified?", "What did {} build?",
+             "Is the mask of {} in the Egyptian gallery?"]
+    train_scope_guard([f.format(n) for f, n in itertools.product(forms, names)], topic="ancient Egypt").guard.save()
+    window.settings.kiosk_mode = True
+    chat.new_conversation()
+    chat.input.setText("Who won the football match last night?")
+    chat.send()
+    settle(lambda: chat.worker is None)
+    window.grab().save(str(OUT / "kiosk-refusal.png"))
+    window.settings.kiosk_mode = False
+    window.resize(1000, 800)
+    window.set_simple_mode(True)
+    settle()
+    window.grab().save(str(OUT / "simple-mode.png"))
+    window.set_simple_mode(False)
 
 
 def trainer_mid_run(window, settle) -> None:

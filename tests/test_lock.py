@@ -88,6 +88,7 @@ def test_simple_mode_shows_the_conversation_and_big_buttons_only(qtbot):
     qtbot.wait(20)
     chat = win.chat
     assert not chat.side.isVisible() and not chat.regenerate_button.isVisible() and not chat.copy_button.isVisible()
+    assert not chat.change.isVisible() and not chat.change_model.isVisible() and not chat.preference_toggle.isVisible()
     assert not win.tabs.tabBar().isVisible()
     shown = {b.text() for b in (chat.send_button, chat.stop_button, chat.read_button, chat.new_button) if b.isVisible()}
     assert {"Send", "Stop", "New chat"} <= shown

@@ -580,3 +580,48 @@ def test_the_qt_binding_does_not_leak_references_to_none(qtbot):
     for _ in range(200):
         label.setText("x")
     assert sys.getrefcount(None) - before > -50
+
+
+def test_preference_mode_keeps_only_the_best_answer_and_goes_on_from_it(qtbot, tiny_gguf):
+    from muse_desktop.demo_model import Variant
+    from muse_desktop.preferences import DEFAULT_GRID
+    from muse_desktop.store import Store
+    from muse_desktop.ui.chat import Bubble
+
+    store = Store()
+    win = MainWindow(Settings(user_type_id="child"), store=store)
+    qtbot.addWidget(win)
+    win.resize(1000, 900)
+    win.show()
+    load_model_and_wait(qtbot, win, tiny_gguf[Variant.MINI_4K])
+    chat, panel = win.chat, win.chat.preference_panel
+    qtbot.mouseClick(chat.preference_toggle, Qt.LeftButton)
+    chat.input.setText("Why do cats purr?")
+    chat.send()
+    assert panel.isVisible() and not panel.keep.isEnabled()
+    qtbot.waitUntil(lambda: chat.worker is None and len(chat._candidates) == 4, timeout=60000)
+    texts = [label.text().strip() for label in panel.texts]
+    assert len(texts) == 4 and all(texts) and all(b.isEnabled() for b in panel.best_group.buttons())
+    panel.choose(best=2, worst=0, reason="short and kind")
+    assert panel.keep.isEnabled()
+    with qtbot.waitSignal(chat.answer_done):
+        qtbot.mouseClick(panel.keep, Qt.LeftButton)
+    assert not panel.isVisible()
+    conversation = store.conversations()[0]
+    messages = store.messages(conversation.id)
+    assert [m.role for m in messages] == ["user", "assistant"] and messages[1].content == texts[2]
+    record = store.preferences()[0]
+    assert (record["best"], record["worst"], record["reason"], record["prompt"]) == (2, 0, "short and kind",
+                                                                                      "Why do cats purr?")
+    assert [(c["framing"], c["temperature"]) for c in record["candidates"]] == [
+        (s.framing, s.temperature) for s in DEFAULT_GRID]
+    assert [c["text"] for c in record["candidates"]] == texts
+    # The conversation continues from the best answer only.
+    qtbot.mouseClick(chat.preference_toggle, Qt.LeftButton)
+    chat.input.setText("Do lions purr too?")
+    answer_and_wait(qtbot, win, chat.send)
+    turns = store.turns(conversation.id)
+    assert [t.content for t in turns[:2]] == ["Why do cats purr?", texts[2]] and len(turns) == 4
+    assert [b.text().strip() for b in chat.findChildren(Bubble)][:2] == ["Why do cats purr?", texts[2]]
+    win.close()
+    store.close()

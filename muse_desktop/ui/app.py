@@ -372,8 +372,8 @@ class MainWindow(QMainWindow):
         """Show or hide what the lock and simple mode close."""
         locked = lock.is_locked(self.settings)
         simple = self.settings.simple_mode
-        self.chat.change.setVisible(not locked)
-        self.chat.change_model.setVisible(not locked)
+        self.chat.change.setVisible(not locked and not simple)
+        self.chat.change_model.setVisible(not locked and not simple)
         trainer_index = self.tabs.indexOf(self._trainer_scroll)
         if trainer_index >= 0:
             self.tabs.setTabVisible(trainer_index, not locked and not simple)

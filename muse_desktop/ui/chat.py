@@ -114,6 +114,12 @@ class ChatPage(QWidget):
         self.scroll.setWidget(holder)
         middle.addWidget(self.scroll, 1)
         layout.addLayout(middle, 1)
+        from muse_desktop.ui.preference import PreferencePanel
+
+        self.preference_panel = PreferencePanel()
+        self.preference_panel.chosen.connect(self._preference_chosen)
+        layout.addWidget(self.preference_panel, 4)  # the candidates get most of the room while shown
+        self._then = None  # work to start when the current worker has finished
 
         # The question box gets its own full-width row, so it stays usable at 200 % zoom.
         self.input = QLineEdit()
@@ -122,7 +128,6 @@ class ChatPage(QWidget):
         self.input.setMinimumHeight(48)
         self.input.returnPressed.connect(self.send)
         layout.addWidget(self.input)
-        row = QHBoxLayout()
         self.send_button = widgets.button("Send", "Send the question", self.send, primary=True)
         self.stop_button = widgets.button("Stop", "Stop the answer", self.stop)
         self.stop_button.setEnabled(False)
@@ -134,7 +139,6 @@ class ChatPage(QWidget):
             self.read_button.setText("Read aloud (not available)")
             self.read_button.setToolTip(self.speaker.unavailable_reason)
         self.new_button = widgets.button("New chat", "Start a new conversation", self.new_conversation)
-        # Two rows of three, so that every label still fits at 200 % zoom.
         # The list of earlier conversations can be hidden to give the conversation room
         # (it is hidden by itself at large zoom; see fit_zoom).
         self.history_toggle = widgets.button("Conversations", "Show or hide earlier conversations")
@@ -142,21 +146,22 @@ class ChatPage(QWidget):
         self.history_toggle.setChecked(True)
         self.history_toggle.toggled.connect(lambda shown: self.side.setVisible(shown and not self.simple))
         self.simple = False
-        for widget in (self.send_button, self.stop_button, self.regenerate_button):
-            row.addWidget(widget)
-        row.addStretch(1)
-        row.addWidget(self.history_toggle)
-        layout.addLayout(row)
-        second = QHBoxLayout()
-        for widget in (self.copy_button, self.read_button, self.new_button):
-            second.addWidget(widget)
-        second.addStretch(1)
-        layout.addLayout(second)
+        self.preference_toggle = widgets.button("Choose from 4", "Preference mode: four answers to choose from")
+        self.preference_toggle.setCheckable(True)
+        self.preference_toggle.setToolTip("Each question gets four answers; you mark the best and the worst.")
+        # One flowing row that wraps: every label stays whole at 200 % zoom and in narrow windows.
+        buttons = QWidget()
+        flow = widgets.FlowLayout(buttons)
+        flow.setContentsMargins(0, 0, 0, 0)
+        for widget in (self.send_button, self.stop_button, self.regenerate_button, self.copy_button,
+                       self.read_button, self.new_button, self.preference_toggle, self.history_toggle):
+            flow.addWidget(widget)
+        layout.addWidget(buttons)
 
     def set_simple(self, on: bool) -> None:
         """Simple mode: the conversation, the question box and big Send / Stop / Read aloud / New chat."""
         self.simple = on
-        for control in (self.regenerate_button, self.copy_button, self.history_toggle):
+        for control in (self.regenerate_button, self.copy_button, self.history_toggle, self.preference_toggle):
             control.setVisible(not on)
         self.side.setVisible(not on and self.history_toggle.isChecked())
         for control in (self.send_button, self.stop_button, self.read_button, self.new_button):
@@ -242,6 +247,9 @@ class ChatPage(QWidget):
         self.add_bubble("user", question)
         self.input.clear()
         self.refresh_history()
+        if self.preference_toggle.isChecked() and not self._kiosk_refusal(question):
+            self._start_candidates()
+            return
         refusal = self._kiosk_refusal(question)
         if refusal:  # off-topic in kiosk mode: a kind answer, and the model is never asked
             self.store.add_message(self.conversation_id, "assistant", refusal, settings={"refused": "off-topic"})
@@ -250,6 +258,71 @@ class ChatPage(QWidget):
             self.answer_done.emit()
             return
         self._ask(self.store.turns(self.conversation_id))
+
+    # -- preference mode ---------------------------------------------------------------------
+
+    def _start_candidates(self) -> None:
+        """Write the research grid's candidate answers one after another into the panel."""
+        from muse_desktop.preferences import DEFAULT_GRID
+
+        self._specs = list(DEFAULT_GRID)
+        self._candidates: list[dict] = []
+        self._make_room_for_candidates(True)
+        self.preference_panel.start([spec.label() for spec in self._specs])
+        self.status.setText("Writing four answers…")
+        self._next_candidate()
+
+    def _next_candidate(self) -> None:
+        from muse_desktop.chat.engine import default_sampling
+        from muse_desktop.preferences import Framing
+
+        index = len(self._candidates)
+        if index == len(self._specs):
+            self.preference_panel.ready()
+            self.status.setText("Mark the best and the worst answer.")
+            return
+        spec = self._specs[index]
+        conversation = self.store.conversation(self.conversation_id)
+        user_type = conversation.user_type if spec.framing == Framing.MUSE else None
+        sampling = default_sampling(conversation.user_type)
+        sampling.temperature = spec.temperature
+        sampling.seed = random.randrange(2**31)
+        turns, template, engine = self.store.turns(self.conversation_id), self.settings.instruction_template or None, self.engine
+
+        def done(event: Done) -> None:
+            if event.data.get("stopped") == "cancelled":  # Stop ends the whole round
+                self.preference_panel.setVisible(False)
+                self._make_room_for_candidates(False)
+                self.status.setText("Stopped. Ask again to get four new answers.")
+                return
+            self._candidates.append({"text": event.data["text"].strip(), "framing": spec.framing,
+                                     "temperature": spec.temperature, "seed": sampling.seed})
+            self._then = self._next_candidate
+
+        self._run(lambda token: engine.generate(user_type, turns, template, sampling, cancel=token), on_done=done,
+                  on_text=lambda delta: self.preference_panel.append(index, delta))
+
+    def _make_room_for_candidates(self, on: bool) -> None:
+        """While four answers are on screen they get the room; the conversation shows its last lines."""
+        self.scroll.setMaximumHeight(170 if on else 16777215)
+        self.side.setVisible(not on and not self.simple and self.history_toggle.isChecked())
+
+    def _preference_chosen(self, best: int, worst: int, reason: str) -> None:
+        self._make_room_for_candidates(False)
+        messages = self.store.messages(self.conversation_id)
+        context = [{"role": m.role, "content": m.content} for m in messages[:-1]]
+        conversation = self.store.conversation(self.conversation_id)
+        preference = self.store.add_preference(conversation.user_type, context, messages[-1].content,
+                                               self._candidates, best, worst, reason, self.conversation_id)
+        chosen = self._candidates[best]
+        self.store.add_message(self.conversation_id, "assistant", chosen["text"],
+                               model=Path(self.settings.model_path).name,
+                               settings={"preference": preference, "framing": chosen["framing"],
+                                         "temperature": chosen["temperature"], "seed": chosen["seed"]})
+        self.add_bubble("assistant", chosen["text"])
+        self.status.setText("Thank you. The best answer is kept; the conversation goes on from there.")
+        self.refresh_history()
+        self.answer_done.emit()
 
     def _kiosk_refusal(self, question: str) -> str | None:
         if not self.settings.kiosk_mode:
@@ -299,6 +372,7 @@ class ChatPage(QWidget):
         while self.messages.count() > 1:
             item = self.messages.takeAt(0)
             if item.widget():
+                item.widget().hide()  # at once: the deletion itself waits for the event loop
                 item.widget().deleteLater()
 
     # -- history, regenerate, copy ------------------------------------------------------
@@ -461,6 +535,9 @@ class ChatPage(QWidget):
         pending, self._pending_model = self._pending_model, None
         if pending:
             self.load_model(pending)
+        then, self._then = self._then, None
+        if then is not None:
+            then()
 
     def shutdown(self) -> None:
         self.speaker.stop()
