@@ -70,6 +70,7 @@ def main() -> int:
     window.grab().save(str(OUT / "chat-dark.png"))
     window.set_theme(Theme.NORMAL)
     personalisation(window, settle)
+    compare_results(window, settle, model)
     trainer_mid_run(window, settle)
     window.close()
     return 0
@@ -110,6 +111,34 @@ def personalisation(window, settle) -> None:
     settle()
     window.grab().save(str(OUT / "simple-mode.png"))
     window.set_simple_mode(False)
+
+
+def compare_results(window, settle, model: str) -> None:
+    """A blind comparison of the demo model and its Q8_0 version, rated by a script, to the chart."""
+    from converters.quantize import quantize
+    from muse_desktop.compare import Contender
+
+    q8 = Path(os.environ["MUSE_HOME"]) / "demo-q8.gguf"
+    list(quantize(model, q8, "Q8_0"))
+    page = window.compare
+    window.resize(1000, 1400)
+    window.tabs.setCurrentWidget(window._compare_scroll)
+    page.models.clear()
+    page._add("Demo F16", model, checked=True)
+    page._add("Demo Q8_0", str(q8), checked=True)
+    page.questions.setPlainText("Why is the sky blue?\nWhat do bees make?\nHow does rain form?")
+    page.user_types.setText("Child, Elderly, Psychologist")
+    page.rater.setText("Screenshot rater")
+    page.prepare()
+    settle(lambda: page.worker is None and page.rating.isVisible())
+    window.grab().save(str(OUT / "compare-rating.png"))
+    for n in range(len(page.rounds)):
+        page.rate_current([(3 + n % 3, 2 + n % 4, 4), (2 + n % 2, 3, 1 + n % 5)], best=n % 2)
+        page.save_round()
+    settle()
+    page.chart.parentWidget().parentWidget()  # the results group
+    window.grab().save(str(OUT / "compare-results.png"))
+    window.tabs.setCurrentIndex(0)
 
 
 def trainer_mid_run(window, settle) -> None:

@@ -87,6 +87,37 @@ MIGRATIONS = [
         created_at TEXT NOT NULL
     );
     """,
+    # 4: blind comparisons (the Compare tab): raters, sessions and one row per rated answer.
+    """
+    CREATE TABLE raters (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        created_at TEXT NOT NULL
+    );
+    CREATE TABLE comparison_sessions (
+        id INTEGER PRIMARY KEY,
+        rater_id INTEGER NOT NULL REFERENCES raters(id) ON DELETE CASCADE,
+        models_json TEXT NOT NULL,
+        seed INTEGER NOT NULL,
+        created_at TEXT NOT NULL
+    );
+    CREATE TABLE comparison_answers (
+        id INTEGER PRIMARY KEY,
+        session_id INTEGER NOT NULL REFERENCES comparison_sessions(id) ON DELETE CASCADE,
+        round INTEGER NOT NULL,
+        position INTEGER NOT NULL,
+        model_index INTEGER NOT NULL,
+        user_type TEXT NOT NULL,
+        question TEXT NOT NULL,
+        answer TEXT NOT NULL,
+        understandability INTEGER CHECK (understandability BETWEEN 1 AND 5),
+        geniality INTEGER CHECK (geniality BETWEEN 1 AND 5),
+        applicability INTEGER CHECK (applicability BETWEEN 1 AND 5),
+        best INTEGER NOT NULL DEFAULT 0,
+        rated_at TEXT
+    );
+    CREATE INDEX comparison_answers_by_session ON comparison_answers(session_id, round, position);
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -625,3 +625,40 @@ def test_preference_mode_keeps_only_the_best_answer_and_goes_on_from_it(qtbot, t
     assert [b.text().strip() for b in chat.findChildren(Bubble)][:2] == ["Why do cats purr?", texts[2]]
     win.close()
     store.close()
+
+
+def test_a_blind_comparison_session_from_setup_to_chart(qtbot, tiny_gguf, tmp_path, monkeypatch):
+    from PySide6.QtWidgets import QFileDialog
+
+    from muse_desktop.demo_model import Variant
+
+    win = MainWindow(Settings(user_type_id="child"))
+    qtbot.addWidget(win)
+    win.resize(1000, 1200)
+    win.show()
+    win.tabs.setCurrentWidget(win._compare_scroll)
+    page = win.compare
+    for variant in (Variant.MINI_4K, Variant.GQA):
+        monkeypatch.setattr(QFileDialog, "getOpenFileName", lambda *a, v=variant, **k: (str(tiny_gguf[v]), ""))
+        page.add_file()
+    page.questions.setPlainText("Why is the sky blue?\nWhat do bees make?")
+    page.user_types.setText("Child, Elderly")
+    page.prepare()
+    assert "Who is rating" in page.status.text()  # no rater name yet
+    page.rater.setText("Sam")
+    qtbot.mouseClick(page.prepare_button, Qt.LeftButton)
+    qtbot.waitUntil(lambda: page.worker is None and page.rating.isVisible(), timeout=60000)
+    assert page.round_label.text().startswith("Question 1 of 4, for Child")
+    names = {b.text() for b in page.findChildren(QAbstractButton)}
+    assert not any(Variant.GQA in n or "f32" in n for n in names)  # answers carry no model names
+    for _ in range(4):
+        page.rate_current([(5, 4, 4), (2, 2, 3)], best=0)
+        qtbot.mouseClick(page.next_button, Qt.LeftButton)
+    assert not page.rating.isVisible() and page.chart.summary is not None
+    summary = page.chart.summary
+    assert len(summary.models) == 2 and sum(summary.best_counts.values()) == 4
+    assert "± " in page.chart.accessibleDescription() and "Picked as best" in page.best_label.text()
+    monkeypatch.setattr(QFileDialog, "getSaveFileName", lambda *a, **k: (str(tmp_path / "r.csv"), ""))
+    qtbot.mouseClick(page.csv_button, Qt.LeftButton)
+    assert (tmp_path / "r.csv").read_text().count("\n") == 9  # header + 8 rated answers
+    win.close()

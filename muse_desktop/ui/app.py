@@ -230,6 +230,14 @@ class MainWindow(QMainWindow):
             self.tabs.addTab(trainer_scroll, "Trainer")
         self.setCentralWidget(self.tabs)
         self.trainer.chat_requested.connect(self.chat_with)
+        from muse_desktop.ui.compare import ComparePage
+
+        self.compare = ComparePage(self.settings, self.store)
+        compare_scroll = QScrollArea()
+        compare_scroll.setWidgetResizable(True)
+        compare_scroll.setWidget(self.compare)
+        self._compare_scroll = compare_scroll
+        self.tabs.addTab(compare_scroll, "Compare")
         self.page.start.clicked.connect(self.show_chat)
         self.chat.back_requested.connect(lambda: self.pages.setCurrentIndex(0))
         self.chat.model_page_requested.connect(self.show_model_page)
@@ -377,6 +385,7 @@ class MainWindow(QMainWindow):
         trainer_index = self.tabs.indexOf(self._trainer_scroll)
         if trainer_index >= 0:
             self.tabs.setTabVisible(trainer_index, not locked and not simple)
+        self.tabs.setTabVisible(self.tabs.indexOf(self._compare_scroll), not locked and not simple)
         self.tabs.tabBar().setVisible(not simple and self.tabs.count() > 1)
         self.chat.set_simple(simple)
         if locked and self.pages.currentWidget() is not self.chat and self.chat.engine is not None:
@@ -470,6 +479,7 @@ class MainWindow(QMainWindow):
         self.chat.load_model(model_path, [adapter_path] if adapter_path else [])
 
     def closeEvent(self, event) -> None:
+        self.compare.shutdown()
         self.trainer.shutdown()
         self.model_page.shutdown()
         self.chat.shutdown()

@@ -1,0 +1,187 @@
+"""Blind comparison of models: answers in random order without names, rated 1–5 on three measures.
+
+The MUsE evaluation: for each question and user type every model answers; a rater
+sees the answers shuffled and unnamed, scores understandability, geniality and
+applicability from 1 to 5 and may pick the best. Results are mean ± standard
+deviation per model, measure and user type (the shape of MUsE's Figure 3), plus how
+often each model's answer was picked as best, and a CSV for further analysis.
+Raters, sessions and every score live in the SQLite store.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import random
+import statistics
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from muse_desktop.events import CancelToken, Done, Event, Progress
+from muse_desktop.fileio import atomic_write_text
+
+MEASURES = ("understandability", "geniality", "applicability")
+MIN_MODELS, MAX_MODELS = 2, 5
+
+
+class CompareError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Contender:
+    """One model (a GGUF, optionally with a GGUF LoRA adapter) and the name only the results show."""
+
+    name: str
+    path: str
+    adapter: str = ""
+
+
+def new_session(store, rater: str, contenders: list[Contender], seed: int | None = None) -> int:
+    if not MIN_MODELS <= len(contenders) <= MAX_MODELS:
+        raise CompareError(f"Choose {MIN_MODELS} to {MAX_MODELS} models to compare.")
+    if not rater.strip():
+        raise CompareError("Who is rating? Type a name.")
+    with store.transaction() as db:
+        db.execute("INSERT OR IGNORE INTO raters (name, created_at) VALUES (?, datetime('now'))", (rater.strip(),))
+        rater_id = db.execute("SELECT id FROM raters WHERE name = ?", (rater.strip(),)).fetchone()[0]
+        cursor = db.execute(
+            "INSERT INTO comparison_sessions (rater_id, models_json, seed, created_at) VALUES (?, ?, ?, datetime('now'))",
+            (rater_id, json.dumps([c.__dict__ for c in contenders]),
+             seed if seed is not None else random.randrange(2**31)))
+    return cursor.lastrowid
+
+
+def session_contenders(store, session_id: int) -> list[Contender]:
+    row = store.db.execute("SELECT models_json FROM comparison_sessions WHERE id = ?", (session_id,)).fetchone()
+    return [Contender(**c) for c in json.loads(row[0])]
+
+
+def generate_answers(store_path: str | Path, session_id: int, questions: list[str], user_types: list[str],
+                     settings=None, max_new_tokens: int = 200, cancel: CancelToken | None = None) -> Iterator[Event]:
+    """Every contender answers every (question, user type), greedily; stored in shuffled order.
+
+    Opens its own database connection (it runs on a worker thread). One model is
+    loaded at a time, so comparing five models needs the memory of one.
+    """
+    from muse_desktop.chat.engine import AdapterSpec, ChatEngine, EngineSettings, Sampling
+    from muse_desktop.prompting import Turn
+    from muse_desktop.store import Store
+
+    questions = [q.strip() for q in questions if q.strip()]
+    user_types = [u.strip() for u in user_types if u.strip()]
+    if not questions or not user_types:
+        raise CompareError("Give at least one question and one user type.")
+    store = Store(store_path)
+    try:
+        contenders = session_contenders(store, session_id)
+        seed = store.db.execute("SELECT seed FROM comparison_sessions WHERE id = ?", (session_id,)).fetchone()[0]
+        rounds = [(u, q) for u in user_types for q in questions]
+        answers: dict[tuple[int, int], str] = {}
+        total, done = len(rounds) * len(contenders), 0
+        for index, contender in enumerate(contenders):
+            adapters = [AdapterSpec(contender.adapter, 1.0)] if contender.adapter else []
+            engine = ChatEngine(contender.path, settings or EngineSettings(), adapters)
+            try:
+                for number, (user_type, question) in enumerate(rounds):
+                    if cancel is not None:
+                        cancel.check()
+                    sampling = Sampling(temperature=0.0, max_new_tokens=max_new_tokens)
+                    result = [e for e in engine.generate(user_type, [Turn("user", question)], None, sampling,
+                                                         cancel=cancel) if isinstance(e, Done)][-1]
+                    answers[(number, index)] = result.data["text"].strip()
+                    done += 1
+                    yield Progress(done, total, "answers", f"{contender.name}: {question[:40]}")
+            finally:
+                engine.close()
+        shuffler = random.Random(seed)
+        with store.transaction() as db:
+            for number, (user_type, question) in enumerate(rounds):
+                order = list(range(len(contenders)))
+                shuffler.shuffle(order)
+                for position, index in enumerate(order):
+                    db.execute(
+                        "INSERT INTO comparison_answers (session_id, round, position, model_index, user_type, "
+                        "question, answer) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        (session_id, number, position, index, user_type, question, answers[(number, index)]))
+    finally:
+        store.close()
+    yield Done(f"{total} answers ready to rate", data={"session": session_id, "rounds": len(rounds)})
+
+
+def rounds(store, session_id: int) -> list[list[dict]]:
+    """The answers of each round in the order the rater sees them (model names left out)."""
+    rows = store.db.execute(
+        "SELECT id, round, position, user_type, question, answer, understandability, geniality, applicability, "
+        "best FROM comparison_answers WHERE session_id = ? ORDER BY round, position", (session_id,)).fetchall()
+    grouped: dict[int, list[dict]] = {}
+    for row in rows:
+        grouped.setdefault(row["round"], []).append(dict(row))
+    return [grouped[key] for key in sorted(grouped)]
+
+
+def rate(store, answer_id: int, understandability: int, geniality: int, applicability: int,
+         best: bool = False) -> None:
+    for value in (understandability, geniality, applicability):
+        if not 1 <= int(value) <= 5:
+            raise CompareError("Scores go from 1 to 5.")
+    with store.transaction() as db:
+        if best:  # one best per round
+            db.execute("UPDATE comparison_answers SET best = 0 WHERE (session_id, round) = "
+                       "(SELECT session_id, round FROM comparison_answers WHERE id = ?)", (answer_id,))
+        db.execute("UPDATE comparison_answers SET understandability = ?, geniality = ?, applicability = ?, "
+                   "best = ?, rated_at = datetime('now') WHERE id = ?",
+                   (understandability, geniality, applicability, int(best), answer_id))
+
+
+@dataclass
+class Summary:
+    models: list[str]
+    user_types: list[str]
+    stats: dict[tuple[str, str, str], tuple[float, float, int]]  # (model, measure, user type) -> mean, sd, n
+    best_counts: dict[str, int]
+    rows: list[dict]
+
+    def csv(self) -> str:
+        out = io.StringIO()
+        writer = csv.writer(out)
+        writer.writerow(["session", "rater", "model", "user_type", "question", *MEASURES, "best"])
+        for row in self.rows:
+            writer.writerow([row["session"], row["rater"], row["model"], row["user_type"], row["question"],
+                             *[row[m] for m in MEASURES], row["best"]])
+        return out.getvalue()
+
+
+def summarize(store, session_ids: list[int] | None = None) -> Summary:
+    """Mean ± standard deviation per model, measure and user type over the rated answers."""
+    query = ("SELECT a.*, s.models_json, r.name AS rater FROM comparison_answers a "
+             "JOIN comparison_sessions s ON s.id = a.session_id JOIN raters r ON r.id = s.rater_id "
+             "WHERE a.understandability IS NOT NULL")
+    params: list = []
+    if session_ids:
+        query += f" AND a.session_id IN ({', '.join('?' * len(session_ids))})"
+        params = list(session_ids)
+    rows = []
+    for row in store.db.execute(query + " ORDER BY a.session_id, a.round, a.position", params):
+        names = [c["name"] for c in json.loads(row["models_json"])]
+        rows.append({"session": row["session_id"], "rater": row["rater"], "model": names[row["model_index"]],
+                     "user_type": row["user_type"], "question": row["question"], "best": row["best"],
+                     **{m: row[m] for m in MEASURES}})
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    user_types = list(dict.fromkeys(r["user_type"] for r in rows))
+    stats = {}
+    for model in models:
+        for measure in MEASURES:
+            for user_type in user_types:
+                values = [r[measure] for r in rows if r["model"] == model and r["user_type"] == user_type]
+                if values:
+                    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+                    stats[(model, measure, user_type)] = (statistics.fmean(values), sd, len(values))
+    best = {model: sum(r["best"] for r in rows if r["model"] == model) for model in models}
+    return Summary(models, user_types, stats, best, rows)
+
+
+def export_csv(summary: Summary, path: str | Path) -> None:
+    atomic_write_text(path, summary.csv())

@@ -1,0 +1,342 @@
+"""The Compare tab: blind ratings of 2–5 models, then bar charts of mean ± standard deviation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from PySide6.QtCore import QPointF, QRectF, Qt
+from PySide6.QtGui import QBrush, QColor, QPainter, QPen
+from PySide6.QtWidgets import (
+    QButtonGroup,
+    QFileDialog,
+    QGroupBox,
+    QHBoxLayout,
+    QLineEdit,
+    QListWidget,
+    QListWidgetItem,
+    QPlainTextEdit,
+    QProgressBar,
+    QSizePolicy,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from muse_desktop.compare import MEASURES, CompareError, Contender, Summary
+from muse_desktop.ui import widgets
+from muse_desktop.ui.workers import EventWorker
+
+SAMPLE_QUESTIONS = "Why is a balanced diet important?\nHow does the heart work?\nWhat is a computer virus?"
+# Bars differ by fill pattern as well as colour (nothing carried by colour alone).
+PATTERNS = (Qt.SolidPattern, Qt.BDiagPattern, Qt.CrossPattern, Qt.Dense5Pattern, Qt.FDiagPattern)
+COLOURS = ("#0B5CAD", "#B34700", "#2E7D32", "#6A1B9A", "#4A4A4A")
+SHORT = {"understandability": "Clear", "geniality": "Kind", "applicability": "Useful"}
+
+
+class BarChart(QWidget):
+    """Mean ± standard deviation per model (bars), measure (groups) and user type (panels)."""
+
+    def __init__(self):
+        super().__init__()
+        self.summary: Summary | None = None
+        self.setMinimumHeight(300)
+        self.setSizePolicy(QSizePolicy.Expanding, QSizePolicy.Expanding)
+        self.setAccessibleName("Comparison results chart")
+
+    def show_summary(self, summary: Summary) -> None:
+        self.summary = summary
+        parts = []
+        for (model, measure, user_type), (mean, sd, n) in sorted(summary.stats.items()):
+            parts.append(f"{model}, {measure}, {user_type}: {mean:.1f} ± {sd:.1f} (n={n})")
+        self.setAccessibleDescription("; ".join(parts) or "No ratings yet.")
+        self.update()
+
+    def paintEvent(self, _event) -> None:
+        painter = QPainter(self)
+        painter.setRenderHint(QPainter.Antialiasing)
+        text = self.palette().windowText().color()
+        metrics = painter.fontMetrics()
+        summary = self.summary
+        if summary is None or not summary.stats:
+            painter.setPen(text)
+            painter.drawText(self.rect(), Qt.AlignCenter, "The results appear here after rating.")
+            return
+        legend_h = metrics.height() + 12
+        x = 8.0
+        for i, model in enumerate(summary.models):
+            painter.setPen(QPen(text, 1))
+            painter.setBrush(QBrush(QColor(COLOURS[i % 5]), PATTERNS[i % 5]))
+            painter.drawRect(QRectF(x, 4, 22, metrics.height()))
+            painter.drawText(QPointF(x + 28, 4 + metrics.ascent()), model)
+            x += 44 + metrics.horizontalAdvance(model)
+        panels = len(summary.user_types)
+        left = metrics.horizontalAdvance("5") + 12
+        width = (self.width() - left - 8) / max(panels, 1)
+        top, bottom = legend_h + metrics.height() + 8, self.height() - 2 * metrics.height() - 10
+        for p, user_type in enumerate(summary.user_types):
+            x0 = left + p * width
+            painter.setPen(text)
+            painter.drawText(QRectF(x0, legend_h, width, metrics.height()), Qt.AlignCenter, f"For: {user_type}")
+            painter.drawLine(QPointF(x0, bottom), QPointF(x0 + width - 10, bottom))
+            if p == 0:
+                for score in range(0, 6):
+                    y = bottom - (bottom - top) * score / 5
+                    painter.drawText(QRectF(0, y - metrics.height() / 2, left - 6, metrics.height()),
+                                     Qt.AlignRight | Qt.AlignVCenter, str(score))
+                    painter.setPen(QPen(text, 0.5, Qt.DotLine))
+                    painter.drawLine(QPointF(left, y), QPointF(self.width() - 8, y))
+                    painter.setPen(text)
+            group_w = (width - 10) / len(MEASURES)
+            bar_w = max(4.0, (group_w - 12) / max(len(summary.models), 1))
+            for g, measure in enumerate(MEASURES):
+                gx = x0 + g * group_w + 6
+                label = metrics.elidedText(SHORT[measure], Qt.ElideRight, int(group_w - 6))
+                painter.drawText(QRectF(gx, bottom + 4, group_w - 6, metrics.height()), Qt.AlignCenter, label)
+                for m, model in enumerate(summary.models):
+                    stat = summary.stats.get((model, measure, user_type))
+                    if stat is None:
+                        continue
+                    mean, sd, _n = stat
+                    bx = gx + m * bar_w
+                    y = bottom - (bottom - top) * mean / 5
+                    painter.setPen(QPen(text, 1))
+                    painter.setBrush(QBrush(QColor(COLOURS[m % 5]), PATTERNS[m % 5]))
+                    painter.drawRect(QRectF(bx, y, bar_w - 3, bottom - y))
+                    # The error bar: mean ± one standard deviation, clipped to the 0–5 scale.
+                    hi = bottom - (bottom - top) * min(mean + sd, 5) / 5
+                    lo = bottom - (bottom - top) * max(mean - sd, 0) / 5
+                    cx = bx + (bar_w - 3) / 2
+                    painter.setPen(QPen(text, 2))
+                    painter.drawLine(QPointF(cx, hi), QPointF(cx, lo))
+                    painter.drawLine(QPointF(cx - 4, hi), QPointF(cx + 4, hi))
+                    painter.drawLine(QPointF(cx - 4, lo), QPointF(cx + 4, lo))
+
+
+class ComparePage(QWidget):
+    def __init__(self, settings, store):
+        super().__init__()
+        self.settings, self.store = settings, store
+        self.worker: EventWorker | None = None
+        self.session: int | None = None
+        self.round_index = 0
+        layout = QVBoxLayout(self)
+        layout.addWidget(widgets.label("Which model answers best? Rate without knowing which is which", "heading"))
+
+        setup = QGroupBox("1. What to compare")
+        form = QVBoxLayout(setup)
+        form.addWidget(widgets.label("Tick 2 to 5 models:"))
+        self.models = QListWidget()
+        self.models.setAccessibleName("Models to compare")
+        self.models.setMaximumHeight(150)
+        form.addWidget(self.models)
+        form.addWidget(widgets.button("Add a model file…", "Add a GGUF model file to compare", self.add_file),
+                       0, Qt.AlignLeft)
+        form.addWidget(widgets.label("Questions, one per line:"))
+        self.questions = QPlainTextEdit(SAMPLE_QUESTIONS)
+        self.questions.setAccessibleName("Questions to ask every model")
+        self.questions.setMaximumHeight(110)
+        form.addWidget(self.questions)
+        row = QHBoxLayout()
+        self.user_types = QLineEdit("Child, Elderly")
+        self.user_types.setAccessibleName("User types, separated by commas")
+        self.rater = QLineEdit()
+        self.rater.setPlaceholderText("Your name")
+        self.rater.setAccessibleName("Who is rating")
+        row.addWidget(self.user_types, 1)
+        row.addWidget(self.rater, 1)
+        form.addLayout(row)
+        self.prepare_button = widgets.button("Prepare the answers", "Let every model answer every question",
+                                             self.prepare, primary=True)
+        form.addWidget(self.prepare_button, 0, Qt.AlignLeft)
+        self.progress = QProgressBar()
+        self.progress.setAccessibleName("Preparing answers")
+        self.progress.setTextVisible(False)
+        self.progress.hide()
+        form.addWidget(self.progress)
+        self.status = widgets.label(style="muted", name="Compare status")
+        form.addWidget(self.status)
+        layout.addWidget(setup)
+
+        self.rating = QGroupBox("2. Rate the answers (1 = poor, 5 = excellent)")
+        rating = QVBoxLayout(self.rating)
+        self.round_label = widgets.label(name="Question being rated")
+        rating.addWidget(self.round_label)
+        self.answers_box = QVBoxLayout()
+        rating.addLayout(self.answers_box)
+        self.next_button = widgets.button("Save and go on", "Save these ratings and show the next question",
+                                          self.save_round, primary=True)
+        rating.addWidget(self.next_button, 0, Qt.AlignLeft)
+        self.rating.hide()
+        layout.addWidget(self.rating)
+
+        results = QGroupBox("3. Results: mean ± standard deviation")
+        box = QVBoxLayout(results)
+        self.chart = BarChart()
+        box.addWidget(self.chart)
+        box.addWidget(widgets.label("Clear = understandability, Kind = geniality, Useful = applicability. "
+                                    "Each bar is the mean score; the line through it spans one standard deviation "
+                                    "either side.", "muted"))
+        self.best_label = widgets.label(name="How often each model was picked as best")
+        box.addWidget(self.best_label)
+        self.csv_button = widgets.button("Save as CSV…", "Save all ratings as a CSV file", self.save_csv)
+        box.addWidget(self.csv_button, 0, Qt.AlignLeft)
+        layout.addWidget(results)
+        self.refresh_models()
+        self.show_results()
+
+    def refresh_models(self) -> None:
+        self.models.clear()
+        entries = [(e.name, e.base_path or e.path, e.path if e.kind == "adapter" else "")
+                   for e in self.store.library() if Path(e.path).is_file()]
+        if self.settings.model_path and Path(self.settings.model_path).is_file():
+            entries.insert(0, (f"Current: {Path(self.settings.model_path).name}", self.settings.model_path, ""))
+        for name, path, adapter in entries:
+            self._add(name, path, adapter)
+
+    def _add(self, name: str, path: str, adapter: str = "", checked: bool = False) -> None:
+        item = QListWidgetItem(name)
+        item.setFlags(item.flags() | Qt.ItemIsUserCheckable)
+        item.setCheckState(Qt.Checked if checked else Qt.Unchecked)
+        item.setData(Qt.UserRole, Contender(name, path, adapter))
+        self.models.addItem(item)
+
+    def add_file(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Add a model", str(Path.home()), "GGUF models (*.gguf)")
+        if path:
+            self._add(Path(path).name, path, checked=True)
+
+    def chosen(self) -> list[Contender]:
+        return [self.models.item(i).data(Qt.UserRole) for i in range(self.models.count())
+                if self.models.item(i).checkState() == Qt.Checked]
+
+    def prepare(self) -> None:
+        from muse_desktop.chat.engine import EngineSettings
+        from muse_desktop.compare import generate_answers, new_session
+
+        try:
+            self.session = new_session(self.store, self.rater.text(), self.chosen())
+        except CompareError as exc:
+            self.status.setText(str(exc))
+            return
+        questions = self.questions.toPlainText().splitlines()
+        user_types = self.user_types.text().split(",")
+        path, session = self.store.path, self.session
+        settings = EngineSettings(threads=self.settings.threads, context_length=self.settings.context_length)
+        worker = EventWorker(lambda token: generate_answers(path, session, questions, user_types, settings,
+                                                            cancel=token))
+        self.worker = worker
+        worker.progress.connect(self._progress)
+        worker.done.connect(lambda _event: self.start_rating())
+        worker.failed.connect(self.status.setText)
+        worker.finished.connect(self._finished)
+        self.prepare_button.setEnabled(False)
+        self.progress.show()
+        self.status.setText("Every model is answering every question…")
+        worker.start()
+
+    def _progress(self, done: float, total: float, _unit: str, message: str) -> None:
+        self.progress.setRange(0, int(total))
+        self.progress.setValue(int(done))
+        self.status.setText(f"{done:g} of {total:g} answers written ({message})")
+
+    def _finished(self) -> None:
+        worker, self.worker = self.worker, None
+        if worker is not None:
+            worker.thread.wait()
+            worker.deleteLater()
+            worker.thread.deleteLater()
+        self.prepare_button.setEnabled(True)
+        self.progress.hide()
+
+    def start_rating(self) -> None:
+        from muse_desktop.compare import rounds
+
+        self.rounds = rounds(self.store, self.session)
+        self.round_index = 0
+        self.status.setText("The answers are ready. They are shown in a new random order for each question, "
+                            "without the models' names.")
+        self.rating.show()
+        self.show_round()
+
+    def show_round(self) -> None:
+        while self.answers_box.count():
+            item = self.answers_box.takeAt(0)
+            if item.widget():
+                item.widget().hide()
+                item.widget().deleteLater()
+        current = self.rounds[self.round_index]
+        first = current[0]
+        self.round_label.setText(f"Question {self.round_index + 1} of {len(self.rounds)}, for {first['user_type']}: "
+                                 f"“{first['question']}”")
+        self.best_group = QButtonGroup(self)
+        self.score_boxes: list[tuple[int, list[QSpinBox]]] = []
+        for position, answer in enumerate(current):
+            box = QGroupBox(f"Answer {position + 1}")
+            inner = QVBoxLayout(box)
+            text = widgets.label(answer["answer"] or "(no answer)", name=f"Answer {position + 1}")
+            text.setTextInteractionFlags(Qt.TextSelectableByMouse | Qt.TextSelectableByKeyboard)
+            inner.addWidget(text)
+            row = QHBoxLayout()
+            spins = []
+            for measure in MEASURES:
+                row.addWidget(widgets.label(measure.capitalize()))
+                spin = QSpinBox()
+                spin.setRange(1, 5)
+                spin.setValue(3)
+                spin.setAccessibleName(f"{measure.capitalize()} of answer {position + 1}")
+                row.addWidget(spin)
+                spins.append(spin)
+            best = widgets.button("Best", f"Answer {position + 1} is the best")
+            best.setCheckable(True)
+            self.best_group.addButton(best, position)
+            row.addWidget(best)
+            row.addStretch(1)
+            inner.addLayout(row)
+            self.answers_box.addWidget(box)
+            self.score_boxes.append((answer["id"], spins))
+
+    def rate_current(self, scores: list[tuple[int, int, int]], best: int | None = None) -> None:
+        """Set the scores on screen (for keyboard users' tests and scripts) — the same as typing them."""
+        for (_, spins), values in zip(self.score_boxes, scores):
+            for spin, value in zip(spins, values):
+                spin.setValue(value)
+        if best is not None:
+            self.best_group.button(best).setChecked(True)
+
+    def save_round(self) -> None:
+        from muse_desktop.compare import rate
+
+        best = self.best_group.checkedId()
+        for position, (answer_id, spins) in enumerate(self.score_boxes):
+            rate(self.store, answer_id, *[s.value() for s in spins], best=position == best)
+        self.round_index += 1
+        if self.round_index < len(self.rounds):
+            self.show_round()
+        else:
+            self.rating.hide()
+            self.status.setText("Thank you. All answers are rated.")
+            self.show_results()
+
+    def show_results(self) -> None:
+        from muse_desktop.compare import summarize
+
+        self.summary = summarize(self.store)
+        self.chart.show_summary(self.summary)
+        if self.summary.models:
+            self.best_label.setText("Picked as best: " + ", ".join(
+                f"{model} {count} times" for model, count in self.summary.best_counts.items()))
+        self.csv_button.setEnabled(bool(self.summary.rows))
+
+    def save_csv(self) -> None:
+        from muse_desktop.compare import export_csv
+
+        path, _ = QFileDialog.getSaveFileName(self, "Save the ratings", str(Path.home() / "ratings.csv"),
+                                              "CSV (*.csv)")
+        if path:
+            export_csv(self.summary, path)
+            self.status.setText(f"Saved to {path}.")
+
+    def shutdown(self) -> None:
+        if self.worker is not None:
+            self.worker.cancel()
+            self.worker.thread.wait(30000)
