@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QAbstractButton, QAbstractItemView, QLineEdit
@@ -292,15 +294,18 @@ def test_read_aloud_speaks_or_says_why_not(qtbot, tiny_gguf, tmp_path, monkeypat
     from muse_desktop.demo_model import Variant
     from muse_desktop.speech import find_backend
 
-    monkeypatch.setenv("PATH", str(tmp_path))  # no speech engine on this PATH
-    silent = MainWindow(Settings(user_type_id="older-adult"))
-    qtbot.addWidget(silent)
-    silent.show_chat()
-    assert silent.chat.read_button.text() == "Read aloud (not available)"
-    qtbot.mouseClick(silent.chat.read_button, Qt.LeftButton)
-    assert "needs a speech engine" in silent.chat.status.text()
-    silent.close()
-    monkeypatch.undo()
+    # Only PATH changes here: monkeypatch.undo() would also undo the isolated MUSE_HOME and
+    # let the rest of the test write into the real user folders (it once did).
+    with monkeypatch.context() as local:
+        local.setenv("PATH", str(tmp_path))  # no speech engine on this PATH
+        silent = MainWindow(Settings(user_type_id="older-adult"))
+        qtbot.addWidget(silent)
+        silent.show_chat()
+        assert silent.chat.read_button.text() == "Read aloud (not available)"
+        qtbot.mouseClick(silent.chat.read_button, Qt.LeftButton)
+        assert "needs a speech engine" in silent.chat.status.text()
+        silent.close()
+    assert os.environ["MUSE_HOME"].startswith(str(tmp_path))
     if find_backend() is None:
         return  # the rest needs a real engine (espeak-ng or speech-dispatcher)
     win = MainWindow(Settings(user_type_id="older-adult"))
