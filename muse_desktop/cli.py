@@ -210,6 +210,60 @@ def _cmd_kiosk(args: argparse.Namespace) -> int:
     return 0
 
 
+def _teacher(args: argparse.Namespace):
+    """The loaded GGUF (``--model``) or an OpenAI-compatible server (``--server``); returns (ask, closer)."""
+    from muse_desktop.docbuilder import DEFAULT_SERVER, engine_teacher, server_teacher
+
+    if args.model:
+        from muse_desktop.chat.engine import ChatEngine, EngineSettings, ModelError
+
+        try:
+            engine = ChatEngine(args.model, EngineSettings(context_length=4096))
+        except ModelError as exc:
+            raise CliError(str(exc)) from None
+        return engine_teacher(engine), engine.close
+    return server_teacher(args.server or DEFAULT_SERVER, args.server_model), lambda: None
+
+
+def _cmd_build_data(args: argparse.Namespace) -> int:
+    from muse_desktop.docbuilder import BuilderError, build_dataset
+
+    ask, close = _teacher(args)
+    try:
+        run_events(build_dataset(args.folder, args.user_types.split(","), args.out, ask, args.chunk_chars))
+    except BuilderError as exc:
+        raise CliError(str(exc)) from None
+    finally:
+        close()
+    return 0
+
+
+def _cmd_augment(args: argparse.Namespace) -> int:
+    import json
+
+    from muse_desktop.augment import self_instruct
+    from muse_desktop.datasets import DatasetError, load_dataset
+    from muse_desktop.fileio import atomic_write_text
+
+    try:
+        report = load_dataset(args.seeds)
+    except DatasetError as exc:
+        raise CliError(str(exc)) from None
+    seeds = [{"user_type": e.user_type or "Adult", "question": e.turns[0].content, "answer": e.turns[-1].content}
+             for e in report.examples if e.turns]
+    ask, close = _teacher(args)
+    try:
+        done = run_events(self_instruct(seeds, ask, args.count, args.threshold))
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    finally:
+        close()
+    kept = done.data["kept"] if done is not None else []
+    atomic_write_text(args.out, "".join(json.dumps(k, ensure_ascii=False) + "\n" for k in kept))
+    print(f"{len(kept)} candidates written to {args.out} for review (nothing was added to your data).")
+    return 0
+
+
 def _cmd_quantize(args: argparse.Namespace) -> int:
     from converters.quantize import quantize
 
@@ -349,6 +403,27 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--type", default="Q4_K_M", type=str.upper, help="quantization (default Q4_K_M; F16 keeps f16)")
     export.add_argument("--no-verify", action="store_true", help="skip the logits check")
     export.set_defaults(func=_cmd_export)
+
+    build = commands.add_parser("build-data", help="documents → MUsE question/answer pairs written by a teacher")
+    build.add_argument("folder", metavar="FOLDER", help="a folder of .txt, .md and .html documents")
+    build.add_argument("--user-types", default="Child,Elderly", help="comma-separated (default: Child,Elderly)")
+    build.add_argument("--out", required=True, metavar="OUT.jsonl", help="appended to; a rerun continues")
+    build.add_argument("--model", metavar="M.gguf", help="the teacher is this local model")
+    build.add_argument("--server", metavar="URL", help="the teacher is this OpenAI-compatible server "
+                                                        "(default http://127.0.0.1:8080/v1)")
+    build.add_argument("--server-model", default="local", help="the model name the server expects")
+    build.add_argument("--chunk-chars", type=int, default=1500)
+    build.set_defaults(func=_cmd_build_data)
+
+    augment = commands.add_parser("augment", help="self-instruct: more pairs in the style of a few seeds")
+    augment.add_argument("seeds", metavar="SEEDS.jsonl")
+    augment.add_argument("--count", type=int, default=20, help="how many candidates to ask for")
+    augment.add_argument("--threshold", type=float, default=0.7, help="ROUGE-L above this is a near-duplicate")
+    augment.add_argument("--out", required=True, metavar="OUT.jsonl", help="the kept candidates, for review")
+    augment.add_argument("--model", metavar="M.gguf", help="the local model that writes (or --server)")
+    augment.add_argument("--server", metavar="URL", help="an OpenAI-compatible server that writes")
+    augment.add_argument("--server-model", default="local")
+    augment.set_defaults(func=_cmd_augment)
 
     kiosk = commands.add_parser("kiosk", help="train the kiosk's scope guard, switch kiosk mode on or off")
     kiosk.add_argument("action", choices=["train", "on", "off", "check"])
