@@ -561,6 +561,7 @@ def test_trainer_tab_runs_cancels_resumes_exports_and_chats(qtbot, tmp_path, tin
     assert [entry.kind for entry in win.store.library()] == ["model"]
     with qtbot.waitSignal(win.chat.model_ready, timeout=30000):
         qtbot.mouseClick(page.chat_button, Qt.LeftButton)
+    qtbot.waitUntil(lambda: win.chat.worker is None)  # the buttons come back when the loading is over
     assert win.tabs.currentIndex() == 0 and win.pages.currentWidget() is win.chat
     assert win.chat.model_label.text().endswith("-Q4_K_M.gguf")
     # The export stays in the model library: one click on the model page opens it again.

@@ -524,11 +524,7 @@ class ChatPage(QWidget):
     def _finished(self) -> None:
         worker, self.worker = self.worker, None
         if worker is not None:
-            worker.thread.wait()
-            # Let Qt delete both on its own thread; leaving them to Python's
-            # garbage collector at exit has crashed the interpreter.
-            worker.deleteLater()
-            worker.thread.deleteLater()
+            worker.dispose()
         self.stop_button.setEnabled(False)
         for control in self._locked_while_busy():
             control.setEnabled(True)

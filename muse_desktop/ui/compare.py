@@ -242,9 +242,7 @@ class ComparePage(QWidget):
     def _finished(self) -> None:
         worker, self.worker = self.worker, None
         if worker is not None:
-            worker.thread.wait()
-            worker.deleteLater()
-            worker.thread.deleteLater()
+            worker.dispose()
         self.prepare_button.setEnabled(True)
         self.progress.hide()
 

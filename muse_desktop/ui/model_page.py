@@ -198,9 +198,7 @@ class ModelPage(QWidget):
     def _finished(self) -> None:
         worker, self.worker = self.worker, None
         if worker is not None:
-            worker.thread.wait()
-            worker.deleteLater()
-            worker.thread.deleteLater()
+            worker.dispose()
         self.progress.hide()
         self.cancel_button.hide()
         for button in (self.get_button, self.open_button, self.demo_button, self.back_button):

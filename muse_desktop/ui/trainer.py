@@ -580,9 +580,7 @@ class TrainerPage(QWidget):
     def _finished(self) -> None:
         worker, self.worker = self.worker, None
         if worker is not None:
-            worker.thread.wait()
-            worker.deleteLater()
-            worker.thread.deleteLater()
+            worker.dispose()
         self.refresh_runs()
         self._update_buttons()
 

@@ -81,3 +81,12 @@ class EventWorker(_Signals):
     def deleteLater(self) -> None:  # noqa: N802 (Qt's name)
         self.runner.deleteLater()
         super().deleteLater()
+
+    def dispose(self) -> None:
+        """After ``finished``: wait for the thread, then let Qt delete everything on its own thread.
+
+        Leaving them to Python's garbage collector at exit has crashed the interpreter.
+        """
+        self.thread.wait()
+        self.deleteLater()
+        self.thread.deleteLater()
