@@ -264,6 +264,24 @@ def _cmd_augment(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_preferences(args: argparse.Namespace) -> int:
+    from muse_desktop.preferences import export_instruction_data, export_pairs
+    from muse_desktop.store import Store
+
+    if not (args.instructions or args.pairs):
+        raise CliError("say where to write: --instructions OUT.jsonl and/or --pairs OUT.jsonl")
+    store = Store()
+    try:
+        if args.instructions:
+            print(f"{export_instruction_data(store, args.instructions)} question → best answer rows "
+                  f"written to {args.instructions}")
+        if args.pairs:
+            print(f"{export_pairs(store, args.pairs)} chosen/rejected pairs written to {args.pairs}")
+    finally:
+        store.close()
+    return 0
+
+
 def _cmd_quantize(args: argparse.Namespace) -> int:
     from converters.quantize import quantize
 
@@ -414,6 +432,12 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--server-model", default="local", help="the model name the server expects")
     build.add_argument("--chunk-chars", type=int, default=1500)
     build.set_defaults(func=_cmd_build_data)
+
+    prefs = commands.add_parser("preferences", help="export what people preferred: instruction data, DPO pairs")
+    prefs.add_argument("action", choices=["export"])
+    prefs.add_argument("--instructions", metavar="OUT.jsonl", help="question → best answer (MUsE triples)")
+    prefs.add_argument("--pairs", metavar="OUT.jsonl", help="chosen = best, rejected = worst (for dpo_pairs)")
+    prefs.set_defaults(func=_cmd_preferences)
 
     augment = commands.add_parser("augment", help="self-instruct: more pairs in the style of a few seeds")
     augment.add_argument("seeds", metavar="SEEDS.jsonl")

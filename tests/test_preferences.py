@@ -78,3 +78,17 @@ def test_dpo_widens_the_chosen_minus_rejected_margin(tmp_path, tiny_model, isola
     assert losses[0] == pytest.approx(0.6931, abs=1e-3)  # policy = reference at the start: -log σ(0)
     assert losses[-1] < 0.3
     assert (tmp_path / "run" / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_preferences_export_from_the_command_line(tmp_path, isolated_home, capsys):
+    from muse_desktop.cli import main
+
+    store = Store()
+    record_all(store)
+    store.close()
+    assert main(["preferences", "export", "--instructions", str(tmp_path / "i.jsonl"),
+                 "--pairs", str(tmp_path / "p.jsonl")]) == 0
+    out = capsys.readouterr().out
+    assert "4 question → best answer rows" in out and "4 chosen/rejected pairs" in out
+    assert len(read_pairs(tmp_path / "p.jsonl")) == 4
+    assert main(["preferences", "export"]) == 2

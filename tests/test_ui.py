@@ -668,3 +668,29 @@ def test_a_blind_comparison_session_from_setup_to_chart(qtbot, tiny_gguf, tmp_pa
     qtbot.mouseClick(page.csv_button, Qt.LeftButton)
     assert (tmp_path / "r.csv").read_text().count("\n") == 9  # header + 8 rated answers
     win.close()
+
+
+def test_trainer_learns_from_recorded_preferences_with_dpo(qtbot, tiny_model, isolated_home):
+    from muse_desktop.store import Store
+
+    store = Store()
+    win = MainWindow(Settings(user_type_id="child"), store=store)
+    qtbot.addWidget(win)
+    win.show()
+    page = win.trainer
+    page.base_model.setText(str(tiny_model))
+    page.dpo_button.click()
+    assert "No preferences yet" in page.status.text()
+    for i in range(3):
+        store.add_preference("Child", [], f"Question {i}?", [{"text": f"Kind answer {i}."}, {"text": "No."}],
+                             best=0, worst=1)
+    page.advanced_toggle.click()
+    page.options["max_steps"].setValue(20)
+    page.options["lora_r"].setValue(8)
+    page.options["learning_rate"].setText("5e-3")
+    page.dpo_button.click()
+    qtbot.waitUntil(lambda: page.worker is None, timeout=120000)
+    assert page.status.text().startswith("DPO finished: the chosen-minus-rejected log-probability margin went")
+    assert len(page.chart.series["train_loss"]) == 20
+    win.close()
+    store.close()

@@ -192,7 +192,10 @@ class TrainerPage(QWidget):
         self.start_button = widgets.button("Start", "Start training", self.start, primary=True)
         self.cancel_button = widgets.button("Cancel", "Cancel training (it can be resumed)", self.cancel)
         self.resume_button = widgets.button("Resume", "Resume the selected run", self.resume)
-        for button in (self.start_button, self.cancel_button, self.resume_button):
+        self.dpo_button = widgets.button("Learn from preferences (DPO)",
+                                         "Train on the answers people marked best and worst in the chat",
+                                         self.start_dpo)
+        for button in (self.start_button, self.cancel_button, self.resume_button, self.dpo_button):
             row.addWidget(button)
         row.addStretch(1)
         form.addLayout(row)
@@ -309,6 +312,10 @@ class TrainerPage(QWidget):
         """The settings on screen as a checked TrainConfig."""
         from muse_desktop.training.config import config_from_dict
 
+        return config_from_dict(self.config_data()).validate()
+
+    def config_data(self) -> dict:
+        """The settings on screen as the mapping a config file would hold."""
         preset_name = self.preset.currentData()
         preset = self._presets[preset_name]
         data = {"preset": preset_name, "base_model": self.base_model.text().strip(),
@@ -323,7 +330,7 @@ class TrainerPage(QWidget):
             if key == "train_last_layers" and value == 0 and preset.train_last_layers == "half":
                 continue
             data[key] = value
-        return config_from_dict(data).validate()
+        return data
 
     # -- checks ----------------------------------------------------------------------------
 
@@ -412,6 +419,29 @@ class TrainerPage(QWidget):
         self._begin(run_dir, f"Starting {run_dir.name}…")
         self._run(lambda token: run_training(config, run_dir, token), on_done=self._trained)
 
+    def start_dpo(self) -> None:
+        """A DPO stage on the preferences recorded in the chat, with the recipe's LoRA settings."""
+        from muse_desktop.preferences import export_pairs
+        from muse_desktop.training.child import default_run_dir, run_training
+        from muse_desktop.training.config import config_from_dict
+
+        if not self.store.preferences():
+            self.status.setText("No preferences yet: in the chat, press “Choose from 4”, ask, and mark the best "
+                                "and the worst answer.")
+            return
+        try:
+            config = config_from_dict({**self.config_data(), "dataset": "", "name": "dpo", "dpo_pairs": "pending"})
+            run_dir = default_run_dir(config)
+            run_dir.mkdir(parents=True, exist_ok=True)
+            count = export_pairs(self.store, run_dir / "pairs.jsonl")
+            config.dpo_pairs = str(run_dir / "pairs.jsonl")
+            config.validate()
+        except ValueError as exc:
+            self.status.setText(str(exc))
+            return
+        self._begin(run_dir, f"Learning from {count} preferences (DPO)…")
+        self._run(lambda token: run_training(config, run_dir, token), on_done=self._trained)
+
     def resume(self) -> None:
         from muse_desktop.training.child import read_events, run_training
 
@@ -472,6 +502,8 @@ class TrainerPage(QWidget):
     def _metric(self, name: str, value: float, step: int) -> None:
         if name in ("train_loss", "val_loss"):
             self.chart.add(name, step, value)
+        elif name == "dpo_loss":  # a DPO run: its loss on the same chart
+            self.chart.add("train_loss", step, value)
         if name == "tokens_per_s":
             self._speed = value
         elif name == "memory_gb":
@@ -549,7 +581,7 @@ class TrainerPage(QWidget):
         busy = self.worker is not None
         finished = self.run_dir is not None and (self.run_dir / "adapter" / "adapter_config.json").is_file()
         resumable = self.run_dir is not None and not finished and any((self.run_dir / "checkpoints").glob("step-*"))
-        for button in (self.start_button, self.check_button, self.hardware_button):
+        for button in (self.start_button, self.check_button, self.hardware_button, self.dpo_button):
             button.setEnabled(self.available and not busy)
         self.cancel_button.setEnabled(busy)
         self.resume_button.setEnabled(self.available and not busy and resumable)
