@@ -114,3 +114,35 @@ def test_an_off_topic_question_is_refused_without_calling_the_model(qtbot, tiny_
     assert len(store.messages(store.conversations()[0].id)) == 4
     win.close()
     store.close()
+
+
+def test_the_caregiver_sees_the_metrics_before_switching_kiosk_mode_on(qtbot, tmp_path):
+    from muse_desktop.settings import Settings, load_settings
+    from muse_desktop.ui.app import MainWindow
+
+    data = tmp_path / "museum.jsonl"
+    data.write_text("".join(json.dumps({"user_type": "Child", "question": q, "answer": "Room 3."}) + "\n"
+                            for q in museum_questions()))
+    few = tmp_path / "few.jsonl"
+    few.write_text(json.dumps({"user_type": "Child", "question": "Who was Khufu?", "answer": "A king."}) + "\n")
+    win = MainWindow(Settings(user_type_id="child"))
+    qtbot.addWidget(win)
+    dialog = win.open_kiosk()
+    assert not dialog.on_button.isEnabled()
+    dialog.dataset.setText(str(few))
+    dialog.check()
+    qtbot.waitUntil(lambda: dialog.worker is None, timeout=30000)
+    assert "at least 20 of each" in dialog.result.text() and not dialog.on_button.isEnabled()
+    dialog.dataset.setText(str(data))
+    dialog.topic.setText("ancient Egypt")
+    dialog.check()
+    qtbot.waitUntil(lambda: dialog.worker is None, timeout=30000)
+    assert "precision" in dialog.result.text() and "F1" in dialog.result.text()
+    assert dialog.on_button.isEnabled()
+    dialog.on_button.click()
+    assert load_settings().settings.kiosk_mode and ScopeGuard.load() is not None
+    win.set_pin("2468")
+    win.lock_now()
+    assert not win.kiosk_action.isEnabled() and win.open_kiosk() is None
+    dialog.close()
+    win.close()

@@ -285,6 +285,8 @@ class MainWindow(QMainWindow):
         self.unlock_action = QAction("Unlock…", self)
         self.simple_action = QAction("Simple mode", self, checkable=True)
         self.remove_pin_action = QAction("Remove the PIN…", self)
+        self.kiosk_action = QAction("Kiosk mode…", self)
+        self.kiosk_action.triggered.connect(self.open_kiosk)
         self.set_pin_action.triggered.connect(self.ask_new_pin)
         self.lock_action.triggered.connect(self.lock_now)
         self.unlock_action.triggered.connect(self.ask_unlock)
@@ -294,6 +296,7 @@ class MainWindow(QMainWindow):
             caregiver.addAction(action)
         caregiver.addSeparator()
         caregiver.addAction(self.simple_action)
+        caregiver.addAction(self.kiosk_action)
         caregiver.addSeparator()
         caregiver.addAction(self.remove_pin_action)
         help_menu = self.menuBar().addMenu("&Help")
@@ -399,6 +402,7 @@ class MainWindow(QMainWindow):
         self.simple_action.setChecked(simple)
         self.simple_action.blockSignals(False)
         self.simple_action.setEnabled(not locked)
+        self.kiosk_action.setEnabled(not locked)
 
     def set_pin(self, pin: str) -> str | None:
         """Set the PIN; returns a problem to show, or None."""
@@ -456,6 +460,16 @@ class MainWindow(QMainWindow):
             attempt = self.unlock(pin)
             if not attempt.ok:
                 QMessageBox.warning(self, APP_NAME, attempt.message)
+
+    def open_kiosk(self):
+        if lock.is_locked(self.settings):
+            return None
+        from muse_desktop.ui.kiosk import KioskDialog
+
+        dialog = KioskDialog(self, self.settings, self.save)
+        dialog.setStyleSheet(self.styleSheet())
+        dialog.show()
+        return dialog
 
     def ask_remove_pin(self) -> None:
         if lock.is_locked(self.settings):
