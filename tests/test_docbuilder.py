@@ -8,6 +8,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from PySide6.QtCore import Qt
 
 from muse_desktop.docbuilder import BuilderError, build_dataset, chunks, parse_pair, server_teacher
 from muse_desktop.events import CancelToken, Cancelled, Done, Progress
@@ -40,9 +41,15 @@ class Teacher:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 prompt = body["messages"][0]["content"]
                 teacher.prompts.append(prompt)
-                user_type = re.search(r"question that (.+?) might ask", prompt)[1]
-                text = prompt.split("Text:\n", 1)[1]
-                if "opens at nine" in text and user_type == "Elderly":
+                if "Text:\n" not in prompt:  # a self-instruct request
+                    user_type = re.search(r"different question (.+?) might ask", prompt)[1]
+                    text = f"How do rivers reach the sea, {len(teacher.prompts)}?"
+                else:
+                    user_type = re.search(r"question that (.+?) might ask", prompt)[1]
+                    text = prompt.split("Text:\n", 1)[1]
+                if "Text:\n" not in prompt:
+                    reply = f"Question: {text}\nAnswer: Down the hills, {user_type}."
+                elif "opens at nine" in text and user_type == "Elderly":
                     reply = "Sorry, I cannot help with that."  # not the asked-for form
                 else:
                     reply = f"Question: What does this say, for {user_type}?\nAnswer: {text.splitlines()[0]}"
@@ -138,3 +145,37 @@ def test_build_data_and_augment_from_the_command_line(documents, tmp_path, tiny_
     assert main(["augment", str(tmp_path / "b.jsonl"), "--count", "2", "--out", str(tmp_path / "more.jsonl"),
                  "--model", str(tiny_gguf[Variant.MINI_4K])]) == 0
     assert "for review" in capsys.readouterr().out and (tmp_path / "more.jsonl").exists()
+
+
+def test_the_data_tools_window_builds_from_documents_and_reviews_self_instruct(qtbot, documents, tmp_path):
+    from muse_desktop.ui.datatools import DataToolsDialog
+
+    teacher = Teacher()
+    try:
+        dialog = DataToolsDialog()
+        qtbot.addWidget(dialog)
+        dialog.server.setText(teacher.url)
+        dialog.folder.setText(str(documents))
+        dialog.output.setText(str(tmp_path / "built.jsonl"))
+        dialog.user_types.setText("Child")
+        dialog.build()
+        qtbot.waitUntil(lambda: dialog.worker is None, timeout=30000)
+        assert "question/answer pairs (Child:" in dialog.status.text()
+        rows = (tmp_path / "built.jsonl").read_text().splitlines()
+        assert len(rows) == len(chunks(documents))
+        dialog.seeds.setText(str(tmp_path / "built.jsonl"))
+        dialog.count.setValue(3)
+        dialog.augment()
+        qtbot.waitUntil(lambda: dialog.worker is None, timeout=30000)
+        assert "Self-instruct:" in dialog.status.text()
+        # The scripted teacher asks nearly the same question each time: one survives the ROUGE-L filter.
+        assert dialog.candidates.count() == 1 and "near-duplicate 2" in dialog.status.text()
+        assert dialog.ticked()[0]["question"].startswith("How do rivers reach the sea")
+        dialog.save_kept(str(tmp_path / "more.jsonl"))
+        dialog.candidates.item(0).setCheckState(Qt.Unchecked)  # dropped: nothing more is saved
+        dialog.save_kept(str(tmp_path / "more.jsonl"))
+        saved = (tmp_path / "more.jsonl").read_text().splitlines()
+        assert len(saved) == 1 and json.loads(saved[0])["answer"] == "Down the hills, Child."
+        dialog.close()
+    finally:
+        teacher.close()

@@ -128,6 +128,9 @@ class TrainerPage(QWidget):
         self.check_button = widgets.button("Check the examples", "Check the dataset for problems", self.check_data)
         row.addWidget(self.check_button)
         form.addLayout(row)
+        self.data_tools_button = widgets.button("Make examples…", "Make training examples from documents or "
+                                                "from a few of yours", self.open_data_tools)
+        row.addWidget(self.data_tools_button)
         self.report = QPlainTextEdit()
         self.report.setReadOnly(True)
         self.report.setAccessibleName("Dataset check")
@@ -295,6 +298,15 @@ class TrainerPage(QWidget):
                 widget.setText(f"{value:g}")
             else:
                 widget.setValue(value)
+
+    def open_data_tools(self):
+        from muse_desktop.ui.datatools import DataToolsDialog
+
+        dialog = DataToolsDialog(self)
+        dialog.setStyleSheet(self.window().styleSheet())
+        dialog.resize(900, 800)
+        dialog.show()
+        return dialog
 
     def choose_dataset(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "Choose a dataset", str(Path.home()),
