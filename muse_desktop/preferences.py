@@ -34,6 +34,27 @@ DEFAULT_GRID = (CandidateSpec(Framing.MUSE, 1.0), CandidateSpec(Framing.MUSE, 0.
                 CandidateSpec(Framing.PLAIN, 1.0), CandidateSpec(Framing.PLAIN, 0.1))
 
 
+def parse_grid(text: str) -> tuple[CandidateSpec, ...]:
+    """A grid from settings text like ``"muse:1.0, muse:0.1, plain:1.0, plain:0.1"`` (empty: the default)."""
+    if not text.strip():
+        return DEFAULT_GRID
+    specs = []
+    for part in text.split(","):
+        framing, _, temperature = part.strip().partition(":")
+        if framing not in (Framing.MUSE, Framing.PLAIN):
+            raise ValueError(f"'{part.strip()}': the framing is muse or plain")
+        try:
+            value = float(temperature)
+        except ValueError:
+            raise ValueError(f"'{part.strip()}': the temperature is a number, e.g. muse:0.7") from None
+        if not 0 <= value <= 2:
+            raise ValueError(f"'{part.strip()}': the temperature goes from 0 to 2")
+        specs.append(CandidateSpec(framing, value))
+    if not 2 <= len(specs) <= 6:
+        raise ValueError("Preference mode shows 2 to 6 candidates.")
+    return tuple(specs)
+
+
 def export_instruction_data(store, path: str | Path) -> int:
     """Question → best answer as MUsE triples (JSONL); returns how many."""
     rows = [{"user_type": p["user_type"], "question": p["prompt"], "answer": p["candidates"][p["best"]]["text"]}

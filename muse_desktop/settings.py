@@ -54,6 +54,7 @@ class Settings:
     simple_mode: bool = False
     pin_failures: int = 0
     pin_wait_until: float = 0.0
+    preference_grid: str = ""  # e.g. "muse:1.0, muse:0.1, plain:1.0, plain:0.1" (empty: that research grid)
     kiosk_mode: bool = False  # off-topic questions get a kind refusal (muse_desktop.scope)
     extra: dict[str, Any] = field(default_factory=dict)  # keys from newer versions
 

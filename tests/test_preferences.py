@@ -92,3 +92,15 @@ def test_preferences_export_from_the_command_line(tmp_path, isolated_home, capsy
     assert "4 question → best answer rows" in out and "4 chosen/rejected pairs" in out
     assert len(read_pairs(tmp_path / "p.jsonl")) == 4
     assert main(["preferences", "export"]) == 2
+
+
+def test_the_candidate_grid_can_be_configured():
+    from muse_desktop.preferences import CandidateSpec, parse_grid
+
+    assert parse_grid("") == DEFAULT_GRID
+    assert parse_grid("muse:0.7, plain:0.2, muse:1.2") == (
+        CandidateSpec(Framing.MUSE, 0.7), CandidateSpec(Framing.PLAIN, 0.2), CandidateSpec(Framing.MUSE, 1.2))
+    for bad, reason in (("muse:hot, plain:1", "is a number"), ("poetic:1, muse:1", "muse or plain"),
+                        ("muse:3, plain:1", "from 0 to 2"), ("muse:1", "2 to 6 candidates")):
+        with pytest.raises(ValueError, match=reason):
+            parse_grid(bad)

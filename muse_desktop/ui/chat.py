@@ -263,9 +263,13 @@ class ChatPage(QWidget):
 
     def _start_candidates(self) -> None:
         """Write the research grid's candidate answers one after another into the panel."""
-        from muse_desktop.preferences import DEFAULT_GRID
+        from muse_desktop.preferences import DEFAULT_GRID, parse_grid
 
-        self._specs = list(DEFAULT_GRID)
+        try:
+            self._specs = list(parse_grid(self.settings.preference_grid))
+        except ValueError as exc:  # a hand-edited setting: say so, use the research grid
+            self.status.setText(f"The preference grid setting is not usable ({exc}); using the default.")
+            self._specs = list(DEFAULT_GRID)
         self._candidates: list[dict] = []
         self._make_room_for_candidates(True)
         self.preference_panel.start([spec.label() for spec in self._specs])

@@ -85,8 +85,8 @@ class PreferencePanel(QWidget):
             self.texts.append(text)
         self.reason.clear()
         self.keep.setEnabled(False)
-        self.help.setText("Four answers are being written. Mark the best and the worst; only the best stays "
-                          "in the conversation.")
+        self.help.setText(f"{len(labels)} answers are being written. Mark the best and the worst; only the "
+                          "best stays in the conversation.")
         self.setVisible(True)
 
     def append(self, index: int, delta: str) -> None:
