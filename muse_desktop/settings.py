@@ -40,6 +40,7 @@ class Settings:
     custom_user_type: str = ""  # used instead when the person typed their own
     instruction_template: str = ""  # empty means the MUsE default
     model_path: str = ""
+    adapter_path: str = ""  # a GGUF LoRA adapter applied to model_path at run time
     zoom_percent: int = 100
     theme: str = Theme.AUTO
     read_aloud: bool = False

@@ -694,3 +694,29 @@ def test_trainer_learns_from_recorded_preferences_with_dpo(qtbot, tiny_model, is
     assert len(page.chart.series["train_loss"]) == 20
     win.close()
     store.close()
+
+
+def test_a_model_with_an_adapter_is_reopened_with_it(qtbot, tiny_gguf, tiny_model, adapters, tmp_path):
+    from converters.convert import convert_adapter
+
+    from muse_desktop.demo_model import Variant
+
+    adapter = tmp_path / "a.gguf"
+    list(convert_adapter(adapters["all"], adapter, tiny_model))
+    win = MainWindow(Settings(user_type_id="child"))
+    qtbot.addWidget(win)
+    win.show()
+    with qtbot.waitSignal(win.chat.model_ready, timeout=30000):
+        win.chat_with(str(tiny_gguf[Variant.MINI_4K]), str(adapter))
+    qtbot.waitUntil(lambda: win.chat.worker is None)
+    assert win.chat.model_label.text().endswith("+ a.gguf")
+    saved = load_settings().settings
+    assert (saved.model_path, saved.adapter_path) == (str(tiny_gguf[Variant.MINI_4K]), str(adapter))
+    win.close()
+    again = MainWindow(load_settings().settings)
+    qtbot.addWidget(again)
+    again.show_chat()
+    qtbot.waitUntil(lambda: again.chat.engine is not None and again.chat.worker is None, timeout=30000)
+    assert again.chat.model_label.text().endswith("+ a.gguf")
+    assert [a.path for a in again.chat.engine.adapters] == [str(adapter)]
+    again.close()

@@ -182,7 +182,8 @@ class ChatPage(QWidget):
         self.refresh_history()
         if (open_saved_model and self.engine is None and self.settings.model_path
                 and Path(self.settings.model_path).exists()):
-            self.load_model(self.settings.model_path)
+            adapter = self.settings.adapter_path
+            self.load_model(self.settings.model_path, [adapter] if adapter and Path(adapter).exists() else [])
 
     def load_model(self, path: str, adapters: list[str] | None = None) -> None:
         """Open a GGUF model (with GGUF LoRA adapters applied at run time) off the GUI thread."""
@@ -215,8 +216,10 @@ class ChatPage(QWidget):
             label += " + " + ", ".join(Path(a).name for a in adapters)
         self.model_label.setText(label)
         self.status.setText("Ready. Type a question and press Enter.")
-        if self.settings.model_path != path:
+        adapter = (adapters or [""])[0]
+        if self.settings.model_path != path or self.settings.adapter_path != adapter:
             self.settings.model_path = path
+            self.settings.adapter_path = adapter  # reopened with the model next time
             self.on_settings_changed()
         self.model_ready.emit()
 
