@@ -16,6 +16,21 @@ from muse_desktop.demo_model import Variant, build_demo_model, train_tokenizer  
 
 
 
+@pytest.fixture(scope="session", autouse=True)
+def real_user_folders_untouched():
+    """No test may write into the real per-user folders (every test has its own MUSE_HOME)."""
+    import platformdirs
+
+    from muse_desktop import APP_ID
+
+    dirs = platformdirs.PlatformDirs(appname=APP_ID, appauthor=False)
+    folders = [Path(dirs.user_data_dir), Path(dirs.user_config_dir)]
+    before = {f: f.exists() for f in folders}
+    yield
+    created = [str(f) for f in folders if f.exists() and not before[f]]
+    assert not created, f"tests wrote into the real user folders: {created}"
+
+
 @pytest.fixture(autouse=True)
 def isolated_home(tmp_path, monkeypatch):
     """Every test gets its own MUSE_HOME, so nothing touches the real user folders."""
