@@ -176,15 +176,17 @@ def download_file(
     progress_total: int | None = None,
 ) -> Iterator[Event]:
     """Download ``url`` to ``final``, resuming a partial file; checked before it gets its name."""
-    partial = final.parent / PARTIAL_DIR / (final.name + ".incomplete")
+    partial = _partial(final.parent, final.name)
     partial.parent.mkdir(parents=True, exist_ok=True)
     total = progress_total if progress_total is not None else remote.size
+    # What is already on disk is hashed once; a retry after a broken connection carries on
+    # with the same running checksum (the file holds exactly the bytes it was fed).
+    checker = _Checker(remote)
+    have = _hash_existing(partial, checker, cancel) if partial.exists() else 0
+    if remote.size >= 0 and have > remote.size:  # not ours or a different version: start again
+        partial.unlink()
+        checker, have = _Checker(remote), 0
     for attempt in range(RETRIES + 1):
-        checker = _Checker(remote)
-        have = _hash_existing(partial, checker, cancel) if partial.exists() else 0
-        if remote.size >= 0 and have > remote.size:  # not ours or a different version: start again
-            partial.unlink()
-            checker, have = _Checker(remote), 0
         if remote.size >= 0 and have == remote.size:
             break
         headers = {"Range": f"bytes={have}-"} if have else {}
@@ -216,6 +218,7 @@ def download_file(
         except urllib.error.HTTPError as exc:
             if exc.code == 416 and have:  # our partial file does not fit the server's: start again
                 partial.unlink()
+                checker, have = _Checker(remote), 0
                 continue
             raise DownloadError(_describe_http(exc, remote.name)) from None
         except (OSError, http.client.HTTPException) as exc:
@@ -256,6 +259,29 @@ def _read_manifest(folder: Path) -> dict:
         return {}
 
 
+def _partial(dest: Path, name: str) -> Path:
+    return dest / PARTIAL_DIR / (name + ".incomplete")
+
+
+def pending(dest: str | os.PathLike[str], listing: RepoListing, patterns: Iterable[str]) -> list[RemoteFile]:
+    """The files of ``listing`` matching ``patterns`` not yet in ``dest`` checked at this commit."""
+    dest = Path(dest)
+    manifest = _read_manifest(dest)
+    verified = manifest.get("files", {}) if manifest.get("commit") == listing.commit else {}
+    return [
+        f for f in listing.select(patterns)
+        if not ((dest / f.name).is_file() and verified.get(f.name) == (f.sha256 or f.git_sha1)
+                and (dest / f.name).stat().st_size == f.size)
+    ]
+
+
+def bytes_left(dest: str | os.PathLike[str], files: Iterable[RemoteFile]) -> int:
+    """How much of ``files`` is still to download into ``dest`` (partial files count as arrived)."""
+    dest = Path(dest)
+    return sum(max(f.size, 0) - (_partial(dest, f.name).stat().st_size if _partial(dest, f.name).exists() else 0)
+               for f in files)
+
+
 def download_repo(
     repo_id: str,
     dest: str | os.PathLike[str],
@@ -275,17 +301,11 @@ def download_repo(
     wanted = listing.select(patterns)
     if not wanted:
         raise DownloadError(f"'{repo_id}' has no files matching {', '.join(patterns)}.")
+    todo = pending(dest, listing, patterns)
     manifest = _read_manifest(dest)
     verified = manifest.get("files", {}) if manifest.get("commit") == listing.commit else {}
-    todo = [
-        f for f in wanted
-        if not ((dest / f.name).is_file() and verified.get(f.name) == (f.sha256 or f.git_sha1)
-                and (dest / f.name).stat().st_size == f.size)
-    ]
     total = sum(max(f.size, 0) for f in todo)
-    already = sum((dest / PARTIAL_DIR / (f.name + ".incomplete")).stat().st_size
-                  for f in todo if (dest / PARTIAL_DIR / (f.name + ".incomplete")).exists())
-    check_free_space(dest, total - already, f"'{repo_id}'")
+    check_free_space(dest, bytes_left(dest, todo), f"'{repo_id}'")
     if todo:
         yield Log(f"Downloading {len(todo)} files ({total / 2**30:.2f} GiB) of {repo_id}")
     done = 0

@@ -12,10 +12,17 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
-from muse_desktop.download import DownloadError, check_free_space, download_repo, endpoint_from_env, list_repo
+from muse_desktop.download import (
+    DownloadError,
+    bytes_left,
+    check_free_space,
+    download_repo,
+    endpoint_from_env,
+    list_repo,
+    pending,
+)
 from muse_desktop.events import CancelToken, Done, Event, Log, Progress
 
 BASE_REPO = "microsoft/Phi-3-mini-128k-instruct"
@@ -35,21 +42,6 @@ NO_ADAPTER_NOTICE = (
 )
 
 
-@dataclass(frozen=True)
-class Plan:
-    """What "Get MUsE" will fetch and write, known before anything is downloaded."""
-
-    base_repo: str
-    adapter_repo: str
-    download_bytes: int  # still to fetch
-    work_bytes: int  # the F16 intermediate and the final file
-    final_path: Path
-
-    @property
-    def needed_bytes(self) -> int:
-        return self.download_bytes + self.work_bytes
-
-
 def adapter_repo_from(setting: str = "") -> str:
     return (setting or os.environ.get(ENV_ADAPTER_REPO) or DEFAULT_ADAPTER_REPO).strip()
 
@@ -57,17 +49,6 @@ def adapter_repo_from(setting: str = "") -> str:
 def final_name(adapter_repo: str) -> str:
     stem = "muse-phi3-mini-128k" if adapter_repo else "phi3-mini-128k-instruct"
     return f"{stem}-{QUANT_TYPE}.gguf"
-
-
-def _remaining(folder: Path, files) -> int:
-    left = 0
-    for remote in files:
-        target = folder / remote.name
-        partial = folder / ".downloads" / (remote.name + ".incomplete")
-        if target.is_file() and target.stat().st_size == remote.size:
-            continue
-        left += max(remote.size, 0) - (partial.stat().st_size if partial.exists() else 0)
-    return left
 
 
 def get_muse(
@@ -101,14 +82,13 @@ def get_muse(
     base_dir = models / base_repo.split("/")[-1]
     adapter_listing = list_repo(adapter_repo, endpoint=endpoint) if adapter_repo else None
     adapter_dir = models / ("adapter-" + adapter_repo.replace("/", "--")) if adapter_repo else None
-    download_left = _remaining(base_dir, base_files)
+    download_left = bytes_left(base_dir, pending(base_dir, base_listing, BASE_FILES))
     if adapter_listing is not None:
-        download_left += _remaining(adapter_dir, adapter_listing.select(ADAPTER_FILES))
+        download_left += bytes_left(adapter_dir, pending(adapter_dir, adapter_listing, ADAPTER_FILES))
     # bf16 weights become an F16 GGUF of the same size, then a Q4_K_M one.
-    plan = Plan(base_repo, adapter_repo, download_left, int(weights * (1 + Q4_K_M_FRACTION)), final)
-    check_free_space(models, plan.needed_bytes, "getting the model ready")
-    yield Log(f"Needs {plan.download_bytes / 2**30:.1f} GiB of download and "
-              f"{plan.needed_bytes / 2**30:.1f} GiB of free disk space.")
+    needed = download_left + int(weights * (1 + Q4_K_M_FRACTION))
+    check_free_space(models, needed, "getting the model ready")
+    yield Log(f"Needs {download_left / 2**30:.1f} GiB of download and {needed / 2**30:.1f} GiB of free disk space.")
 
     yield from _stage("Downloading the model", download_repo(
         base_repo, base_dir, BASE_FILES, endpoint=endpoint, cancel=cancel, listing=base_listing))
