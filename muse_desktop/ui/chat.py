@@ -28,7 +28,7 @@ from muse_desktop.settings import Settings
 from muse_desktop.speech import Speaker
 from muse_desktop.store import Store
 from muse_desktop.ui import widgets
-from muse_desktop.ui.workers import EventWorker
+from muse_desktop.ui.workers import EventWorker, start_worker
 from muse_desktop.usertypes import UserType
 
 
@@ -507,18 +507,12 @@ class ChatPage(QWidget):
     # -- running work off the GUI thread --------------------------------------------------------
 
     def _run(self, make_events, on_done, on_text=None) -> None:
-        worker = EventWorker(make_events)
-        self.worker = worker
-        if on_text is not None:
-            worker.text.connect(on_text)
-        worker.log.connect(lambda message, _level: self.status.setText(message))
-        worker.done.connect(on_done)
-        worker.failed.connect(self._failed)
-        worker.finished.connect(self._finished)
         self.stop_button.setEnabled(on_text is not None)
         for control in self._locked_while_busy():
             control.setEnabled(False)
-        worker.start()
+        slots = {"text": on_text} if on_text is not None else {}
+        start_worker(self, make_events, self._finished, done=on_done, failed=self._failed,
+                     log=lambda message, _level: self.status.setText(message), **slots)
 
     def _locked_while_busy(self):
         return (self.send_button, self.change_model, self.regenerate_button, self.new_button,
@@ -529,9 +523,6 @@ class ChatPage(QWidget):
         self.problem.emit(message)
 
     def _finished(self) -> None:
-        worker, self.worker = self.worker, None
-        if worker is not None:
-            worker.dispose()
         self.stop_button.setEnabled(False)
         for control in self._locked_while_busy():
             control.setEnabled(True)

@@ -24,7 +24,7 @@ from PySide6.QtWidgets import (
 
 from muse_desktop.compare import MEASURES, CompareError, Contender, Summary
 from muse_desktop.ui import widgets
-from muse_desktop.ui.workers import EventWorker
+from muse_desktop.ui.workers import EventWorker, start_worker
 
 SAMPLE_QUESTIONS = "Why is a balanced diet important?\nHow does the heart work?\nWhat is a computer virus?"
 # Bars differ by fill pattern as well as colour (nothing carried by colour alone).
@@ -222,17 +222,13 @@ class ComparePage(QWidget):
         user_types = self.user_types.text().split(",")
         path, session = self.store.path, self.session
         settings = EngineSettings(threads=self.settings.threads, context_length=self.settings.context_length)
-        worker = EventWorker(lambda token: generate_answers(path, session, questions, user_types, settings,
-                                                            cancel=token))
-        self.worker = worker
-        worker.progress.connect(self._progress)
-        worker.done.connect(lambda _event: self.start_rating())
-        worker.failed.connect(self.status.setText)
-        worker.finished.connect(self._finished)
         self.prepare_button.setEnabled(False)
         self.progress.show()
         self.status.setText("Every model is answering every question…")
-        worker.start()
+        start_worker(self, lambda token: generate_answers(path, session, questions, user_types, settings,
+                                                          cancel=token),
+                     self._finished, done=lambda _event: self.start_rating(), failed=self.status.setText,
+                     progress=self._progress)
 
     def _progress(self, done: float, total: float, _unit: str, message: str) -> None:
         self.progress.setRange(0, int(total))
@@ -240,9 +236,6 @@ class ComparePage(QWidget):
         self.status.setText(f"{done:g} of {total:g} answers written ({message})")
 
     def _finished(self) -> None:
-        worker, self.worker = self.worker, None
-        if worker is not None:
-            worker.dispose()
         self.prepare_button.setEnabled(True)
         self.progress.hide()
 

@@ -26,7 +26,7 @@ from PySide6.QtWidgets import (
 
 from muse_desktop.events import Done
 from muse_desktop.ui import widgets
-from muse_desktop.ui.workers import EventWorker
+from muse_desktop.ui.workers import EventWorker, start_worker
 
 
 def make_teacher(model_path: str, server: str):
@@ -207,20 +207,14 @@ class DataToolsDialog(QDialog):
     def _run(self, make_events, on_done) -> None:
         if self.worker is not None:
             return
-        worker = EventWorker(make_events)
-        self.worker = worker
-        worker.progress.connect(self._progress)
-        worker.log.connect(lambda message, _level: self.status.setText(message))
-        worker.done.connect(on_done)
-        worker.failed.connect(self.status.setText)
-        worker.finished.connect(self._finished)
         for button in (self.build_button, self.more_button):
             button.setEnabled(False)
         self.cancel_button.setEnabled(True)
         self.progress.setRange(0, 0)
         self.progress.show()
         self.status.setText("Writing…")
-        worker.start()
+        start_worker(self, make_events, self._finished, done=on_done, failed=self.status.setText,
+                     progress=self._progress, log=lambda message, _level: self.status.setText(message))
 
     def _progress(self, done: float, total: float, unit: str, message: str) -> None:
         self.progress.setRange(0, int(total))
@@ -228,9 +222,6 @@ class DataToolsDialog(QDialog):
         self.status.setText(f"{done:g} of {total:g} {unit}: {message}")
 
     def _finished(self) -> None:
-        worker, self.worker = self.worker, None
-        if worker is not None:
-            worker.dispose()
         for button in (self.build_button, self.more_button):
             button.setEnabled(True)
         self.cancel_button.setEnabled(False)

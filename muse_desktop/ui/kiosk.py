@@ -9,7 +9,7 @@ from PySide6.QtWidgets import QDialog, QFileDialog, QHBoxLayout, QLineEdit, QVBo
 
 from muse_desktop.events import Done
 from muse_desktop.ui import widgets
-from muse_desktop.ui.workers import EventWorker
+from muse_desktop.ui.workers import EventWorker, start_worker
 
 
 class KioskDialog(QDialog):
@@ -76,17 +76,9 @@ class KioskDialog(QDialog):
 
         self.result.setText("Training and measuring on questions it has not seen…")
         self.check_button.setEnabled(False)
-        worker = EventWorker(events)
-        self.worker = worker
-        worker.done.connect(done)
-        worker.failed.connect(self.result.setText)
-        worker.finished.connect(self._finished)
-        worker.start()
+        start_worker(self, events, self._finished, done=done, failed=self.result.setText)
 
     def _finished(self) -> None:
-        worker, self.worker = self.worker, None
-        if worker is not None:
-            worker.dispose()
         self.check_button.setEnabled(True)
 
     def switch_on(self) -> None:

@@ -19,7 +19,7 @@ from PySide6.QtWidgets import (
 from muse_desktop.events import Done
 from muse_desktop.settings import Settings
 from muse_desktop.ui import widgets
-from muse_desktop.ui.workers import EventWorker
+from muse_desktop.ui.workers import EventWorker, start_worker
 
 
 def _size(n_bytes: float) -> str:
@@ -151,13 +151,6 @@ class ModelPage(QWidget):
     def _run(self, make_events, message: str, show_progress: bool = False) -> None:
         if self.busy:
             return
-        worker = EventWorker(make_events)
-        self.worker = worker
-        worker.log.connect(lambda text, _level: self.status.setText(text))
-        worker.progress.connect(self._progress)
-        worker.done.connect(self._done)
-        worker.failed.connect(self._failed)
-        worker.finished.connect(self._finished)
         self.status.setText(message)
         self.progress.setVisible(show_progress)
         self.progress.setRange(0, 0)  # busy until the first progress event
@@ -165,7 +158,8 @@ class ModelPage(QWidget):
         for button in (self.get_button, self.open_button, self.demo_button, self.back_button):
             button.setEnabled(False)
         self.cancel_button.setFocus()
-        worker.start()
+        start_worker(self, make_events, self._finished, done=self._done, failed=self._failed,
+                     progress=self._progress, log=lambda text, _level: self.status.setText(text))
 
     def _progress(self, done: float, total: float, unit: str, message: str) -> None:
         self.progress.show()
@@ -196,9 +190,6 @@ class ModelPage(QWidget):
             self.status.setText("Stopping… What was downloaded is kept for next time.")
 
     def _finished(self) -> None:
-        worker, self.worker = self.worker, None
-        if worker is not None:
-            worker.dispose()
         self.progress.hide()
         self.cancel_button.hide()
         for button in (self.get_button, self.open_button, self.demo_button, self.back_button):

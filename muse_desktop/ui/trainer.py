@@ -31,7 +31,7 @@ from muse_desktop.paths import user_dirs
 from muse_desktop.settings import Settings
 from muse_desktop.ui import widgets
 from muse_desktop.ui.chart import LossChart
-from muse_desktop.ui.workers import EventWorker
+from muse_desktop.ui.workers import EventWorker, start_worker
 
 FORMATS = (("", "Find out by itself"), ("muse", "MUsE: user type, question, answer"),
            ("alpaca", "Alpaca: instruction, input, output"), ("messages", "Chat transcripts (messages)"),
@@ -604,16 +604,10 @@ class TrainerPage(QWidget):
     def _run(self, make_events, on_done, on_failed=None) -> None:
         if self.worker is not None:
             return
-        worker = EventWorker(make_events)
-        self.worker = worker
-        worker.log.connect(lambda message, _level: self.log.appendPlainText(message))
-        worker.progress.connect(self._progress)
-        worker.metric.connect(self._metric)
-        worker.done.connect(on_done)
-        worker.failed.connect(on_failed or self._failed)
-        worker.finished.connect(self._finished)
+        start_worker(self, make_events, self._finished, done=on_done, failed=on_failed or self._failed,
+                     progress=self._progress, metric=self._metric,
+                     log=lambda message, _level: self.log.appendPlainText(message))
         self._update_buttons()
-        worker.start()
 
     def _failed(self, message: str) -> None:
         self.status.setText(message)
@@ -622,9 +616,6 @@ class TrainerPage(QWidget):
         self.progress.setValue(0)
 
     def _finished(self) -> None:
-        worker, self.worker = self.worker, None
-        if worker is not None:
-            worker.dispose()
         self.refresh_runs()
         self._update_buttons()
 

@@ -10,6 +10,7 @@ widgets may be touched.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from PySide6.QtCore import QObject, Qt, QThread, Signal
 
@@ -90,3 +91,26 @@ class EventWorker(_Signals):
         self.thread.wait()
         self.deleteLater()
         self.thread.deleteLater()
+
+
+def start_worker(owner: Any, make_events: Callable[[CancelToken], Iterator[Event]],
+                 finished: Callable[[], None], **slots: Callable) -> EventWorker:
+    """Run ``make_events`` on a new worker held in ``owner.worker`` while it runs.
+
+    ``slots`` connect the worker's signals by name (``done=…``, ``failed=…``,
+    ``progress=…``). When the work ends, ``owner.worker`` is cleared and the worker
+    disposed; then ``finished`` runs (on the GUI thread, like every slot).
+    """
+    worker = EventWorker(make_events)
+    owner.worker = worker
+    for name, slot in slots.items():
+        getattr(worker, name).connect(slot)
+
+    def end() -> None:
+        owner.worker = None
+        worker.dispose()
+        finished()
+
+    worker.finished.connect(end)
+    worker.start()
+    return worker
