@@ -51,20 +51,10 @@ def make_dataset(path: Path, rows: int = 300, seed: int = 0) -> Path:
     return path
 
 
-def peak_memory_gb(device: str) -> float:
-    import torch
-
-    if device == "cuda":
-        return torch.cuda.max_memory_allocated() / 2**30
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-
-
 def run_ours(base: str, data: str, steps: int, seq: int, batch: int, method: str, out: str) -> dict:
     from muse_desktop.events import Done, Metric
     from muse_desktop.training.config import config_from_dict
-    from muse_desktop.training.recipe import pick_device, train
+    from muse_desktop.training.recipe import memory_gb, pick_device, train
 
     config = config_from_dict({
         "preset": "qlora" if method == "qlora" else "muse-3", "base_model": base, "dataset": data,
@@ -78,7 +68,7 @@ def run_ours(base: str, data: str, steps: int, seq: int, batch: int, method: str
             speeds.append(event.value)
         if isinstance(event, Done):
             break
-    return {"tokens_per_s": speeds[-1], "peak_gb": peak_memory_gb(pick_device().type)}
+    return {"tokens_per_s": speeds[-1], "peak_gb": memory_gb(pick_device())}
 
 
 def run_plain(base: str, data: str, steps: int, seq: int, batch: int, method: str, out: str) -> dict:
@@ -87,7 +77,7 @@ def run_plain(base: str, data: str, steps: int, seq: int, batch: int, method: st
     from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments
 
     from muse_desktop.training.config import config_from_dict
-    from muse_desktop.training.recipe import pick_device, prepare_data
+    from muse_desktop.training.recipe import memory_gb, pick_device, prepare_data
 
     device = pick_device()
     tokenizer = AutoTokenizer.from_pretrained(base)
@@ -122,7 +112,7 @@ def run_plain(base: str, data: str, steps: int, seq: int, batch: int, method: st
     result = trainer.train()
     real = sum(len(ids) for ids, _ in rows)
     tokens = real / len(rows) * batch * steps  # real tokens in the rows it saw (rows are shuffled)
-    return {"tokens_per_s": tokens / result.metrics["train_runtime"], "peak_gb": peak_memory_gb(device.type)}
+    return {"tokens_per_s": tokens / result.metrics["train_runtime"], "peak_gb": memory_gb(device)}
 
 
 def one(argv: list[str]) -> int:

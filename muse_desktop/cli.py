@@ -348,6 +348,14 @@ def _open_app(screenshot: str | None = None) -> int:
     return run_app(sys.argv[:1], screenshot=screenshot)
 
 
+def _add_teacher_arguments(parser: argparse.ArgumentParser) -> None:
+    """Who writes examples (build-data, augment): a local model or an OpenAI-compatible server."""
+    parser.add_argument("--model", metavar="M.gguf", help="the teacher is this local model")
+    parser.add_argument("--server", metavar="URL", help="the teacher is this OpenAI-compatible server "
+                                                         "(default http://127.0.0.1:8080/v1)")
+    parser.add_argument("--server-model", default="local", help="the model name the server expects")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from muse_desktop.demo_model import Variant
 
@@ -426,10 +434,7 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("folder", metavar="FOLDER", help="a folder of .txt, .md and .html documents")
     build.add_argument("--user-types", default="Child,Elderly", help="comma-separated (default: Child,Elderly)")
     build.add_argument("--out", required=True, metavar="OUT.jsonl", help="appended to; a rerun continues")
-    build.add_argument("--model", metavar="M.gguf", help="the teacher is this local model")
-    build.add_argument("--server", metavar="URL", help="the teacher is this OpenAI-compatible server "
-                                                        "(default http://127.0.0.1:8080/v1)")
-    build.add_argument("--server-model", default="local", help="the model name the server expects")
+    _add_teacher_arguments(build)
     build.add_argument("--chunk-chars", type=int, default=1500)
     build.set_defaults(func=_cmd_build_data)
 
@@ -444,9 +449,7 @@ def build_parser() -> argparse.ArgumentParser:
     augment.add_argument("--count", type=int, default=20, help="how many candidates to ask for")
     augment.add_argument("--threshold", type=float, default=0.7, help="ROUGE-L above this is a near-duplicate")
     augment.add_argument("--out", required=True, metavar="OUT.jsonl", help="the kept candidates, for review")
-    augment.add_argument("--model", metavar="M.gguf", help="the local model that writes (or --server)")
-    augment.add_argument("--server", metavar="URL", help="an OpenAI-compatible server that writes")
-    augment.add_argument("--server-model", default="local")
+    _add_teacher_arguments(augment)
     augment.set_defaults(func=_cmd_augment)
 
     kiosk = commands.add_parser("kiosk", help="train the kiosk's scope guard, switch kiosk mode on or off")

@@ -181,9 +181,10 @@ def build_dataset(folder: str | Path, user_types: list[str], output: str | Path,
     counts: dict[str, int] = {}
     for line in output.read_text(encoding="utf-8").splitlines():
         try:
-            counts[json.loads(line)["user_type"]] = counts.get(json.loads(line)["user_type"], 0) + 1
+            user_type = json.loads(line)["user_type"]
         except (ValueError, KeyError):
             continue
+        counts[user_type] = counts.get(user_type, 0) + 1
     summary = ", ".join(f"{u}: {n}" for u, n in sorted(counts.items())) or "none"
     yield Done(f"{sum(counts.values())} question/answer pairs ({summary}); {state['skipped']} replies skipped "
                "because they did not have the asked-for form.", str(output),

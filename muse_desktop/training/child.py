@@ -56,7 +56,6 @@ def child_command(run_dir: Path) -> list[str]:
 
 
 def run_training(config: TrainConfig | None, run_dir: str | Path, cancel: CancelToken | None = None,
-                 extra_env: dict[str, str] | None = None, command: list[str] | None = None,
                  on_start=None) -> Iterator[Event]:
     """Start (``config`` given) or resume (``config`` None) the run in ``run_dir``; yield its events."""
     run_dir = Path(run_dir)
@@ -66,12 +65,12 @@ def run_training(config: TrainConfig | None, run_dir: str | Path, cancel: Cancel
         (run_dir / REQUEST).write_text(json.dumps(config.to_dict(), indent=1), encoding="utf-8")
     elif not (run_dir / REQUEST).is_file():
         raise TrainingFailed(f"{run_dir} is not a training run (it has no {REQUEST}).")
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(extra_env or {})}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     options = {}
     if os.name == "nt":
         options["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP
     with open(run_dir / LOG, "ab") as log:
-        process = subprocess.Popen(command or child_command(run_dir), stdout=subprocess.PIPE, stderr=log,
+        process = subprocess.Popen(child_command(run_dir), stdout=subprocess.PIPE, stderr=log,
                                    stdin=subprocess.DEVNULL, env=env, **options)
     if on_start is not None:
         on_start(process)
