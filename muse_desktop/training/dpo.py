@@ -74,7 +74,7 @@ def train_dpo(config: TrainConfig, run_dir: str | Path, cancel: CancelToken | No
     total = config.max_steps or max(1, int(len(encoded) / config.batch_size * config.epochs + 0.999))
     yield Log(f"DPO on {len(encoded)} preference pairs, β = {config.dpo_beta}, {total} steps")
     generator = torch.Generator().manual_seed(config.seed)
-    history, started = [], time.monotonic()
+    last_loss, started = None, time.monotonic()
 
     def margins(rows) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         chosen = collate([r[0] for r in rows], pad_id, device)
@@ -101,9 +101,9 @@ def train_dpo(config: TrainConfig, run_dir: str | Path, cancel: CancelToken | No
             torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        last_loss = float(loss)
         yield Progress(step + 1, total, "steps", "DPO")
         for name, value in (("dpo_loss", float(loss)), ("margin", float(policy.mean()))):
-            history.append({"name": name, "value": value, "step": step + 1})
             yield Metric(name, value, step + 1)
     model.eval()
     with torch.no_grad():
@@ -112,7 +112,7 @@ def train_dpo(config: TrainConfig, run_dir: str | Path, cancel: CancelToken | No
     tokenizer.save_pretrained(str(run_dir / ADAPTER))
     results = {"stage": "dpo", "steps": total, "pairs": len(encoded), "margin_start": start_margin,
                "margin_end": end_margin, "seconds": time.monotonic() - started,
-               "final_train_loss": history[-2]["value"] if history else None, "config": config.to_dict()}
+               "final_train_loss": last_loss, "config": config.to_dict()}
     atomic_write_text(run_dir / RESULTS, json.dumps(results, indent=1))
     yield Done(f"DPO finished: the chosen-minus-rejected log-probability margin went from {start_margin:.2f} "
                f"to {end_margin:.2f}", str(run_dir / ADAPTER),
