@@ -40,6 +40,16 @@ def _open_checked(config: Phi3Config) -> Checkpoint:
     if missing:
         more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
         raise ConversionError(f"The checkpoint in {config.folder} lacks tensors: {', '.join(missing[:3])}{more}.")
+    # A tensor the GGUF would not carry changes the model (a bias, an extra layer): refuse it.
+    # rotary_emb.inv_freq is recomputed from config.json; a tied checkpoint may still store lm_head.
+    extra = [name for name in checkpoint.where if name not in expected and not name.endswith("rotary_emb.inv_freq")
+             and not (config.tie_embeddings and name == "lm_head.weight")]
+    if extra:
+        more = f" and {len(extra) - 1} more" if len(extra) > 1 else ""
+        raise ConversionError(
+            f"The checkpoint in {config.folder} has tensor '{extra[0]}'{more}, which a Phi-3 GGUF cannot hold; "
+            "converting without it would change the model."
+        )
     for name, shape in expected.items():
         info = checkpoint.info(name)
         if info.shape != shape:
@@ -94,6 +104,9 @@ def convert_model(
     config = read_config(model_dir)
     checkpoint = _open_checked(config)
     adapter = LoraAdapter(adapter_dir, config) if adapter_dir else None
+    if config.unknown_keys:
+        yield Log(f"config.json has settings this converter does not know: {', '.join(config.unknown_keys)}. "
+                  "They were left out; check the result against the original.", "warning")
     if adapter is not None:
         base_name = adapter.config.get("base_model_name_or_path")
         yield Log(f"Merging {len(adapter.modules)} LoRA modules from {Path(adapter_dir).name}"

@@ -55,6 +55,41 @@ def _targeted(target_modules, module: str) -> bool:
     return any(module == t or module.endswith("." + t) for t in target_modules or [])
 
 
+# adapter_config.json settings that change what the adapter computes, across PEFT
+# versions, with why a plain ``W + scale * B @ A`` would be wrong. Any other key is
+# bookkeeping or training-only (dropout, EVA or orthogonal initialisation, VeLoRA's
+# backward pass) and is accepted.
+_INEXACT_FLAGS = {
+    "use_dora": "DoRA's magnitude vectors change the merged weights non-linearly",
+    "modules_to_save": "it also trains whole modules",
+    "lora_bias": "it trains LoRA biases",
+    "fan_in_fan_out": "it is for Conv1D layers, not Phi-3's linear layers",
+    "layer_replication": "it replicates layers",
+    "trainable_token_indices": "it trains token embeddings",
+    "target_parameters": "it targets raw parameters",
+    "alora_invocation_tokens": "activated LoRA applies only after its invocation tokens",
+    "use_qalora": "QA-LoRA pools the layer's inputs",
+    "arrow_config": "Arrow routes between several adapters per token",
+    "use_bdlora": "block-diagonal LoRA factors",
+    "monteclora_config": "Monte Carlo LoRA samples its factors",
+    "kasa_config": "KaSA changes the base weights by SVD",
+    "megatron_config": "it was made for Megatron's parallel layers",
+}
+# Initialisations that rewrite the base weights: the adapter is only exact on that rewritten base.
+_BASE_CHANGING_INITS = ("pissa", "olora", "corda", "loftq", "lora_ga", "mica")
+
+
+def inexact_settings(config: dict) -> list[tuple[str, str]]:
+    """(key, why) for every setting of ``config`` that a plain merge would get wrong."""
+    found = [(key, why) for key, why in _INEXACT_FLAGS.items() if config.get(key)]
+    if str(config.get("bias") or "none").lower() != "none":
+        found.append(("bias", f"it trains the base layers' biases ({config['bias']})"))
+    init = config.get("init_lora_weights")
+    if isinstance(init, str) and init.lower().startswith(_BASE_CHANGING_INITS):
+        found.append(("init_lora_weights", f"'{init}' initialisation rewrites the base weights"))
+    return found
+
+
 class LoraAdapter:
     """A PEFT LoRA adapter folder, checked against a base model's config."""
 
@@ -73,22 +108,7 @@ class LoraAdapter:
         return config
 
     def _refuse_inexact(self) -> None:
-        c = self.config
-        reasons = []
-        if c.get("use_dora"):
-            reasons.append("it uses DoRA, whose magnitude vectors change the merged weights non-linearly")
-        if c.get("modules_to_save"):
-            reasons.append(f"it also trains whole modules ({', '.join(c['modules_to_save'])}) via modules_to_save")
-        if c.get("lora_bias"):
-            reasons.append("it trains LoRA biases")
-        if c.get("fan_in_fan_out"):
-            reasons.append("it is for Conv1D layers (fan_in_fan_out), not Phi-3's linear layers")
-        if c.get("layer_replication"):
-            reasons.append("it replicates layers")
-        if c.get("trainable_token_indices"):
-            reasons.append("it trains token embeddings")
-        if c.get("target_parameters"):
-            reasons.append("it targets raw parameters")
+        reasons = [f"'{key}' is set: {why}" for key, why in inexact_settings(self.config)]
         if reasons:
             raise ConversionError(f"Cannot merge {self.folder.name} exactly: " + "; ".join(reasons) + ".")
 

@@ -26,6 +26,40 @@ ARCH_NAME = gguf.MODEL_ARCH_NAMES[ARCH]  # "phi3"
 LINEAR_MODULES = ("self_attn.qkv_proj", "self_attn.o_proj", "mlp.gate_up_proj", "mlp.down_proj")
 
 
+# config.json keys that cannot change the logits of a converted model (training-time
+# dropout, bookkeeping, generation defaults). Anything else that is not read below is
+# reported, so a new key from a future transformers is never ignored without a word.
+HARMLESS_CONFIG_KEYS = frozenset({
+    "_name_or_path", "architectures", "auto_map", "model_type", "transformers_version", "torch_dtype", "dtype",
+    "attention_dropout", "embd_pdrop", "resid_pdrop", "initializer_range", "use_cache", "bos_token_id",
+    "eos_token_id", "pad_token_id", "output_attentions", "output_hidden_states", "return_dict", "tie_encoder_decoder",
+    "is_encoder_decoder", "chunk_size_feed_forward", "problem_type", "id2label", "label2id", "tokenizer_class",
+    "prefix", "task_specific_params", "finetuning_task", "cross_attention_hidden_size", "add_cross_attention",
+    "is_decoder", "pruned_heads", "torchscript", "use_return_dict", "attn_implementation", "_attn_implementation",
+    "layer_types", "max_window_layers", "use_sliding_window", "name_or_path",
+})
+# Keys this reader understands (their values are checked below).
+READ_CONFIG_KEYS = frozenset({
+    "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "intermediate_size",
+    "vocab_size", "max_position_embeddings", "original_max_position_embeddings", "rms_norm_eps", "rope_theta",
+    "rope_scaling", "rope_parameters", "partial_rotary_factor", "head_dim", "tie_word_embeddings",
+    "sliding_window", "hidden_act", "attention_bias", "mlp_bias", "quantization_config",
+})
+LONG_ROPE_TYPES = ("longrope", "su")  # "su" is the older name Phi-3 checkpoints used
+PLAIN_ROPE_TYPES = ("default", "")
+# transformers' Phi3Config default when a checkpoint does not say.
+DEFAULT_ORIGINAL_CONTEXT = 4096
+
+
+@dataclass(frozen=True)
+class LongRope:
+    """LongRoPE settings, whichever form config.json used."""
+
+    long_factor: tuple[float, ...]
+    short_factor: tuple[float, ...]
+    attention_factor: float
+
+
 @dataclass(frozen=True)
 class Phi3Config:
     folder: Path
@@ -41,8 +75,9 @@ class Phi3Config:
     rms_eps: float
     rope_theta: float
     sliding_window: int
-    rope_scaling: dict | None
+    long_rope: LongRope | None
     tie_embeddings: bool
+    unknown_keys: tuple[str, ...] = ()
 
     @property
     def head_dim(self) -> int:
@@ -50,7 +85,7 @@ class Phi3Config:
 
     @property
     def rope_dims(self) -> int:
-        return int(self.raw.get("partial_rotary_factor", 1.0) * self.hidden) // self.heads
+        return self.head_dim  # partial rotary factors other than 1 are refused
 
     def expected_tensors(self) -> dict[str, tuple[int, ...]]:
         """HF tensor name -> shape, for every tensor a complete checkpoint has."""
@@ -69,50 +104,147 @@ class Phi3Config:
         return shapes
 
 
+def _refuse(path: Path, key: str, why: str) -> ConversionError:
+    return ConversionError(f"{path}: '{key}' {why}, which MUsE Desktop cannot convert exactly.")
+
+
+def _one_value(path: Path, key: str, *candidates: tuple[str, object]):
+    """The value ``key`` has wherever it is given; two places that disagree are refused."""
+    given = [(where, value) for where, value in candidates if value is not None]
+    if len({json.dumps(value, sort_keys=True) for _, value in given}) > 1:
+        places = " and ".join(f"{where} = {value!r}" for where, value in given)
+        raise ConversionError(f"{path}: {key} is given twice with different values ({places}).")
+    return given[0][1] if given else None
+
+
+def _rope_settings(path: Path, raw: dict, max_positions: int, head_dim: int):
+    """(theta, original context, LongRope or None) from either form of config.json.
+
+    transformers 4.x writes ``rope_scaling`` (``type`` or ``rope_type``) and
+    ``rope_theta`` at the top level; transformers 5 writes ``rope_parameters``
+    (``rope_type``, ``rope_theta``, the factors, ``original_max_position_embeddings``,
+    ``partial_rotary_factor``) and no ``rope_scaling``. Reading only one form writes
+    a LongRoPE model without its factors, silently.
+    """
+    scaling = raw.get("rope_scaling")
+    params = raw.get("rope_parameters")
+    for key, value in (("rope_scaling", scaling), ("rope_parameters", params)):
+        if value is not None and not isinstance(value, dict):
+            raise ConversionError(f"{path}: '{key}' should be a set of settings, not {value!r}.")
+    scaling, params = scaling or {}, params or {}
+
+    def kind_of(section: dict) -> str | None:
+        kind = section.get("rope_type", section.get("type"))
+        return None if kind is None else str(kind).lower()
+
+    kinds = {k for k in (kind_of(scaling), kind_of(params)) if k is not None}
+    kinds = {"longrope" if k in LONG_ROPE_TYPES else k for k in kinds}
+    if len(kinds) > 1:
+        raise ConversionError(f"{path}: rope_scaling and rope_parameters name different rope types ({', '.join(sorted(kinds))}).")
+    kind = kinds.pop() if kinds else "default"
+    where = "rope_parameters.rope_type" if kind_of(params) else "rope_scaling.type"
+    if kind not in ("longrope", *PLAIN_ROPE_TYPES):
+        raise _refuse(path, where, f"is '{kind}', a rope scaling other than LongRoPE")
+    partial = _one_value(path, "partial_rotary_factor", ("partial_rotary_factor", raw.get("partial_rotary_factor")),
+                         ("rope_parameters.partial_rotary_factor", params.get("partial_rotary_factor")))
+    if partial is not None and float(partial) != 1.0:
+        raise _refuse(path, "partial_rotary_factor", f"is {partial} (rotary embeddings on part of each head)")
+    theta = _one_value(path, "rope_theta", ("rope_theta", raw.get("rope_theta")),
+                       ("rope_parameters.rope_theta", params.get("rope_theta")),
+                       ("rope_scaling.rope_theta", scaling.get("rope_theta")))
+    original = _one_value(
+        path, "original_max_position_embeddings",
+        ("original_max_position_embeddings", raw.get("original_max_position_embeddings")),
+        ("rope_parameters.original_max_position_embeddings", params.get("original_max_position_embeddings")),
+        ("rope_scaling.original_max_position_embeddings", scaling.get("original_max_position_embeddings")),
+    )
+    theta = float(theta) if theta is not None else 10000.0
+    if kind != "longrope":
+        for section_name, section in (("rope_scaling", scaling), ("rope_parameters", params)):
+            extra = sorted(set(section) - {"rope_type", "type", "rope_theta", "partial_rotary_factor",
+                                           "original_max_position_embeddings"})
+            if extra:
+                raise _refuse(path, f"{section_name}.{extra[0]}", "is set on a model without rope scaling")
+        return theta, int(original) if original else max_positions, None
+    section = params if params.get("long_factor") is not None else scaling
+    name = "rope_parameters" if section is params else "rope_scaling"
+    for key in section:
+        if key not in ("rope_type", "type", "rope_theta", "partial_rotary_factor", "original_max_position_embeddings",
+                       "long_factor", "short_factor", "factor", "attention_factor"):
+            raise _refuse(path, f"{name}.{key}", "is a LongRoPE setting this converter does not know")
+    original = int(original) if original else DEFAULT_ORIGINAL_CONTEXT
+    long, short = (
+        _one_value(path, key, (f"rope_scaling.{key}", scaling.get(key)), (f"rope_parameters.{key}", params.get(key)))
+        for key in ("long_factor", "short_factor")
+    )
+    if not long or not short or len(long) != len(short) or len(long) != head_dim // 2:
+        raise ConversionError(f"{path}: LongRoPE needs {name}.long_factor and short_factor of length {head_dim // 2}.")
+    # As transformers computes it: the factor from the two contexts unless given.
+    factor = float(section.get("factor") or max_positions / original)
+    if section.get("factor") is not None and not math.isclose(factor, max_positions / original):
+        # llama.cpp derives the long/short switch from the contexts, not from this factor.
+        raise _refuse(path, f"{name}.factor", f"is {factor:g}, not max_position_embeddings / original context")
+    attention = section.get("attention_factor")
+    if attention is None:
+        attention = 1.0 if factor <= 1.0 else math.sqrt(1 + math.log(factor) / math.log(original))
+    rope = LongRope(tuple(float(x) for x in long), tuple(float(x) for x in short), float(attention))
+    return theta, original, rope
+
+
 def read_config(folder: str | Path) -> Phi3Config:
-    """Read config.json and refuse, up front, anything that is not a supported Phi-3."""
+    """Read config.json (either transformers form) and refuse, up front, anything not converted exactly."""
     folder = Path(folder)
     path = folder / "config.json"
     raw = read_json(path, f"No config.json in {folder}: is this a Hugging Face model folder?")
+    if not isinstance(raw, dict):
+        raise ConversionError(f"{path} does not hold a model's settings.")
     architectures = raw.get("architectures") or [raw.get("model_type", "unknown")]
     if not any(a in SUPPORTED_ARCHITECTURES for a in architectures):
         raise ConversionError(
             f"{folder.name}: architecture {', '.join(map(str, architectures))} is not supported. "
             f"Supported: {', '.join(SUPPORTED_ARCHITECTURES)} (Phi-3 / Phi-3.5 mini, mini-128k, medium)."
         )
-    if raw.get("partial_rotary_factor", 1.0) != 1.0:
-        raise ConversionError(f"{folder.name}: partial rotary embeddings (Phi-4-mini style) are not supported.")
+    if raw.get("quantization_config"):
+        raise _refuse(path, "quantization_config", "says the weights are already quantized")
+    if str(raw.get("hidden_act", "silu")).lower() != "silu":
+        raise _refuse(path, "hidden_act", f"is '{raw['hidden_act']}' (Phi-3 uses silu)")
+    for bias in ("attention_bias", "mlp_bias"):
+        if raw.get(bias):
+            raise _refuse(path, bias, "is on (Phi-3 layers have no bias)")
     try:
+        hidden = int(raw["hidden_size"])
+        heads = int(raw["num_attention_heads"])
+        max_positions = int(raw["max_position_embeddings"])
+        head_dim = raw.get("head_dim")
+        if head_dim is not None and int(head_dim) != hidden // heads:
+            raise _refuse(path, "head_dim", f"is {head_dim}, not hidden_size / num_attention_heads = {hidden // heads}")
+        theta, original, long_rope = _rope_settings(path, raw, max_positions, hidden // heads)
         config = Phi3Config(
             folder=folder,
             raw=raw,
-            hidden=int(raw["hidden_size"]),
+            hidden=hidden,
             layers=int(raw["num_hidden_layers"]),
-            heads=int(raw["num_attention_heads"]),
-            kv_heads=int(raw.get("num_key_value_heads") or raw["num_attention_heads"]),
+            heads=heads,
+            kv_heads=int(raw.get("num_key_value_heads") or heads),
             intermediate=int(raw["intermediate_size"]),
             vocab_size=int(raw["vocab_size"]),
-            max_positions=int(raw["max_position_embeddings"]),
-            original_max_positions=int(raw.get("original_max_position_embeddings") or raw["max_position_embeddings"]),
+            max_positions=max_positions,
+            original_max_positions=original,
             rms_eps=float(raw.get("rms_norm_eps", 1e-5)),
-            rope_theta=float(raw.get("rope_theta", 10000.0)),
+            rope_theta=theta,
             sliding_window=int(raw.get("sliding_window") or 0),
-            rope_scaling=raw.get("rope_scaling"),
+            long_rope=long_rope,
             tie_embeddings=bool(raw.get("tie_word_embeddings", False)),
+            unknown_keys=tuple(sorted(set(raw) - HARMLESS_CONFIG_KEYS - READ_CONFIG_KEYS)),
         )
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ConversionError(f"{path}: missing or invalid setting {exc}.") from None
+    except KeyError as exc:
+        raise ConversionError(f"{path}: missing setting {exc}.") from None
+    except (TypeError, ValueError) as exc:
+        if isinstance(exc, ConversionError):
+            raise
+        raise ConversionError(f"{path}: invalid setting ({exc}).") from None
     if config.hidden % config.heads or config.heads % config.kv_heads:
         raise ConversionError(f"{path}: hidden size, heads and KV heads do not divide evenly.")
-    if config.rope_scaling:
-        kind = str(config.rope_scaling.get("rope_type", config.rope_scaling.get("type", ""))).lower()
-        if kind not in ("longrope", "su"):
-            raise ConversionError(f"{path}: rope scaling '{kind}' is not supported (only LongRoPE).")
-        long, short = config.rope_scaling.get("long_factor"), config.rope_scaling.get("short_factor")
-        if not long or not short or len(long) != len(short) or len(long) != config.rope_dims // 2:
-            raise ConversionError(
-                f"{path}: LongRoPE needs long_factor and short_factor of length {config.rope_dims // 2}."
-            )
     return config
 
 
@@ -136,14 +268,14 @@ def module_gguf_name(hf_module: str, n_layers: int) -> str:
 
 
 def long_rope_tensors(config: Phi3Config) -> dict[str, np.ndarray]:
-    if not config.rope_scaling:
+    if config.long_rope is None:
         return {}
     return {
         gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FACTORS_LONG] + ".weight": np.asarray(
-            config.rope_scaling["long_factor"], dtype=np.float32
+            config.long_rope.long_factor, dtype=np.float32
         ),
         gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FACTORS_SHORT] + ".weight": np.asarray(
-            config.rope_scaling["short_factor"], dtype=np.float32
+            config.long_rope.short_factor, dtype=np.float32
         ),
     }
 
@@ -176,10 +308,8 @@ def write_model_metadata(writer: gguf.GGUFWriter, config: Phi3Config, name: str,
     writer.add_rope_dimension_count(config.rope_dims)
     writer.add_rope_freq_base(config.rope_theta)
     writer.add_sliding_window(config.sliding_window)
-    if config.rope_scaling:
-        scale = config.max_positions / config.original_max_positions
-        attn_factor = math.sqrt(1 + math.log(scale) / math.log(config.original_max_positions)) if scale > 1 else 1.0
-        writer.add_rope_scaling_attn_factors(attn_factor)
+    if config.long_rope is not None:
+        writer.add_rope_scaling_attn_factors(config.long_rope.attention_factor)
     writer.add_file_type(file_type)
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
 
@@ -193,7 +323,10 @@ def write_vocab(writer: gguf.GGUFWriter, config: Phi3Config) -> None:
     folder = config.folder
     model_file = folder / "tokenizer.model"
     if not model_file.exists():
-        raise ConversionError(f"No tokenizer.model in {folder}: Phi-3 checkpoints ship a sentencepiece model.")
+        raise ConversionError(
+            f"No tokenizer.model in {folder}: the vocabulary comes from Phi-3's sentencepiece model, which "
+            "transformers 5 no longer saves. Copy tokenizer.model from the base model's folder into this one."
+        )
     sp = SentencePieceProcessor()
     try:
         sp.LoadFromFile(str(model_file))

@@ -12,7 +12,7 @@ import sys
 
 RUN_MODULE = "--run-module"
 # Only these may be started this way: the flag is not a general code runner.
-CHILD_MODULES = ("converters.quantize", "muse_desktop.training.child")
+CHILD_MODULES = ("converters.quantize", "converters.reference", "muse_desktop.training.child")
 
 
 def module_command(module: str, *args: str) -> list[str]:
