@@ -41,9 +41,17 @@ def _open_checked(config: Phi3Config) -> Checkpoint:
         more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
         raise ConversionError(f"The checkpoint in {config.folder} lacks tensors: {', '.join(missing[:3])}{more}.")
     # A tensor the GGUF would not carry changes the model (a bias, an extra layer): refuse it.
-    # rotary_emb.inv_freq is recomputed from config.json; a tied checkpoint may still store lm_head.
+    # rotary_emb.inv_freq is recomputed from config.json.
     extra = [name for name in checkpoint.where if name not in expected and not name.endswith("rotary_emb.inv_freq")
              and not (config.tie_embeddings and name == "lm_head.weight")]
+    if config.tie_embeddings and "lm_head.weight" in checkpoint.where:
+        # Tied, yet an output layer is stored: transformers 4 ties it to the embedding after loading,
+        # transformers 5 keeps the stored one. Only when both are the same is there one answer.
+        if not np.array_equal(checkpoint.raw("lm_head.weight"), checkpoint.raw("model.embed_tokens.weight")):
+            raise ConversionError(
+                f"{config.folder / 'config.json'}: 'tie_word_embeddings' is on, but the checkpoint stores an "
+                "lm_head.weight that differs from the embedding; transformers versions disagree on which is used."
+            )
     if extra:
         more = f" and {len(extra) - 1} more" if len(extra) > 1 else ""
         raise ConversionError(

@@ -311,3 +311,38 @@ def test_harmless_adapter_fields_from_any_peft_version_are_accepted(tiny_model, 
     adapter = adapter_with(tiny_model, tmp_path, init_lora_weights="eva", some_future_field={"x": 1},
                            velora_config=None, peft_version="9.9.9", exclude_modules=None)
     assert len(LoraAdapter(adapter, read_config(tiny_model)).modules) > 0
+
+
+def tied_copy(tiny_model, tmp_path, keep_lm_head: bool):
+    from safetensors.numpy import load_file, save_file
+
+    target = tmp_path / "tied"
+    shutil.copytree(tiny_model, target)
+    edit = json.loads((target / "config.json").read_text())
+    edit["tie_word_embeddings"] = True
+    (target / "config.json").write_text(json.dumps(edit))
+    index = json.loads((target / "model.safetensors.index.json").read_text())
+    if not keep_lm_head:
+        shard = target / index["weight_map"].pop("lm_head.weight")
+        tensors = load_file(str(shard))
+        del tensors["lm_head.weight"]
+        save_file(tensors, str(shard), metadata={"format": "pt"})
+        (target / "model.safetensors.index.json").write_text(json.dumps(index))
+    return target
+
+
+def test_tied_embeddings_become_the_output_layer(tiny_model, tmp_path):
+    model_dir = tied_copy(tiny_model, tmp_path, keep_lm_head=False)
+    out = tmp_path / "tied.gguf"
+    run(convert_model(model_dir, out, "f32"))
+    ids = default_token_ids(model_dir)
+    report = compare_logits(hf_logits(model_dir, ids), llama_logits(out, ids))
+    assert report.rel_error < 1e-3 and report.top1_agreement == 1.0, report.summary()
+    assert np.abs(streamed_logits(model_dir, ids) - hf_logits(model_dir, ids)).max() < 1e-3
+
+
+def test_tied_config_with_a_different_stored_head_is_refused(tiny_model, tmp_path):
+    model_dir = tied_copy(tiny_model, tmp_path, keep_lm_head=True)
+    with pytest.raises(ConversionError, match="tie_word_embeddings"):
+        run(convert_model(model_dir, tmp_path / "out.gguf", "f32"))
+    assert not (tmp_path / "out.gguf").exists()
