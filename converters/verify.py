@@ -145,12 +145,12 @@ def verify(
 
     ids = list(token_ids) if token_ids is not None else default_token_ids(model_dir)
     reference = reference_logits(model_dir, ids, adapter_dir)
-    report = compare_logits(reference, llama_logits(gguf_path, ids, gguf_lora, n_ctx=_check_context(gguf_path, ids)))
+    report = compare_logits(reference, llama_logits(gguf_path, ids, gguf_lora, n_ctx=check_context(gguf_path, ids)))
     report.tolerance = tolerance_for(gguf_path)
     return report
 
 
-def _check_context(gguf_path: str | Path, ids: Sequence[int]) -> int:
+def check_context(gguf_path: str | Path, ids: Sequence[int]) -> int:
     """A context no larger than a LongRoPE model's original one, as transformers uses for short sequences.
 
     llama.cpp picks the long rope factors for every token when its context is larger

@@ -283,7 +283,14 @@ def _cmd_preferences(args: argparse.Namespace) -> int:
 def _cmd_quantize(args: argparse.Namespace) -> int:
     from converters.quantize import quantize
 
+    from converters.gguf_check import inspect_gguf
+    from converters.quality import compare_quantized
+
     run_events(quantize(args.input, args.out, args.type, args.threads))
+    original = {0: "F32", 1: "F16", 32: "BF16"}.get(inspect_gguf(args.input).file_type)
+    if original:  # from an unquantized file: say what the quantization cost
+        report = compare_quantized(args.input, args.out, args.type, threads=args.threads, reference=original)
+        print(f"Checked: {report.summary()}")
     return 0
 
 

@@ -85,6 +85,7 @@ def test_convert_quantize_and_adapter_commands(tiny_model, adapters, tmp_path):
     result = subprocess.run([command, "quantize", str(out), str(quantized), "--type", "q4_k_m", "--threads", "2"],
                             capture_output=True, text=True)
     assert result.returncode == 0 and quantized.exists(), result.stderr
+    assert "Checked: Q4_K_M against F32 on" in result.stdout and "mean KL divergence" in result.stdout
     lora = tmp_path / "a.gguf"
     result = subprocess.run([command, "convert-adapter", str(adapters["all"]), str(lora), "--base", str(tiny_model)],
                             capture_output=True, text=True)

@@ -323,9 +323,14 @@ def test_a_memorised_answer_survives_export_both_ways_into_the_chat(tmp_path, ti
     # loss; what matters is that the greedy answer is the trained one, checked below.
     assert losses(events)[-1] < 0.5
     store = Store()
-    merged = list(export_run(run, "merge", "Q8_0", store=store))[-1]
+    merge_events = list(export_run(run, "merge", "Q8_0", store=store))
+    merged = merge_events[-1]
     adapter = list(export_run(run, "adapter", "F16", store=store, models_dir=tmp_path / "models"))[-1]
     assert [e.kind for e in store.library()] == ["adapter", "model"]
+    # The quantized file was compared with its F16 original; the person is told, the library keeps it.
+    assert any(getattr(e, "message", "").startswith("Checked the Q8_0 file against F16") for e in merge_events)
+    check = store.library()[1].info["quant_check"]
+    assert check["qtype"] == "Q8_0" and check["top1_agreement"] > 0.9 and check["n_tokens"] > 100
     greedy = Sampling(temperature=0.0, max_new_tokens=40)
     for user_type, question, answer in facts:
         for path, adapters in ((merged.path, []), (adapter.data["base_path"], [AdapterSpec(adapter.path, 1.0)])):

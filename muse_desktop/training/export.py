@@ -55,6 +55,15 @@ def _verify(base: str, gguf: Path, adapter: Path, gguf_lora: Path | None = None)
                           "it was not added to the library.")
 
 
+def _check_quantized(f16: Path, quantized: Path, qtype: str, lora: Path | None = None):
+    """Compare the quantized file with its F16 original in llama.cpp; reported, and returned for the library."""
+    from converters.quality import compare_quantized
+
+    report = compare_quantized(f16, quantized, qtype, lora_path=lora)
+    yield Log(f"Checked the {qtype} file against F16: {report.summary()}")
+    return report.to_dict()
+
+
 def base_gguf(base: str, models_dir: Path, qtype: str, cancel: CancelToken | None) -> Iterator[Event]:
     """The base model as GGUF (F16, and ``qtype``), converted once and reused; Done has both paths."""
     from converters.convert import convert_model
@@ -98,10 +107,12 @@ def export_run(run_dir: str | Path, mode: str = "merge", qtype: str = "Q4_K_M", 
         if verify:
             yield from _verify(base, f16, adapter)
         final = f16
+        quant_check = None
         if qtype != "F16":
             final = out_dir / f"{name}-{qtype}.gguf"
             yield Log(f"Quantizing to {qtype}…")
             yield from _stage(quantize(f16, final, qtype, cancel=cancel))
+            quant_check = yield from _check_quantized(f16, final, qtype)
             f16.unlink(missing_ok=True)
         kind, base_path = "model", ""
     elif mode == "adapter":
@@ -117,10 +128,14 @@ def export_run(run_dir: str | Path, mode: str = "merge", qtype: str = "Q4_K_M", 
         yield from _stage(convert_adapter(adapter, final, base, "f16", cancel=cancel))
         if verify:
             yield from _verify(base, Path(done.data["f16"]), adapter, final)
+        quant_check = None
+        if done.path != done.data["f16"]:
+            quant_check = yield from _check_quantized(Path(done.data["f16"]), Path(done.path), qtype, lora=final)
         kind, base_path = "adapter", done.path
     else:
         raise ExportError(f"Unknown export mode '{mode}': use merge or adapter.")
-    info = {"run": str(run_dir), "qtype": qtype, "mode": mode, "preset": config.get("preset", "")}
+    info = {"run": str(run_dir), "qtype": qtype, "mode": mode, "preset": config.get("preset", ""),
+            "quant_check": quant_check}
     done = Done(f"Exported to {final}", str(final),
                 {"kind": kind, "base_path": base_path, "name": name if mode == "merge" else f"{name} (adapter)",
                  **info})
@@ -132,5 +147,5 @@ def export_run(run_dir: str | Path, mode: str = "merge", qtype: str = "Q4_K_M", 
 def register(store, done: Done) -> None:
     """Add an export (export_run's Done) to the model library (on the thread that owns ``store``)."""
     data = done.data
-    info = {key: data[key] for key in ("run", "qtype", "mode", "preset")}
+    info = {key: data.get(key) for key in ("run", "qtype", "mode", "preset", "quant_check")}
     store.add_to_library(data["name"], data["kind"], done.path, data["base_path"], "trainer", info)
