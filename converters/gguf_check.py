@@ -28,6 +28,8 @@ class GGUFInfo:
     n_tensors: int
     size: int
     context_length: int | None
+    original_context_length: int | None = None  # LongRoPE: the context its short factors are for
+    long_rope: bool = False  # has rope_factors_long / rope_factors_short
 
     @property
     def bits_per_weight(self) -> float:
@@ -95,4 +97,6 @@ def inspect_gguf(path: str | Path, expect: str = "model") -> GGUFInfo:
         n_tensors=len(reader.tensors),
         size=size,
         context_length=_field(reader, f"{architecture}.context_length"),
+        original_context_length=_field(reader, f"{architecture}.rope.scaling.original_context_length"),
+        long_rope=any(tensor.name == "rope_factors_long.weight" for tensor in reader.tensors),
     )

@@ -329,8 +329,11 @@ def _cmd_chat(args: argparse.Namespace) -> int:
             value = getattr(args, name)
             if value is not None:
                 setattr(sampling, "max_new_tokens" if name == "max_tokens" else name, value)
-        engine = ChatEngine(args.model, EngineSettings(threads=args.threads or 0, context_length=args.context),
+        engine = ChatEngine(args.model, EngineSettings(threads=args.threads or 0, context_length=args.context,
+                                                       long_context=args.long_context),
                             [AdapterSpec.parse(a) for a in args.adapter])
+        if engine.context_note:
+            print(engine.context_note, file=sys.stderr)
         for event in engine.generate(user_type.prompt_name, turns, template, sampling):
             if isinstance(event, Text):
                 sys.stdout.write(event.delta)
@@ -417,6 +420,8 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--seed", type=int, metavar="S")
     chat.add_argument("--threads", type=int, metavar="N")
     chat.add_argument("--context", type=int, default=4096, metavar="N", help="context length (default 4096)")
+    chat.add_argument("--long-context", action="store_true",
+                      help="LongRoPE models: allow --context past the original context (less exact answers)")
     chat.add_argument("--prompt-only", action="store_true", help="print the exact prompt text instead of answering")
     chat.set_defaults(func=_cmd_chat)
 

@@ -46,6 +46,7 @@ class Settings:
     read_aloud: bool = False
     threads: int = 0  # 0: choose from the CPU
     context_length: int = 4096
+    long_context: bool = False  # LongRoPE models: let the context go past the original one (costs accuracy)
     gpu_layers: int = 0
     hub_endpoint: str = ""  # empty: $MUSE_HUB_ENDPOINT, $HF_ENDPOINT or huggingface.co
     muse_adapter_repo: str = ""  # empty: $MUSE_ADAPTER_REPO, or none published yet

@@ -275,3 +275,39 @@ def test_twenty_one_damaged_files_each_get_a_message(tiny_gguf, tmp_path):
         assert any(words in message for words in ("damaged", "truncated", "not a GGUF", "empty", "could not load"))
     # The good file still loads afterwards: nothing was left in a bad state.
     ChatEngine(tiny_gguf[Variant.MINI_4K], EngineSettings(context_length=256, threads=1)).close()
+
+
+# --- LongRoPE: which rope factors the engine runs with -----------------------------------------
+
+
+def last_logits(chat, ids):
+    chat.llm.reset()
+    chat.llm.eval(ids)
+    # llama-cpp-python keeps no scores without logits_all; llama.cpp has the last position's.
+    return np.ctypeslib.as_array(chat.llm._ctx.get_logits(), shape=(chat.llm.n_vocab(),)).astype(np.float64)
+
+
+def test_long_rope_model_stays_on_the_short_factors_unless_asked(tiny_models, tiny_gguf):
+    from converters.verify import hf_logits
+
+    model_dir = tiny_models[Variant.MINI_128K]
+    original = 256  # the tiny 128k model's original context (like 4096 for Phi-3-mini-128k)
+    plain = ChatEngine(tiny_gguf[Variant.MINI_128K], EngineSettings(context_length=1024, threads=2))
+    longer = ChatEngine(tiny_gguf[Variant.MINI_128K], EngineSettings(context_length=1024, threads=2, long_context=True))
+    try:
+        assert plain.llm.n_ctx() <= original and "keeps 256 tokens" in plain.context_note
+        assert longer.llm.n_ctx() == 1024 and "less exact" in longer.context_note
+        ids = plain.prompt_ids("Elderly", QUESTION)
+        reference = hf_logits(model_dir, ids)[-1]  # transformers: short factors for a short sequence
+        scale = np.abs(reference).max()
+        assert np.abs(last_logits(plain, ids) - reference).max() / scale < 1e-3
+        # Across the threshold llama.cpp switches every token to the long factors.
+        assert np.abs(last_logits(longer, ids) - reference).max() / scale > 1e-2
+    finally:
+        plain.close()
+        longer.close()
+    four_k = ChatEngine(tiny_gguf[Variant.MINI_4K], EngineSettings(context_length=1024, threads=2))
+    try:
+        assert four_k.llm.n_ctx() == 1024 and four_k.context_note == ""  # no LongRoPE, nothing capped
+    finally:
+        four_k.close()

@@ -36,6 +36,28 @@ class EngineSettings:
     context_length: int = 4096
     gpu_layers: int = 0
     batch_size: int = 256
+    # LongRoPE models: allow a context beyond the original one (see effective_context).
+    long_context: bool = False
+
+
+def effective_context(info, settings: EngineSettings) -> tuple[int, str]:
+    """The context a model is opened with, and a note for the person when it differs from the setting.
+
+    llama.cpp chooses a LongRoPE model's rope factors once, by the context it is
+    created with: above the original context every token uses the long factors,
+    also in a short conversation, where transformers (and so training) used the
+    short ones. Fine-tunes lose the most there. So the context stays at the original
+    one unless the person asked for more.
+    """
+    wanted = settings.context_length
+    original = info.original_context_length
+    if not info.long_rope or not original or wanted <= original:
+        return wanted, ""
+    if settings.long_context:
+        return wanted, (f"Longer memory is on ({wanted} tokens): every answer is a little less exact than "
+                        f"with the model's own {original}.")
+    return original, (f"This model keeps {original} tokens in mind, the most it handles at its best; "
+                      "a longer memory can be switched on in the settings, at some cost in answer quality.")
 
 
 @dataclass
@@ -130,10 +152,11 @@ class ChatEngine:
             raise ModelError(str(exc)) from None
         from llama_cpp import Llama
 
+        n_ctx, self.context_note = effective_context(self.info, self.settings)
         try:
             self.llm = Llama(
                 model_path=str(self.model_path),
-                n_ctx=self.settings.context_length,
+                n_ctx=n_ctx,
                 n_batch=self.settings.batch_size,
                 n_threads=self.settings.threads or default_threads(),
                 n_gpu_layers=self.settings.gpu_layers,

@@ -193,7 +193,7 @@ class ChatPage(QWidget):
         from muse_desktop.chat.engine import AdapterSpec, ChatEngine, EngineSettings
 
         settings = EngineSettings(threads=self.settings.threads, context_length=self.settings.context_length,
-                                  gpu_layers=self.settings.gpu_layers)
+                                  gpu_layers=self.settings.gpu_layers, long_context=self.settings.long_context)
 
         specs = [AdapterSpec(adapter, 1.0) for adapter in adapters or []]
 

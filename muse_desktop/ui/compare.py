@@ -221,7 +221,8 @@ class ComparePage(QWidget):
         questions = self.questions.toPlainText().splitlines()
         user_types = self.user_types.text().split(",")
         path, session = self.store.path, self.session
-        settings = EngineSettings(threads=self.settings.threads, context_length=self.settings.context_length)
+        settings = EngineSettings(threads=self.settings.threads, context_length=self.settings.context_length,
+                                  long_context=self.settings.long_context)
         self.prepare_button.setEnabled(False)
         self.progress.show()
         self.status.setText("Every model is answering every question…")
