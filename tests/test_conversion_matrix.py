@@ -346,3 +346,52 @@ def test_tied_config_with_a_different_stored_head_is_refused(tiny_model, tmp_pat
     with pytest.raises(ConversionError, match="tie_word_embeddings"):
         run(convert_model(model_dir, tmp_path / "out.gguf", "f32"))
     assert not (tmp_path / "out.gguf").exists()
+
+
+# --- the configs Microsoft publishes, read as they are -------------------------------------------
+
+_COMMON = {
+    "architectures": ["Phi3ForCausalLM"], "attention_dropout": 0.0, "bos_token_id": 1, "embd_pdrop": 0.0,
+    "eos_token_id": 32000, "hidden_act": "silu", "initializer_range": 0.02, "model_type": "phi3",
+    "pad_token_id": 32000, "resid_pdrop": 0.0, "rms_norm_eps": 1e-05, "rope_theta": 10000.0,
+    "tie_word_embeddings": False, "torch_dtype": "bfloat16", "transformers_version": "4.40.2", "use_cache": True,
+    "vocab_size": 32064, "auto_map": {"AutoConfig": "configuration_phi3.Phi3Config",
+                                      "AutoModelForCausalLM": "modeling_phi3.Phi3ForCausalLM"},
+}
+_MINI = {"hidden_size": 3072, "intermediate_size": 8192, "num_attention_heads": 32, "num_hidden_layers": 32,
+         "num_key_value_heads": 32}
+_FACTORS = {"long_factor": [1.0 + i for i in range(48)], "short_factor": [1.0] * 48}
+PUBLISHED = {
+    "Phi-3-mini-4k-instruct": {**_COMMON, **_MINI, "max_position_embeddings": 4096,
+                               "original_max_position_embeddings": 4096, "rope_scaling": None, "sliding_window": 2047},
+    "Phi-3-mini-128k-instruct": {**_COMMON, **_MINI, "max_position_embeddings": 131072, "attention_bias": False,
+                                 "original_max_position_embeddings": 4096, "sliding_window": 262144,
+                                 "rope_scaling": {**_FACTORS, "type": "longrope"}},
+    "Phi-3-mini-128k-instruct (first release)": {**_COMMON, **_MINI, "max_position_embeddings": 131072,
+                                                 "original_max_position_embeddings": 4096, "sliding_window": 262144,
+                                                 "rope_scaling": {**_FACTORS, "type": "su"}},
+    "Phi-3.5-mini-instruct": {**_COMMON, **_MINI, "max_position_embeddings": 131072, "attention_bias": False,
+                              "original_max_position_embeddings": 4096, "sliding_window": 262144,
+                              "rope_scaling": {**_FACTORS, "type": "longrope"}},
+    "Phi-3-medium-4k-instruct": {**_COMMON, "hidden_size": 5120, "intermediate_size": 17920, "num_attention_heads": 40,
+                                 "num_hidden_layers": 40, "num_key_value_heads": 10, "max_position_embeddings": 4096,
+                                 "original_max_position_embeddings": 4096, "rope_scaling": None,
+                                 "sliding_window": 2047},
+}
+
+
+@pytest.mark.parametrize("name", list(PUBLISHED))
+def test_published_configs_are_read_without_surprises(tmp_path, name):
+    raw = PUBLISHED[name]
+    (tmp_path / "config.json").write_text(json.dumps(raw))
+    config = read_config(tmp_path)
+    assert config.unknown_keys == ()
+    assert config.head_dim == raw["hidden_size"] // raw["num_attention_heads"]
+    assert config.kv_heads == raw["num_key_value_heads"]
+    assert config.sliding_window == raw["sliding_window"]
+    if raw["rope_scaling"]:
+        assert config.long_rope.long_factor == tuple(_FACTORS["long_factor"])
+        expected = (1 + np.log(131072 / 4096) / np.log(4096)) ** 0.5
+        assert config.long_rope.attention_factor == pytest.approx(expected)
+    else:
+        assert config.long_rope is None
