@@ -14,8 +14,10 @@ on the same token ids (a MUsE prompt, 200 tokens):
   (l) llama.cpp's logits on the F16 GGUF (the other half of the check)
   (v) ``verify`` end to end, as export and Get MUsE call it
 
-and prints wall time and peak resident memory of each (the process's own, with
-the children it waited for, from ``wait4``), and how far (s) is from (w).
+and prints wall time and peak memory of each: resident (the process's own, with
+the children it waited for, from ``wait4``; llama.cpp's memory-mapped GGUF counts
+here as it is read) and anonymous (sampled every 0.1 s over the process tree: what
+cannot be given back as page cache), and how far (s) is from (w).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import os
 import platform
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -65,14 +68,51 @@ def stage(name: str, work: Path) -> None:
         raise SystemExit(f"unknown stage {name}")
 
 
+def _tree(pid: int) -> list[int]:
+    pids, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        pids.append(current)
+        try:
+            for task in os.listdir(f"/proc/{current}/task"):
+                todo += [int(c) for c in Path(f"/proc/{current}/task/{task}/children").read_text().split()]
+        except OSError:
+            pass
+    return pids
+
+
+def _anon_bytes(pid: int) -> int:
+    """Anonymous memory of a process tree: what it really takes from RAM. (A memory-mapped
+    model file counts in RSS too, but as page cache the system can take back.)"""
+    total = 0
+    for member in _tree(pid):
+        try:
+            for line in Path(f"/proc/{member}/status").read_text().splitlines():
+                if line.startswith("RssAnon:"):
+                    total += int(line.split()[1]) * 1024
+        except OSError:
+            pass
+    return total
+
+
 def measure(name: str, work: Path) -> dict:
     start = time.perf_counter()
     process = subprocess.Popen([sys.executable, __file__, str(work), "--stage", name])
+    peak_anon, done = [0], threading.Event()
+
+    def sample():
+        while not done.wait(0.1):
+            peak_anon[0] = max(peak_anon[0], _anon_bytes(process.pid))
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
     _, status, usage = os.wait4(process.pid, 0)
+    done.set()
+    sampler.join()
     wall = time.perf_counter() - start
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"stage {name} failed")
-    return {"stage": name, "wall_s": wall, "peak_rss_gib": usage.ru_maxrss / 2**20}
+    return {"stage": name, "wall_s": wall, "peak_rss_gib": usage.ru_maxrss / 2**20, "peak_anon_gib": peak_anon[0] / 2**30}
 
 
 def main() -> int:
@@ -102,10 +142,10 @@ def main() -> int:
     results = {name: measure(name, work) for name in stages}
     print(f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB; {len(ids)} tokens")
-    print("| stage | wall (s) | peak RSS (GiB) |")
-    print("| --- | ---: | ---: |")
+    print("| stage | wall (s) | peak RSS (GiB) | peak anonymous (GiB) |")
+    print("| --- | ---: | ---: | ---: |")
     for r in results.values():
-        print(f"| {r['stage']} | {r['wall_s']:.1f} | {r['peak_rss_gib']:.2f} |")
+        print(f"| {r['stage']} | {r['wall_s']:.1f} | {r['peak_rss_gib']:.2f} | {r['peak_anon_gib']:.2f} |")
     print(f"\n(v) verify: {(work / 'verify.txt').read_text()}")
     print(f"(s) peak: {results['streamed']['peak_rss_gib']:.2f} GiB (bar <= 3 GB)")
     if "whole" in results:

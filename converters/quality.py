@@ -70,10 +70,10 @@ def check_ids(gguf_path: str | Path, conversations=CHECK_CONVERSATIONS) -> list[
 
 def _all_logits(gguf_path: str | Path, sequences: Sequence[Sequence[int]], lora_path=None,
                 threads: int | None = None) -> list[np.ndarray]:
-    from converters.verify import check_context, llama_logits
+    from converters.verify import check_context, llama_logits_many
 
-    return [llama_logits(gguf_path, ids, lora_path=lora_path, n_ctx=check_context(gguf_path, ids), threads=threads)
-            for ids in sequences]
+    n_ctx = max(check_context(gguf_path, ids) for ids in sequences)
+    return llama_logits_many(gguf_path, sequences, lora_path=lora_path, n_ctx=n_ctx, threads=threads)
 
 
 def _log_softmax(logits: np.ndarray) -> np.ndarray:
