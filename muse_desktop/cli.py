@@ -105,16 +105,31 @@ def _cmd_convert_adapter(args: argparse.Namespace) -> int:
 
 
 def _cmd_get_muse(args: argparse.Namespace) -> int:
-    from muse_desktop.getmuse import get_muse
+    from muse_desktop.getmuse import add_to_library, get_muse, logits_check
     from muse_desktop.settings import load_settings, save_settings
+    from muse_desktop.store import Store
 
     loaded = load_settings().settings
+    if args.check_logits:
+        _training_imports()
     done = run_events(get_muse(args.models_dir, args.adapter_repo or loaded.muse_adapter_repo,
-                               args.endpoint or loaded.hub_endpoint or None))
-    if args.use and done is not None:
-        loaded.model_path = done.path
+                               args.endpoint or loaded.hub_endpoint or None, way=args.way,
+                               base_revision=args.base_revision or loaded.base_revision,
+                               check=logits_check if args.check_logits else None))
+    if done is None:
+        return 1
+    store = Store()
+    try:
+        add_to_library(store, done)
+    finally:
+        store.close()
+    adapter = done.data.get("adapter_path", "")
+    if adapter:
+        print(f"MUsE add-on: {adapter}")
+    if args.use:
+        loaded.model_path, loaded.adapter_path = done.path, adapter
         save_settings(loaded)
-        print(f"The app will open {done.path} from now on.")
+        print(f"The app will open {done.path}" + (" with the MUsE add-on" if adapter else "") + " from now on.")
     return 0
 
 
@@ -461,9 +476,18 @@ def build_parser() -> argparse.ArgumentParser:
                                                              "(default: the general set shipped with the app)")
     kiosk.set_defaults(func=_cmd_kiosk)
 
-    get = commands.add_parser("get-muse", help="download Phi-3-mini-128k-instruct (+ MUsE adapter), merge, quantize")
+    get = commands.add_parser("get-muse", help="download Phi-3-mini-128k-instruct and the MUsE adapter, "
+                                               "merge (or make an add-on), quantize")
     get.add_argument("--models-dir", metavar="DIR", help="where models go (default: the app's models folder)")
-    get.add_argument("--adapter-repo", metavar="OWNER/NAME", help="the MUsE adapter's repository on the hub")
+    get.add_argument("--adapter-repo", metavar="OWNER/NAME",
+                     help="the adapter's repository on the hub (default: seohyunqkr/MUsE; 'none': the base alone)")
+    get.add_argument("--way", choices=["merged", "add-on"], default="merged",
+                     help="merged: one model file; add-on: the base file plus MUsE applied at run time")
+    get.add_argument("--base-revision", metavar="COMMIT",
+                     help="the base model's commit or branch (default: the base_revision setting, main)")
+    get.add_argument("--check-logits", action="store_true",
+                     help="compare the result with transformers + PEFT before keeping it (training extra; "
+                          "about 16 GB of memory for Phi-3-mini)")
     get.add_argument("--endpoint", metavar="URL", help="the hub (default: $MUSE_HUB_ENDPOINT or huggingface.co)")
     get.add_argument("--use", action="store_true", help="make the app open the result")
     get.set_defaults(func=_cmd_get_muse)
