@@ -133,6 +133,30 @@ def _cmd_get_muse(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_get_dataset(args: argparse.Namespace) -> int:
+    from muse_desktop.datasets import DatasetError, load_dataset
+    from muse_desktop.getdataset import get_dataset
+    from muse_desktop.settings import load_settings
+
+    loaded = load_settings().settings
+    done = run_events(get_dataset(args.repo, args.out, args.endpoint or loaded.hub_endpoint or None, args.revision))
+    if done is None:
+        return 1
+    try:
+        report = load_dataset(done.path)
+    except DatasetError as exc:
+        raise CliError(str(exc)) from None
+    print(report.summary())
+    for problem in report.problems[:20]:
+        print(f"  {problem}")
+    if len(report.problems) > 20:
+        print(f"  … and {len(report.problems) - 20} more")
+    for user_type, count in sorted(report.user_types.items(), key=lambda item: (-item[1], item[0]))[:args.top]:
+        print(f"{count:>8}  {user_type}")
+    print(f"Train on it with: muse-desktop train CONFIG.yaml (dataset: {done.path})")
+    return 0
+
+
 def _training_imports():
     try:
         import torch  # noqa: F401  (checked here so the message is about the install, not a traceback)
@@ -491,6 +515,15 @@ def build_parser() -> argparse.ArgumentParser:
     get.add_argument("--endpoint", metavar="URL", help="the hub (default: $MUSE_HUB_ENDPOINT or huggingface.co)")
     get.add_argument("--use", action="store_true", help="make the app open the result")
     get.set_defaults(func=_cmd_get_muse)
+
+    data = commands.add_parser("get-dataset", help="download a dataset repository (default: the MUsE data) "
+                                                   "and check it")
+    data.add_argument("repo", nargs="?", default="seohyunqkr/MUsE", metavar="OWNER/NAME")
+    data.add_argument("--endpoint", metavar="URL", help="the hub (default: $MUSE_HUB_ENDPOINT or huggingface.co)")
+    data.add_argument("--revision", default="main", metavar="COMMIT", help="the commit or branch (default: main)")
+    data.add_argument("--out", metavar="DIR", help="where it goes (default: the app's datasets folder)")
+    data.add_argument("--top", type=int, default=10, metavar="N", help="show the N most common user types")
+    data.set_defaults(func=_cmd_get_dataset)
 
     quant = commands.add_parser("quantize", help="quantize a GGUF with llama.cpp's quantizer")
     quant.add_argument("input", metavar="IN.gguf")
