@@ -126,6 +126,26 @@ class Plan:
     def adapter_dir(self) -> Path | None:
         return self.models / ("adapter-" + self.adapter.repo_id.replace("/", "--")) if self.adapter else None
 
+    def size(self) -> None:
+        """Fill in the sizes of both ways from the listings and what is already downloaded."""
+        weights = sum(f.size for f in self.base.select(BASE_FILES) if f.name.endswith(".safetensors"))
+        base_left = bytes_left(self.base_dir, pending(self.base_dir, self.base, BASE_FILES))
+        adapter_left = (bytes_left(self.adapter_dir, pending(self.adapter_dir, self.adapter, ADAPTER_FILES))
+                        if self.adapter else 0)
+        quantized = int(weights * Q4_K_M_FRACTION)  # bf16 weights: an F16 GGUF of the same size, then Q4_K_M
+        # The add-on is stored as F16, from F32 or BF16 weights: at most the same size.
+        lora = next((f.size for f in self.adapter.files if f.name == ADAPTER_WEIGHTS), 0) if self.adapter else 0
+        base_ready = (self.models / model_file_name("", Way.ADDON)).is_file()
+        for way in Way.ALL:
+            if way == Way.ADDON and base_ready:  # the shared base file is made: only the add-on is left
+                self.download[way] = adapter_left
+                self.disk[way] = adapter_left + lora
+                self.result[way] = quantized + lora
+                continue
+            self.download[way] = base_left + adapter_left
+            self.disk[way] = base_left + adapter_left + weights + quantized + (lora if way == Way.ADDON else 0)
+            self.result[way] = quantized + (lora if way == Way.ADDON and self.adapter else 0)
+
     def gb(self, way: str) -> tuple[float, float, float]:
         """(download, free disk while preparing, what stays), in GB, for ``way``."""
         return tuple(round(d[way] / 1e9, 1) for d in (self.download, self.disk, self.result))
@@ -211,21 +231,7 @@ def plan_muse(
     if adapter is not None:
         plan.warnings = _check_adapter(adapter, base, base_repo, endpoint)
 
-    base_left = bytes_left(plan.base_dir, pending(plan.base_dir, base, BASE_FILES))
-    adapter_left = bytes_left(plan.adapter_dir, pending(plan.adapter_dir, adapter, ADAPTER_FILES)) if adapter else 0
-    quantized = int(weights * Q4_K_M_FRACTION)  # bf16 weights: an F16 GGUF of the same size, then Q4_K_M
-    adapter_weights = next((f.size for f in adapter.files if f.name == ADAPTER_WEIGHTS), 0) if adapter else 0
-    lora = adapter_weights  # F16 stored, from F32 or BF16 weights: at most the same size
-    base_ready = (models / model_file_name("", Way.ADDON)).is_file()
-    for way in Way.ALL:
-        if way == Way.ADDON and base_ready:  # the shared base file is already made: only the add-on is left
-            plan.download[way] = adapter_left
-            plan.disk[way] = adapter_left + lora
-            plan.result[way] = quantized + lora
-            continue
-        plan.download[way] = base_left + adapter_left
-        plan.disk[way] = base_left + adapter_left + weights + quantized + (lora if way == Way.ADDON else 0)
-        plan.result[way] = quantized + (lora if way == Way.ADDON and adapter else 0)
+    plan.size()
     return plan
 
 

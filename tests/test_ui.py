@@ -377,6 +377,10 @@ def test_get_muse_from_the_first_run_wizard_with_progress_and_cancel(qtbot, tmp_
         hub.throttle_s = 0.05  # slow enough to press Cancel in the middle
         seen = []
         qtbot.mouseClick(page.get_button, Qt.LeftButton)
+        qtbot.waitUntil(page.ways.isVisible, timeout=20000)  # the two ways, with sizes, before any download
+        assert not [p for p, _ in hub.requests if "/resolve/" in p and p.endswith(".safetensors")]
+        assert " GB" in page.merged_text.text() and " GB" in page.addon_text.text()
+        qtbot.mouseClick(page.merged_button, Qt.LeftButton)
         page.worker.progress.connect(lambda done, total, unit, _m: seen.append((done, total, unit)))
         models = isolated_home / "data" / "models"
 
@@ -396,8 +400,10 @@ def test_get_muse_from_the_first_run_wizard_with_progress_and_cancel(qtbot, tmp_
         assert win.pages.currentWidget() is win._model_scroll
 
         hub.throttle_s = 0.0
+        qtbot.mouseClick(page.get_button, Qt.LeftButton)
+        qtbot.waitUntil(page.ways.isVisible, timeout=20000)
         with qtbot.waitSignal(win.chat.model_ready, timeout=60000):
-            qtbot.mouseClick(page.get_button, Qt.LeftButton)
+            qtbot.mouseClick(page.merged_button, Qt.LeftButton)
         qtbot.waitUntil(lambda: win.chat.worker is None)
         assert hub.range_requests(partial.name.removesuffix(".incomplete"))  # continued, not started again
     assert win.pages.currentWidget() is win.chat
@@ -405,6 +411,48 @@ def test_get_muse_from_the_first_run_wizard_with_progress_and_cancel(qtbot, tmp_
     assert win.chat.model_label.text() == "Model: muse-phi3-mini-128k-Q4_K_M.gguf"
     win.chat.input.setText("Hello")
     answer_and_wait(qtbot, win, win.chat.send)
+    win.close()
+
+
+def test_get_muse_as_an_add_on_from_the_model_page_then_turn_it_down_in_the_chat(qtbot, tmp_path, tiny_model,
+                                                                                 adapters, isolated_home):
+    import json
+    import shutil
+
+    from hub_server import FakeHub
+
+    from muse_desktop.store import Store
+
+    root = tmp_path / "hub"
+    shutil.copytree(tiny_model, root / "microsoft" / "Phi-3-mini-128k-instruct")
+    shutil.copytree(adapters["all"], root / "seohyunqkr" / "MUsE")
+    config = json.loads((root / "seohyunqkr" / "MUsE" / "adapter_config.json").read_text())
+    config["base_model_name_or_path"] = "microsoft/Phi-3-mini-128k-instruct"
+    (root / "seohyunqkr" / "MUsE" / "adapter_config.json").write_text(json.dumps(config))
+    store = Store()
+    with FakeHub(root) as hub:
+        win = MainWindow(Settings(user_type_id="child", hub_endpoint=hub.endpoint), store=store)
+        qtbot.addWidget(win)
+        win.show()
+        qtbot.mouseClick(win.page.start, Qt.LeftButton)
+        page = win.model_page
+        qtbot.mouseClick(page.get_button, Qt.LeftButton)
+        qtbot.waitUntil(page.ways.isVisible, timeout=20000)
+        assert "adapter" not in page.addon_text.text().lower() and ".gguf" not in page.addon_text.text()
+        with qtbot.waitSignal(win.chat.model_ready, timeout=60000):
+            qtbot.mouseClick(page.addon_button, Qt.LeftButton)
+        qtbot.waitUntil(lambda: win.chat.worker is None)
+    chat = win.chat
+    assert [a.scale for a in chat.engine.adapters] == [1.0]
+    assert load_settings().settings.adapter_path.endswith("muse-lora-phi3-mini-128k-F16.gguf")
+    assert chat.addon_strength.isVisible() and chat.addon_strength.accessibleName()
+    chat.addon_strength.setCurrentIndex(chat.addon_strength.findData(0.0))  # off: the base alone
+    assert [a.scale for a in chat.engine.adapters] == [0.0]
+    assert load_settings().settings.adapter_scale == 0.0
+    win.show_model_page()
+    items = [page.library.item(i).text() for i in range(page.library.count())]
+    assert any(text.startswith("MUsE — Phi-3-mini with the MUsE add-on, ") for text in items), items
+    assert not any(".gguf" in text for text in items)
     win.close()
 
 
