@@ -622,6 +622,65 @@ def test_trainer_tab_runs_cancels_resumes_exports_and_chats(qtbot, tmp_path, tin
     win.close()
 
 
+def test_reproduce_muse_is_one_click_the_muse_dataset_with_the_muse_3_recipe(qtbot, tmp_path, tiny_model,
+                                                                              isolated_home):
+    import json
+    import shutil
+
+    from hub_server import FakeHub
+    from test_muse_dataset import muse_records, write_all
+
+    from muse_desktop.paths import user_dirs
+
+    root = tmp_path / "hub"
+    (root / "datasets" / "seohyunqkr" / "MUsE").mkdir(parents=True)
+    files = write_all(tmp_path / "files", muse_records())
+    shutil.copyfile(files["parquet"], root / "datasets" / "seohyunqkr" / "MUsE" / "train.parquet")
+    win = MainWindow(Settings(user_type_id="child"))
+    qtbot.addWidget(win)
+    win.show()
+    win.tabs.setCurrentIndex(1)
+    page = win.trainer
+    page.reproduce_button.click()  # no base model yet: it says where to get it
+    assert "Get MUsE" in page.status.text() and page.worker is None
+    shutil.copytree(tiny_model, user_dirs().models / "Phi-3-mini-128k-instruct")  # what Get MUsE keeps
+    page.preset.setCurrentIndex(page.preset.findData("qlora"))
+    with FakeHub(root) as hub:
+        page.settings.hub_endpoint = hub.endpoint
+        qtbot.mouseClick(page.reproduce_button, Qt.LeftButton)
+        qtbot.waitUntil(lambda: page.run_dir is not None and page.worker is None, timeout=180000)
+    assert page.dataset.text().endswith("train.parquet") and page.preset.currentData() == "muse-3"
+    assert page.status.text().startswith("Training finished"), page.status.text()
+    config = json.loads((page.run_dir / "results.json").read_text())["config"]
+    recipe = {k: config[k] for k in ("preset", "lora_r", "lora_alpha", "lora_dropout", "batch_size", "epochs",
+                                     "learning_rate", "min_learning_rate", "scheduler", "optimizer", "train_on")}
+    assert recipe == {"preset": "muse-3", "lora_r": 64, "lora_alpha": 64, "lora_dropout": 0.05, "batch_size": 3,
+                      "epochs": 1, "learning_rate": 1e-4, "min_learning_rate": 1e-6, "scheduler": "cosine",
+                      "optimizer": "adamw", "train_on": "assistant"}
+    assert sorted(config["target_modules"]) == ["down_proj", "gate_up_proj", "o_proj", "qkv_proj"]
+    win.close()
+
+
+def test_compare_puts_my_training_next_to_the_published_muse(qtbot, tmp_path):
+    from muse_desktop.store import Store
+
+    store = Store()
+    for name in ("mine.gguf", "muse.gguf", "other.gguf"):
+        (tmp_path / name).write_bytes(b"GGUF")
+    store.add_to_library("My MUsE", "model", str(tmp_path / "mine.gguf"), source="trainer")
+    store.add_to_library("MUsE — Phi-3-mini with MUsE built in", "model", str(tmp_path / "muse.gguf"),
+                         source="get-muse", info={"adapter_repo": "seohyunqkr/MUsE"})
+    store.add_to_library("Something else", "model", str(tmp_path / "other.gguf"), source="trainer")
+    win = MainWindow(Settings(user_type_id="child"), store=store)
+    qtbot.addWidget(win)
+    page = win.compare
+    page.refresh_models()
+    page.mine_vs_muse_button.click()
+    assert sorted(c.name for c in page.chosen()) == ["MUsE — Phi-3-mini with MUsE built in", "Something else"]
+    assert "you will not see which is which" in page.status.text()
+    win.close()
+
+
 def test_the_qt_binding_does_not_leak_references_to_none(qtbot):
     """PySide6 6.12.0 returned None from void calls without a reference: the app aborted after a while."""
     import sys
