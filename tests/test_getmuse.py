@@ -218,6 +218,22 @@ def test_get_muse_as_an_add_on_matches_base_plus_adapter(real_hub, tmp_path, mon
         engine.close()
 
 
+def test_a_failed_check_keeps_nothing_under_a_final_name(real_hub, tmp_path):
+    from converters.errors import ConversionError
+    from muse_desktop.getmuse import Way, get_muse
+
+    def check(built):
+        assert built.f16.is_file() and built.quantized.is_file() and built.lora.is_file()
+        raise ConversionError("the logits do not match")
+
+    models = tmp_path / "models"
+    with FakeHub(real_hub) as hub:
+        with pytest.raises(ConversionError, match="do not match"):
+            list(get_muse(models, MUSE, hub.endpoint, way=Way.ADDON, check=check))
+    assert not list(models.glob("*.gguf*")) and not list(models.glob(".*.gguf*"))
+    assert (models / "Phi-3-mini-128k-instruct" / "config.json").is_file()  # the downloads are kept
+
+
 def _refused(hub_root: Path, tmp_path: Path, capsys, *extra: str) -> tuple[str, list[str]]:
     from muse_desktop.cli import main
 
