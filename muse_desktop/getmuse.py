@@ -302,7 +302,12 @@ def get_muse(
     download, disk, _ = plan.gb(way)
     yield Log(f"Needs {download:.1f} GB of download and {disk:.1f} GB of free disk space.")
 
-    base_needed = not final.is_file()
+    # The shared base file is reused only if it was made from the same commit: an add-on is
+    # exact only on the weights it was trained on.
+    made_from = _read_provenance(final, None).get("base_commit") if final.is_file() else None
+    base_needed = not final.is_file() or (made_from is not None and made_from != plan.base.commit)
+    if final.is_file() and base_needed:
+        yield Log(f"{final.name} was made from another commit of {base_repo}; it is made again.", "warning")
     # With the shared base file already made, the add-on still needs the base's config and tokenizer.
     base_files = BASE_FILES if base_needed else ("*.json", "tokenizer.model")
     yield from _stage("Downloading the model", download_repo(
@@ -325,7 +330,13 @@ def get_muse(
         "adapter_type": LORA_OUTTYPE.upper() if lora_final else "",
         "verification": verification,
     }
-    _write_provenance(final, lora_final, provenance)
+    if lora_final is None:
+        _write_provenance(final, None, provenance)
+    else:  # the base file is the base alone, whichever add-on it later carries
+        if base_needed:
+            _write_provenance(final, None, {**provenance, "adapter_repo": "", "adapter_commit": "",
+                                            "adapter_sha256": "", "adapter_type": "", "way": "base only"})
+        _write_provenance(final, lora_final, provenance)
     name = _plain_name(adapter_repo, way)
     yield Done(f"The model is ready: {name}.", str(final),
                {"base_dir": str(plan.base_dir), "adapter_dir": str(plan.adapter_dir or ""),

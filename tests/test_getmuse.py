@@ -218,6 +218,28 @@ def test_get_muse_as_an_add_on_matches_base_plus_adapter(real_hub, tmp_path, mon
         engine.close()
 
 
+def test_the_add_on_reuses_the_base_file_only_if_made_from_the_same_commit(real_hub, tmp_path):
+    from muse_desktop.events import Log
+    from muse_desktop.getmuse import Way, get_muse
+
+    models = tmp_path / "models"
+    with FakeHub(real_hub) as hub:
+        list(get_muse(models, "none", hub.endpoint))  # the base alone first
+        base = models / "phi3-mini-128k-instruct-Q4_K_M.gguf"
+        made = base.stat().st_mtime_ns
+        events = list(get_muse(models, MUSE, hub.endpoint, way=Way.ADDON))
+        assert base.stat().st_mtime_ns == made and not any(
+            isinstance(e, Log) and e.message.startswith("Converting") for e in events)  # shared, not made again
+        sidecar = models / (base.name + ".json")
+        record = json.loads(sidecar.read_text())
+        assert record["base_commit"] == COMMIT and record["way"] == "base only"
+        sidecar.write_text(json.dumps({**record, "base_commit": "f" * 40}))
+        (models / "muse-lora-phi3-mini-128k-F16.gguf").unlink()
+        events = list(get_muse(models, MUSE, hub.endpoint, way=Way.ADDON))
+    assert any(isinstance(e, Log) and "made from another commit" in e.message for e in events)
+    assert json.loads(sidecar.read_text())["base_commit"] == COMMIT
+
+
 def test_a_failed_check_keeps_nothing_under_a_final_name(real_hub, tmp_path):
     from converters.errors import ConversionError
     from muse_desktop.getmuse import Way, get_muse
@@ -258,6 +280,15 @@ def test_an_adapter_trained_on_another_base_is_refused_by_its_config(hub_copy, t
     path.write_text(json.dumps(config))
     message, _ = _refused(hub_copy, tmp_path, capsys)
     assert "trained on microsoft/Phi-3-mini-4k-instruct, not on microsoft/Phi-3-mini-128k-instruct" in message
+
+
+def test_an_adapter_that_cannot_be_merged_exactly_is_refused_before_downloading(hub_copy, tmp_path, monkeypatch,
+                                                                               capsys):
+    monkeypatch.delenv("MUSE_ADAPTER_REPO", raising=False)
+    path = hub_copy / MUSE / "adapter_config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "use_dora": True}))
+    message, _ = _refused(hub_copy, tmp_path, capsys)
+    assert "Cannot merge MUsE exactly: it uses DoRA" in message
 
 
 def test_the_base_name_is_compared_ignoring_case_and_a_local_path_only_warns(hub_copy, tmp_path, monkeypatch):
