@@ -671,6 +671,9 @@ def test_compare_puts_my_training_next_to_the_published_muse(qtbot, tmp_path):
     store.add_to_library("MUsE — Phi-3-mini with MUsE built in", "model", str(tmp_path / "muse.gguf"),
                          source="get-muse", info={"adapter_repo": "seohyunqkr/MUsE"})
     store.add_to_library("Something else", "model", str(tmp_path / "other.gguf"), source="trainer")
+    (tmp_path / "base.gguf").write_bytes(b"GGUF")  # Get MUsE's base alone is not the published MUsE
+    store.add_to_library("Phi-3-mini (without MUsE)", "model", str(tmp_path / "base.gguf"), source="get-muse",
+                         info={"adapter_repo": ""})
     win = MainWindow(Settings(user_type_id="child"), store=store)
     qtbot.addWidget(win)
     page = win.compare
