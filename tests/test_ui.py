@@ -661,6 +661,31 @@ def test_reproduce_muse_is_one_click_the_muse_dataset_with_the_muse_3_recipe(qtb
     win.close()
 
 
+def test_get_the_muse_dataset_downloads_and_checks_it(qtbot, tmp_path, tiny_model, isolated_home):
+    import shutil
+
+    from hub_server import FakeHub
+    from test_muse_dataset import muse_records, write_all
+
+    root = tmp_path / "hub"
+    (root / "datasets" / "seohyunqkr" / "MUsE").mkdir(parents=True)
+    files = write_all(tmp_path / "files", muse_records())
+    shutil.copyfile(files["pkl"], root / "datasets" / "seohyunqkr" / "MUsE" / "muse.pkl")
+    win = MainWindow(Settings(user_type_id="child"))
+    qtbot.addWidget(win)
+    page = win.trainer
+    page.base_model.setText(str(tiny_model))
+    with FakeHub(root) as hub:
+        page.settings.hub_endpoint = hub.endpoint
+        qtbot.mouseClick(page.get_data_button, Qt.LeftButton)
+        qtbot.waitUntil(lambda: "Examples per user type" in page.report.toPlainText(), timeout=60000)
+    report = page.report.toPlainText()
+    assert page.dataset.text().endswith("muse.pkl")
+    assert "5 rows, 5 usable" in report and "4 user types" in report and "tokens" in report
+    assert "Examples per user type: Child 2, Elderly 1, Flight Attendant 1, Nurse 1" in report
+    win.close()
+
+
 def test_compare_puts_my_training_next_to_the_published_muse(qtbot, tmp_path):
     from muse_desktop.store import Store
 

@@ -134,7 +134,7 @@ class TrainerPage(QWidget):
         row.addWidget(self.data_tools_button)
         row = QHBoxLayout()
         self.get_data_button = widgets.button("Get the MUsE dataset", "Download the MUsE examples and check them",
-                                              self.get_muse_dataset)
+                                              lambda: self.get_muse_dataset())  # not clicked's bool as `then`
         self.reproduce_button = widgets.button(
             "Reproduce MUsE", "Train MUsE again: the MUsE dataset with the MUsE-3 recipe", self.reproduce_muse)
         self.reproduce_button.setToolTip("The MUsE examples with the MUsE-3 recipe, as in the study: one pass, "
@@ -417,6 +417,10 @@ class TrainerPage(QWidget):
                 tokenizer = HFTokenizer(AutoTokenizer.from_pretrained(base))
             report = load_dataset(path, fmt or None, tokenizer, cutoff=seq_len)
             lines = [report.summary()]
+            if report.user_types:
+                common = sorted(report.user_types.items(), key=lambda item: (-item[1], item[0]))
+                lines.append("Examples per user type: " + ", ".join(f"{name} {count:,}" for name, count in common[:12])
+                             + (f" and {len(common) - 12} more user types" if len(common) > 12 else ""))
             if tokenizer is not None and report.tokens:
                 from muse_desktop.training.hardware import epoch_seconds, probe, read_model_config
 
