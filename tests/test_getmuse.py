@@ -288,7 +288,7 @@ def test_an_adapter_that_cannot_be_merged_exactly_is_refused_before_downloading(
     path = hub_copy / MUSE / "adapter_config.json"
     path.write_text(json.dumps({**json.loads(path.read_text()), "use_dora": True}))
     message, _ = _refused(hub_copy, tmp_path, capsys)
-    assert "Cannot merge MUsE exactly: it uses DoRA" in message
+    assert "Cannot merge MUsE exactly" in message and "DoRA" in message  # converters.lora's own rule and words
 
 
 def test_the_base_name_is_compared_ignoring_case_and_a_local_path_only_warns(hub_copy, tmp_path, monkeypatch):
