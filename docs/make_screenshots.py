@@ -18,6 +18,38 @@ from pathlib import Path
 OUT = Path(__file__).resolve().parent / "screenshots"
 
 
+# About the sizes of the published files, so the choice shows what a person sees without asking the hub:
+# Phi-3's shards as listed on the hub; MUsE's adapter from r 64 on the four modules in float32 (PEFT's default).
+REAL_SIZES = {
+    "microsoft/Phi-3-mini-128k-instruct": {"model-00001-of-00002.safetensors": 4_972_489_328,
+                                           "model-00002-of-00002.safetensors": 2_669_692_552,
+                                           "config.json": 3_480, "tokenizer.model": 499_723},
+    "seohyunqkr/MUsE": {"adapter_model.safetensors": 402_712_096, "adapter_config.json": 720},
+}
+
+
+def _get_muse_choice(window, settle) -> None:
+    """The two ways of Get MUsE with their sizes, at 1366x768."""
+    from muse_desktop.download import RemoteFile, RepoListing
+    from muse_desktop.getmuse import Plan
+
+    listings = [RepoListing(repo, "0" * 40, tuple(RemoteFile(name, size, None, None) for name, size in files.items()))
+                for repo, files in REAL_SIZES.items()]
+    plan = Plan(listings[0], listings[1], Path(os.environ["MUSE_HOME"]) / "models")
+    plan.size()
+    window.resize(1366, 768)
+    window.show_model_page()
+    window.model_page._show_ways(plan)
+    settle()
+    window._model_scroll.ensureWidgetVisible(window.model_page.ways)
+    settle()
+    window.grab().save(str(OUT / "get-muse-choice.png"))
+    window.model_page.ways.hide()
+    window.show_chat()
+    window.resize(1000, 800)
+    settle()
+
+
 def main() -> int:
     model = sys.argv[1]
     os.environ["MUSE_HOME"] = tempfile.mkdtemp(prefix="muse-shots-")
@@ -49,6 +81,7 @@ def main() -> int:
     window.show_chat()  # no model yet: the model step of the first run
     settle()
     window.grab().save(str(OUT / "first-run-model.png"))
+    _get_muse_choice(window, settle)
     window.use_model(model)
     settle(lambda: window.chat.engine is not None and window.chat.worker is None)
     for question in ("Why is a balanced diet important?", "How much water should I drink?"):

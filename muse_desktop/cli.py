@@ -103,16 +103,55 @@ def _cmd_convert_adapter(args: argparse.Namespace) -> int:
 
 
 def _cmd_get_muse(args: argparse.Namespace) -> int:
-    from muse_desktop.getmuse import get_muse
+    from muse_desktop.getmuse import add_to_library, get_muse, logits_check
     from muse_desktop.settings import load_settings, save_settings
+    from muse_desktop.store import Store
 
     loaded = load_settings().settings
+    if args.check_logits:
+        _training_imports()
     done = run_events(get_muse(args.models_dir, args.adapter_repo or loaded.muse_adapter_repo,
-                               args.endpoint or loaded.hub_endpoint or None))
-    if args.use and done is not None:
-        loaded.model_path = done.path
+                               args.endpoint or loaded.hub_endpoint or None, way=args.way,
+                               base_revision=args.base_revision or loaded.base_revision,
+                               check=logits_check if args.check_logits else None))
+    if done is None:
+        return 1
+    store = Store()
+    try:
+        add_to_library(store, done)
+    finally:
+        store.close()
+    adapter = done.data.get("adapter_path", "")
+    if adapter:
+        print(f"MUsE add-on: {adapter}")
+    if args.use:
+        loaded.model_path, loaded.adapter_path = done.path, adapter
         save_settings(loaded)
-        print(f"The app will open {done.path} from now on.")
+        print(f"The app will open {done.path}" + (" with the MUsE add-on" if adapter else "") + " from now on.")
+    return 0
+
+
+def _cmd_get_dataset(args: argparse.Namespace) -> int:
+    from muse_desktop.datasets import DatasetError, load_dataset
+    from muse_desktop.getdataset import get_dataset
+    from muse_desktop.settings import load_settings
+
+    loaded = load_settings().settings
+    done = run_events(get_dataset(args.repo, args.out, args.endpoint or loaded.hub_endpoint or None, args.revision))
+    if done is None:
+        return 1
+    try:
+        report = load_dataset(done.path)
+    except DatasetError as exc:
+        raise CliError(str(exc)) from None
+    print(report.summary())
+    for problem in report.problems[:20]:
+        print(f"  {problem}")
+    if len(report.problems) > 20:
+        print(f"  … and {len(report.problems) - 20} more")
+    for user_type, count in sorted(report.user_types.items(), key=lambda item: (-item[1], item[0]))[:args.top]:
+        print(f"{count:>8}  {user_type}")
+    print(f"Train on it with: muse-desktop train CONFIG.yaml (dataset: {done.path})")
     return 0
 
 
@@ -473,12 +512,30 @@ def build_parser() -> argparse.ArgumentParser:
                                                              "(default: the general set shipped with the app)")
     kiosk.set_defaults(func=_cmd_kiosk)
 
-    get = commands.add_parser("get-muse", help="download Phi-3-mini-128k-instruct (+ MUsE adapter), merge, quantize")
+    get = commands.add_parser("get-muse", help="download Phi-3-mini-128k-instruct and the MUsE adapter, "
+                                               "merge (or make an add-on), quantize")
     get.add_argument("--models-dir", metavar="DIR", help="where models go (default: the app's models folder)")
-    get.add_argument("--adapter-repo", metavar="OWNER/NAME", help="the MUsE adapter's repository on the hub")
+    get.add_argument("--adapter-repo", metavar="OWNER/NAME",
+                     help="the adapter's repository on the hub (default: seohyunqkr/MUsE; 'none': the base alone)")
+    get.add_argument("--way", choices=["merged", "add-on"], default="merged",
+                     help="merged: one model file; add-on: the base file plus MUsE applied at run time")
+    get.add_argument("--base-revision", metavar="COMMIT",
+                     help="the base model's commit or branch (default: the base_revision setting, main)")
+    get.add_argument("--check-logits", action="store_true",
+                     help="compare the result with transformers + PEFT before keeping it (training extra; "
+                          "about 16 GB of memory for Phi-3-mini)")
     get.add_argument("--endpoint", metavar="URL", help="the hub (default: $MUSE_HUB_ENDPOINT or huggingface.co)")
     get.add_argument("--use", action="store_true", help="make the app open the result")
     get.set_defaults(func=_cmd_get_muse)
+
+    data = commands.add_parser("get-dataset", help="download a dataset repository (default: the MUsE data) "
+                                                   "and check it")
+    data.add_argument("repo", nargs="?", default="seohyunqkr/MUsE", metavar="OWNER/NAME")
+    data.add_argument("--endpoint", metavar="URL", help="the hub (default: $MUSE_HUB_ENDPOINT or huggingface.co)")
+    data.add_argument("--revision", default="main", metavar="COMMIT", help="the commit or branch (default: main)")
+    data.add_argument("--out", metavar="DIR", help="where it goes (default: the app's datasets folder)")
+    data.add_argument("--top", type=int, default=10, metavar="N", help="show the N most common user types")
+    data.set_defaults(func=_cmd_get_dataset)
 
     quant = commands.add_parser("quantize", help="quantize a GGUF with llama.cpp's quantizer")
     quant.add_argument("input", metavar="IN.gguf")

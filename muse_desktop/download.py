@@ -8,6 +8,8 @@ The hub answers two kinds of request:
 - ``GET {endpoint}/{repo}/resolve/{commit}/{filename}``: the file (redirects allowed),
   honouring ``Range`` so that a broken download continues where it stopped.
 
+Dataset repositories are the same under ``/api/datasets/…`` and ``/datasets/{repo}/resolve/…``.
+
 Files are pinned to the commit the listing named, so a repository updated mid-download
 cannot mix versions. Every file is checked (sha256 for LFS files, the git blob hash for
 small ones) before it gets its final name; a partial file is kept as
@@ -58,11 +60,17 @@ class RemoteFile:
     git_sha1: str | None  # the git blob id (small files)
 
 
+class RepoType:
+    MODEL = "model"
+    DATASET = "dataset"
+
+
 @dataclass(frozen=True)
 class RepoListing:
     repo_id: str
     commit: str
     files: tuple[RemoteFile, ...]
+    repo_type: str = RepoType.MODEL
 
     def select(self, patterns: Iterable[str]) -> list[RemoteFile]:
         patterns = tuple(patterns)
@@ -90,15 +98,28 @@ def _describe_network(exc: Exception, endpoint: str) -> str:
     return f"Could not reach {host} ({getattr(exc, 'reason', exc)}). Is this computer online?"
 
 
-def list_repo(repo_id: str, revision: str = "main", endpoint: str | None = None) -> RepoListing:
+def _api_url(endpoint: str, repo_id: str, revision: str, repo_type: str) -> str:
+    kind = "datasets" if repo_type == RepoType.DATASET else "models"
+    return f"{endpoint}/api/{kind}/{repo_id}/revision/{urllib.parse.quote(revision, safe='')}?blobs=true"
+
+
+def resolve_url(endpoint: str, listing: RepoListing, name: str) -> str:
+    """Where a file of ``listing`` is served, pinned to the listing's commit."""
+    prefix = "datasets/" if listing.repo_type == RepoType.DATASET else ""
+    return f"{endpoint.rstrip('/')}/{prefix}{listing.repo_id}/resolve/{listing.commit}/{urllib.parse.quote(name)}"
+
+
+def list_repo(repo_id: str, revision: str = "main", endpoint: str | None = None,
+              repo_type: str = RepoType.MODEL) -> RepoListing:
     """Ask the hub which files ``repo_id`` has at ``revision`` (and which commit that is)."""
     endpoint = (endpoint or endpoint_from_env()).rstrip("/")
-    url = f"{endpoint}/api/models/{repo_id}/revision/{urllib.parse.quote(revision, safe='')}?blobs=true"
+    url = _api_url(endpoint, repo_id, revision, repo_type)
+    what = f"the {'data set' if repo_type == RepoType.DATASET else 'model'} '{repo_id}'"
     try:
         with urllib.request.urlopen(_request(url), timeout=TIMEOUT_S) as response:
             info = json.loads(response.read().decode("utf-8"))
     except urllib.error.HTTPError as exc:
-        raise DownloadError(_describe_http(exc, f"the model '{repo_id}'")) from None
+        raise DownloadError(_describe_http(exc, what)) from None
     except (urllib.error.URLError, OSError) as exc:
         raise DownloadError(_describe_network(exc, endpoint)) from None
     except (ValueError, UnicodeDecodeError):
@@ -120,7 +141,7 @@ def list_repo(repo_id: str, revision: str = "main", endpoint: str | None = None)
         # A listing must never make us write outside the target folder.
         if remote.name.startswith(("/", "\\")) or ".." in Path(remote.name).parts:
             raise DownloadError(f"The hub listed an unsafe file name: {remote.name!r}.")
-    return RepoListing(repo_id, commit, files)
+    return RepoListing(repo_id, commit, files, repo_type)
 
 
 class _Checker:
@@ -290,6 +311,7 @@ def download_repo(
     endpoint: str | None = None,
     cancel: CancelToken | None = None,
     listing: RepoListing | None = None,
+    repo_type: str = RepoType.MODEL,
 ) -> Iterator[Event]:
     """Download the files of ``repo_id`` matching ``patterns`` into ``dest``; Done's path is ``dest``.
 
@@ -297,7 +319,7 @@ def download_repo(
     """
     dest = Path(dest)
     endpoint = (endpoint or endpoint_from_env()).rstrip("/")
-    listing = listing or list_repo(repo_id, revision, endpoint)
+    listing = listing or list_repo(repo_id, revision, endpoint, repo_type)
     wanted = listing.select(patterns)
     if not wanted:
         raise DownloadError(f"'{repo_id}' has no files matching {', '.join(patterns)}.")
@@ -312,7 +334,7 @@ def download_repo(
     for remote in todo:
         target = dest / remote.name
         target.parent.mkdir(parents=True, exist_ok=True)
-        url = f"{endpoint}/{repo_id}/resolve/{listing.commit}/{urllib.parse.quote(remote.name)}"
+        url = resolve_url(endpoint, listing, remote.name)
         yield from download_file(url, remote, target, cancel, done, total)
         done += max(remote.size, 0)
         verified[remote.name] = remote.sha256 or remote.git_sha1
@@ -321,3 +343,34 @@ def download_repo(
     with contextlib.suppress(OSError):
         (dest / PARTIAL_DIR).rmdir()
     yield Done(f"{repo_id} is ready in {dest}", str(dest), {"commit": listing.commit, "files": len(wanted)})
+
+
+def fetch_small(listing: RepoListing, name: str, endpoint: str | None = None, limit: int = 64 << 20) -> bytes:
+    """One small file of ``listing`` read into memory and checked, written nowhere.
+
+    For what must be looked at before anything is saved (an adapter's config, a
+    tokenizer to compare): a refusal then leaves no file behind.
+    """
+    endpoint = (endpoint or endpoint_from_env()).rstrip("/")
+    remote = next((f for f in listing.files if f.name == name), None)
+    if remote is None:
+        raise DownloadError(f"'{listing.repo_id}' has no file {name}.")
+    if remote.size > limit:
+        raise DownloadError(f"{name} of '{listing.repo_id}' is {remote.size / 2**20:.0f} MiB, too large to check.")
+    url = resolve_url(endpoint, listing, name)
+    for attempt in range(RETRIES + 1):
+        try:
+            with urllib.request.urlopen(_request(url), timeout=TIMEOUT_S) as response:
+                data = response.read(limit + 1)
+            break
+        except urllib.error.HTTPError as exc:
+            raise DownloadError(_describe_http(exc, name)) from None
+        except (OSError, http.client.HTTPException) as exc:
+            if attempt == RETRIES:
+                raise DownloadError(_describe_network(exc, endpoint)) from None
+            time.sleep(min(2**attempt, 8) * 0.25)
+    checker = _Checker(remote)
+    checker.update(data)
+    if (remote.size >= 0 and len(data) != remote.size) or not checker.ok():
+        raise DownloadError(f"{name} of '{listing.repo_id}' arrived damaged (its checksum does not match); try again.")
+    return data

@@ -1,54 +1,264 @@
-""""Get MUsE": download Phi-3-mini-128k-instruct (and the MUsE adapter), merge, convert, quantize.
+""""Get MUsE": Phi-3-mini-128k-instruct plus the published MUsE adapter, ready for the chat.
 
-One generator of events, from an empty models folder to a Q4_K_M GGUF the chat opens:
-the base checkpoint and the adapter come from the hub (resumable, checked), the
-adapter is merged in the same pass that writes an F16 GGUF (converters, no torch),
-llama.cpp's quantizer makes Q4_K_M, and the F16 intermediate is removed. Running it
-again continues where a cancel, a broken connection or a full disk stopped it.
+One generator of events, from an empty models folder to what the chat opens, in one
+of two ways the person chooses:
+
+- **merged**: the adapter is merged in the same pass that writes an F16 GGUF
+  (converters, no torch), llama.cpp's quantizer makes Q4_K_M, the F16 is removed;
+- **add-on**: the base alone becomes the Q4_K_M GGUF (shared with any other add-on,
+  and the same file as "the base alone") and the adapter a small GGUF LoRA that
+  llama.cpp applies at run time, so the chat can switch MUsE off or blend it.
+
+Before any weights are downloaded, :func:`plan_muse` asks the hub for both
+repositories and reads what decides whether the adapter fits: its
+``adapter_config.json`` must name the base, its weights must be safetensors (a
+``.bin`` is a pickle and is never opened), and its tokenizer files must mean the same
+as the base's. Those files are read into memory, so a refusal leaves nothing behind.
+Running it again continues where a cancel, a broken connection or a full disk stopped.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import os
-from collections.abc import Iterator
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from muse_desktop.download import (
     DownloadError,
+    RepoListing,
     bytes_left,
     check_free_space,
     download_repo,
     endpoint_from_env,
+    fetch_small,
     list_repo,
     pending,
 )
 from muse_desktop.events import CancelToken, Done, Event, Log, Progress
+from muse_desktop.tokenizer_check import TOKENIZER_FILES, TokenizerMismatch, check_same_tokenizer
 
 BASE_REPO = "microsoft/Phi-3-mini-128k-instruct"
 BASE_FILES = ("*.json", "*.safetensors", "tokenizer.model")  # never *.py: no remote code
-ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
-# The MUsE adapter's hub repository has not been published; until it is, "Get MUsE"
-# sets up the base model alone and says so. Set it in the settings (muse_adapter_repo)
-# or with MUSE_ADAPTER_REPO when one exists.
-DEFAULT_ADAPTER_REPO = ""
+DEFAULT_ADAPTER_REPO = "seohyunqkr/MUsE"  # the MUsE authors' published adapter
 ENV_ADAPTER_REPO = "MUSE_ADAPTER_REPO"
+NO_ADAPTER = "none"  # as the adapter repository: set up the base alone
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+ADAPTER_PICKLE = "adapter_model.bin"
+ADAPTER_FILES = (ADAPTER_CONFIG, ADAPTER_WEIGHTS)
 QUANT_TYPE = "Q4_K_M"
+LORA_OUTTYPE = "f16"
 Q4_K_M_FRACTION = 0.32  # Q4_K_M size / F16 size, about 4.9 of 16 bits a weight
+F16_BYTES = 2
 
-NO_ADAPTER_NOTICE = (
-    "The MUsE adapter has not been published for download yet, so this sets up Phi-3-mini-128k-instruct, "
-    "the model MUsE is built on. It follows the “make … understand” instruction, less closely than MUsE."
+BASE_ONLY_NOTICE = (
+    "This sets up Phi-3-mini-128k-instruct alone, the model MUsE is built on, without MUsE. "
+    "It follows the “make … understand” instruction, less closely than MUsE."
 )
+_REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+class Way:
+    """How MUsE is put together with the base."""
+
+    MERGED = "merged"  # one model file with MUsE built in
+    ADDON = "add-on"  # the base file plus a small MUsE add-on applied at run time
+    ALL = (MERGED, ADDON)
+
+
+class Names:
+    """What the model library calls the results: plain words, never file names."""
+
+    MERGED = "MUsE — Phi-3-mini with MUsE built in"
+    ADDON = "MUsE — Phi-3-mini with the MUsE add-on"
+    BASE = "Phi-3-mini (without MUsE)"
+
+
+class AdapterRefused(DownloadError):
+    """The adapter does not fit the base; the message says why, for the person."""
 
 
 def adapter_repo_from(setting: str = "") -> str:
-    return (setting or os.environ.get(ENV_ADAPTER_REPO) or DEFAULT_ADAPTER_REPO).strip()
+    """The adapter repository to use: the setting, $MUSE_ADAPTER_REPO, or MUsE's; "" for none."""
+    value = (setting or os.environ.get(ENV_ADAPTER_REPO) or DEFAULT_ADAPTER_REPO).strip()
+    return "" if value.lower() == NO_ADAPTER else value
 
 
-def final_name(adapter_repo: str) -> str:
-    stem = "muse-phi3-mini-128k" if adapter_repo else "phi3-mini-128k-instruct"
-    return f"{stem}-{QUANT_TYPE}.gguf"
+def model_file_name(adapter_repo: str, way: str = Way.MERGED) -> str:
+    merged = adapter_repo and way == Way.MERGED
+    return f"{'muse-phi3-mini-128k' if merged else 'phi3-mini-128k-instruct'}-{QUANT_TYPE}.gguf"
+
+
+def lora_file_name(adapter_repo: str) -> str:
+    stem = "muse" if adapter_repo.lower() == DEFAULT_ADAPTER_REPO.lower() else adapter_repo.replace("/", "--")
+    return f"{stem}-lora-phi3-mini-128k-{LORA_OUTTYPE.upper()}.gguf"
+
+
+def _is_repo_id(text: str) -> bool:
+    return bool(_REPO_ID.match(text)) and not text.startswith((".", "~"))
+
+
+# -- planning: everything that can be known before a byte of weights is downloaded -------------
+
+
+@dataclass
+class Plan:
+    """The repositories, the checks' outcome, and the sizes of both ways."""
+
+    base: RepoListing
+    adapter: RepoListing | None
+    models: Path
+    warnings: list[str] = field(default_factory=list)
+    download: dict[str, int] = field(default_factory=dict)  # way -> bytes still to download
+    disk: dict[str, int] = field(default_factory=dict)  # way -> free disk space needed while preparing
+    result: dict[str, int] = field(default_factory=dict)  # way -> size of what stays
+
+    @property
+    def base_dir(self) -> Path:
+        return self.models / self.base.repo_id.split("/")[-1]
+
+    @property
+    def adapter_dir(self) -> Path | None:
+        return self.models / ("adapter-" + self.adapter.repo_id.replace("/", "--")) if self.adapter else None
+
+    def size(self) -> None:
+        """Fill in the sizes of both ways from the listings and what is already downloaded."""
+        weights = sum(f.size for f in self.base.select(BASE_FILES) if f.name.endswith(".safetensors"))
+        base_left = bytes_left(self.base_dir, pending(self.base_dir, self.base, BASE_FILES))
+        adapter_left = (bytes_left(self.adapter_dir, pending(self.adapter_dir, self.adapter, ADAPTER_FILES))
+                        if self.adapter else 0)
+        quantized = int(weights * Q4_K_M_FRACTION)  # bf16 weights: an F16 GGUF of the same size, then Q4_K_M
+        # The add-on is stored as F16, from F32 or BF16 weights: at most the same size.
+        lora = next((f.size for f in self.adapter.files if f.name == ADAPTER_WEIGHTS), 0) if self.adapter else 0
+        base_ready = (self.models / model_file_name("", Way.ADDON)).is_file()
+        for way in Way.ALL:
+            if way == Way.ADDON and base_ready:  # the shared base file is made: only the add-on is left
+                self.download[way] = adapter_left
+                self.disk[way] = adapter_left + lora
+                self.result[way] = quantized + lora
+                continue
+            self.download[way] = base_left + adapter_left
+            self.disk[way] = base_left + adapter_left + weights + quantized + (lora if way == Way.ADDON else 0)
+            self.result[way] = quantized + (lora if way == Way.ADDON and self.adapter else 0)
+
+    def gb(self, way: str) -> tuple[float, float, float]:
+        """(download, free disk while preparing, what stays), in GB, for ``way``."""
+        return tuple(round(d[way] / 1e9, 1) for d in (self.download, self.disk, self.result))
+
+
+def _check_adapter(adapter: RepoListing, base: RepoListing, base_repo: str, endpoint: str) -> list[str]:
+    """Refuse an adapter that cannot be used on this base; return warnings for doubtful ones."""
+    names = {f.name for f in adapter.files}
+    if ADAPTER_CONFIG not in names:
+        raise AdapterRefused(f"'{adapter.repo_id}' has no {ADAPTER_CONFIG}, so it is not a LoRA add-on that can "
+                             "be used here.")
+    if ADAPTER_WEIGHTS not in names:
+        if ADAPTER_PICKLE in names:
+            raise AdapterRefused(
+                f"'{adapter.repo_id}' is published only as {ADAPTER_PICKLE}, a format that can run code on this "
+                f"computer when it is opened. MUsE Desktop never opens such files, so it stops here; "
+                f"it needs {ADAPTER_WEIGHTS}.")
+        raise AdapterRefused(f"'{adapter.repo_id}' has no {ADAPTER_WEIGHTS}.")
+    try:
+        config = json.loads(fetch_small(adapter, ADAPTER_CONFIG, endpoint).decode("utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        raise AdapterRefused(f"The {ADAPTER_CONFIG} of '{adapter.repo_id}' is not readable JSON.") from None
+    if not isinstance(config, dict):
+        raise AdapterRefused(f"The {ADAPTER_CONFIG} of '{adapter.repo_id}' is not a JSON object.")
+    warnings = []
+    named = str(config.get("base_model_name_or_path") or "").strip()
+    if not named:
+        warnings.append(f"'{adapter.repo_id}' does not say which model it was trained on; "
+                        f"it is checked against {base_repo}'s shapes only.")
+    elif _is_repo_id(named):
+        if named.lower() != base_repo.lower():
+            raise AdapterRefused(
+                f"'{adapter.repo_id}' was trained on {named}, not on {base_repo}: its base_model_name_or_path "
+                f"says so. An add-on only works on the model it was trained on, so it is not used.")
+    else:
+        warnings.append(f"'{adapter.repo_id}' names a folder on its maker's computer as its base ({named}), "
+                        f"not a hub model; it is used on {base_repo}, checked by its shapes.")
+    # The kinds of adapter that cannot be merged exactly are refused by converters.lora with
+    # the field named. Its rule reads only the config, so it is asked now, before the
+    # download, instead of being copied here and drifting apart.
+    from converters.errors import ConversionError
+    from converters.lora import LoraAdapter
+
+    probe = LoraAdapter.__new__(LoraAdapter)
+    probe.folder, probe.config = Path(adapter.repo_id.split("/")[-1]), config
+    try:
+        probe._refuse_inexact()
+    except ConversionError as exc:
+        raise AdapterRefused(str(exc)) from None
+    if str(config.get("peft_type", "LORA")).upper() != "LORA":
+        raise AdapterRefused(f"'{adapter.repo_id}' is a {config.get('peft_type')} adapter; only LoRA can be used.")
+
+    theirs = {name: fetch_small(adapter, name, endpoint) for name in TOKENIZER_FILES if name in names}
+    if theirs:
+        base_names = {f.name for f in base.files}
+        ours = {name: fetch_small(base, name, endpoint) for name in TOKENIZER_FILES if name in base_names}
+        try:
+            check_same_tokenizer(ours, theirs, f"'{adapter.repo_id}'", base_repo)
+        except TokenizerMismatch as exc:
+            raise AdapterRefused(str(exc)) from None
+    return warnings
+
+
+def plan_muse(
+    models_dir: str | os.PathLike[str] | None = None,
+    adapter_repo: str = "",
+    endpoint: str | None = None,
+    base_repo: str = BASE_REPO,
+    base_revision: str = "main",
+) -> Plan:
+    """Ask the hub, check the adapter against the base, and size both ways; downloads no weights."""
+    from muse_desktop.paths import user_dirs
+
+    models = Path(models_dir) if models_dir else user_dirs().models
+    endpoint = (endpoint or endpoint_from_env()).rstrip("/")
+    adapter_repo = adapter_repo_from(adapter_repo)
+    base = list_repo(base_repo, base_revision or "main", endpoint=endpoint)
+    weights = sum(f.size for f in base.select(BASE_FILES) if f.name.endswith(".safetensors"))
+    if weights <= 0:
+        raise DownloadError(f"{base_repo} has no safetensors weights to download.")
+    adapter = list_repo(adapter_repo, endpoint=endpoint) if adapter_repo else None
+    plan = Plan(base, adapter, models)
+    if adapter is not None:
+        plan.warnings = _check_adapter(adapter, base, base_repo, endpoint)
+
+    plan.size()
+    return plan
+
+
+# -- building -------------------------------------------------------------------------------------
+
+
+@dataclass
+class Built:
+    """What a check sees: the F16 and the quantized file both exist, neither under its final name."""
+
+    f16: Path | None  # None when the shared base file was already made
+    quantized: Path
+    lora: Path | None  # the add-on, for the add-on way
+    base_dir: Path
+    adapter_dir: Path | None
+    way: str
+
+
+Check = Callable[[Built], dict]
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def get_muse(
@@ -57,55 +267,187 @@ def get_muse(
     endpoint: str | None = None,
     base_repo: str = BASE_REPO,
     cancel: CancelToken | None = None,
+    way: str = Way.MERGED,
+    base_revision: str = "main",
+    check: Check | None = None,
+    plan: Plan | None = None,
 ) -> Iterator[Event]:
-    """Fetch and build the MUsE model; Done's path is the Q4_K_M GGUF."""
-    from converters.convert import convert_model
-    from converters.quantize import quantize
+    """Fetch and build MUsE; Done's path is the model GGUF, ``data`` has the add-on and the provenance.
+
+    ``check`` (optional) is called when the F16 and the quantized file both exist; what it
+    returns is recorded as the verification result, and an exception stops with nothing kept.
+    """
+    if way not in Way.ALL:
+        raise ValueError(f"unknown way '{way}'; choose one of {', '.join(Way.ALL)}")
+    endpoint = (endpoint or endpoint_from_env()).rstrip("/")
+    adapter_repo = adapter_repo_from(adapter_repo)
     from muse_desktop.paths import user_dirs
 
     models = Path(models_dir) if models_dir else user_dirs().models
-    endpoint = (endpoint or endpoint_from_env()).rstrip("/")
-    adapter_repo = adapter_repo_from(adapter_repo)
-    final = models / final_name(adapter_repo)
-    if final.is_file():
-        yield Done(f"{final.name} is already here.", str(final))
+    final = models / model_file_name(adapter_repo, way)
+    lora_final = models / lora_file_name(adapter_repo) if adapter_repo and way == Way.ADDON else None
+    if final.is_file() and (lora_final is None or lora_final.is_file()):
+        yield Done(f"{_plain_name(adapter_repo, way)} is already here.", str(final),
+                   {"adapter_path": str(lora_final or ""), "name": _plain_name(adapter_repo, way),
+                    "provenance": _read_provenance(final, lora_final)})
         return
     if not adapter_repo:
-        yield Log(NO_ADAPTER_NOTICE, "warning")
+        yield Log(BASE_ONLY_NOTICE, "warning")
 
-    yield Log(f"Asking {endpoint} for {base_repo}…")
-    base_listing = list_repo(base_repo, endpoint=endpoint)
-    base_files = base_listing.select(BASE_FILES)
-    weights = sum(f.size for f in base_files if f.name.endswith(".safetensors"))
-    if weights <= 0:
-        raise DownloadError(f"{base_repo} has no safetensors weights to download.")
-    base_dir = models / base_repo.split("/")[-1]
-    adapter_listing = list_repo(adapter_repo, endpoint=endpoint) if adapter_repo else None
-    adapter_dir = models / ("adapter-" + adapter_repo.replace("/", "--")) if adapter_repo else None
-    download_left = bytes_left(base_dir, pending(base_dir, base_listing, BASE_FILES))
-    if adapter_listing is not None:
-        download_left += bytes_left(adapter_dir, pending(adapter_dir, adapter_listing, ADAPTER_FILES))
-    # bf16 weights become an F16 GGUF of the same size, then a Q4_K_M one.
-    needed = download_left + int(weights * (1 + Q4_K_M_FRACTION))
-    check_free_space(models, needed, "getting the model ready")
-    yield Log(f"Needs {download_left / 2**30:.1f} GiB of download and {needed / 2**30:.1f} GiB of free disk space.")
+    yield Log(f"Asking {endpoint} for {base_repo}" + (f" and {adapter_repo}…" if adapter_repo else "…"))
+    plan = plan or plan_muse(models, adapter_repo, endpoint, base_repo, base_revision)
+    for warning in plan.warnings:
+        yield Log(warning, "warning")
+    check_free_space(models, plan.disk[way], "getting the model ready")
+    download, disk, _ = plan.gb(way)
+    yield Log(f"Needs {download:.1f} GB of download and {disk:.1f} GB of free disk space.")
 
+    # The shared base file is reused only if it was made from the same commit: an add-on is
+    # exact only on the weights it was trained on.
+    made_from = _read_provenance(final, None).get("base_commit") if final.is_file() else None
+    base_needed = not final.is_file() or (made_from is not None and made_from != plan.base.commit)
+    if final.is_file() and base_needed:
+        yield Log(f"{final.name} was made from another commit of {base_repo}; it is made again.", "warning")
+    # With the shared base file already made, the add-on still needs the base's config and tokenizer.
+    base_files = BASE_FILES if base_needed else ("*.json", "tokenizer.model")
     yield from _stage("Downloading the model", download_repo(
-        base_repo, base_dir, BASE_FILES, endpoint=endpoint, cancel=cancel, listing=base_listing))
-    if adapter_listing is not None:
-        yield from _stage("Downloading the MUsE adapter", download_repo(
-            adapter_repo, adapter_dir, ADAPTER_FILES, endpoint=endpoint, cancel=cancel, listing=adapter_listing))
+        base_repo, plan.base_dir, base_files, endpoint=endpoint, cancel=cancel, listing=plan.base))
+    if plan.adapter is not None:
+        yield from _stage("Downloading MUsE", download_repo(
+            adapter_repo, plan.adapter_dir, ADAPTER_FILES, endpoint=endpoint, cancel=cancel, listing=plan.adapter))
 
-    f16 = models / f".{final.stem}-f16.gguf"
+    merge_dir = plan.adapter_dir if way == Way.MERGED else None
+    verification = yield from _build(plan, final if base_needed else None, lora_final, merge_dir, way, check, cancel)
+    provenance = {
+        "base_repo": base_repo,
+        "base_commit": plan.base.commit,
+        "adapter_repo": adapter_repo,
+        "adapter_commit": plan.adapter.commit if plan.adapter else "",
+        "way": way if adapter_repo else "base only",
+        "quantization": QUANT_TYPE,
+        "sha256": sha256_of(final),
+        "adapter_sha256": sha256_of(lora_final) if lora_final else "",
+        "adapter_type": LORA_OUTTYPE.upper() if lora_final else "",
+        "verification": verification,
+    }
+    if lora_final is None:
+        _write_provenance(final, None, provenance)
+    else:  # the base file is the base alone, whichever add-on it later carries
+        if base_needed:
+            _write_provenance(final, None, {**provenance, "adapter_repo": "", "adapter_commit": "",
+                                            "adapter_sha256": "", "adapter_type": "", "way": "base only"})
+        _write_provenance(final, lora_final, provenance)
+    name = _plain_name(adapter_repo, way)
+    yield Done(f"The model is ready: {name}.", str(final),
+               {"base_dir": str(plan.base_dir), "adapter_dir": str(plan.adapter_dir or ""),
+                "adapter_path": str(lora_final or ""), "name": name, "provenance": provenance})
+
+
+def _plain_name(adapter_repo: str, way: str) -> str:
+    if not adapter_repo:
+        return Names.BASE
+    return Names.ADDON if way == Way.ADDON else Names.MERGED
+
+
+def _build(plan: Plan, final: Path | None, lora_final: Path | None, merge_dir: Path | None, way: str,
+           check: Check | None, cancel: CancelToken | None) -> Iterator[Event]:
+    """Convert (merging when asked), quantize, check, then give the results their names and drop the F16.
+
+    Between quantizing and naming, the F16 and the quantized file both exist: that is
+    where ``check`` runs. Whatever happens, the F16 and unnamed files are removed.
+    """
+    from converters.convert import convert_adapter, convert_model
+    from converters.quantize import quantize
+
+    models = plan.models
+    f16 = pending_q = pending_lora = None
     try:
-        yield from _stage("Merging and converting" if adapter_dir else "Converting",
-                          convert_model(base_dir, f16, "f16", adapter_dir=adapter_dir, cancel=cancel))
-        yield from _stage("Making it small enough for a laptop", quantize(f16, final, QUANT_TYPE, cancel=cancel))
+        if final is not None:
+            f16 = models / f".{final.stem}-f16.gguf"
+            pending_q = models / f".{final.name}.unchecked"
+            yield from _stage("Merging and converting" if merge_dir else "Converting",
+                              convert_model(plan.base_dir, f16, "f16", adapter_dir=merge_dir, cancel=cancel))
+            yield from _stage("Making it small enough for a laptop",
+                              quantize(f16, pending_q, QUANT_TYPE, cancel=cancel))
+        if lora_final is not None:
+            pending_lora = models / f".{lora_final.name}.unchecked"
+            yield from _stage("Making the MUsE add-on",
+                              convert_adapter(plan.adapter_dir, pending_lora, plan.base_dir, LORA_OUTTYPE, cancel))
+        verification: dict = {"checked": False}
+        if check is not None:
+            yield Log("Checking the result against the original…")
+            built = Built(f16, pending_q or models / model_file_name("", Way.ADDON), pending_lora, plan.base_dir,
+                          plan.adapter_dir, way)
+            verification = {"checked": True, **check(built)}
+            yield Log(verification.get("summary", "Checked."))
+        if pending_lora is not None:
+            os.replace(pending_lora, lora_final)
+        if pending_q is not None:
+            os.replace(pending_q, final)
+        return verification
     finally:
-        with contextlib.suppress(OSError):
-            f16.unlink()
-    yield Done(f"The model is ready: {final.name}", str(final),
-               {"base_dir": str(base_dir), "adapter_dir": str(adapter_dir) if adapter_dir else ""})
+        for leftover in (f16, pending_q, pending_lora):
+            if leftover is not None:
+                with contextlib.suppress(OSError):
+                    leftover.unlink()
+
+
+def _sidecar(path: Path) -> Path:
+    return path.with_name(path.name + ".json")
+
+
+def _write_provenance(final: Path, lora_final: Path | None, provenance: dict) -> None:
+    """Beside the file it describes, so that a library rebuilt from the folder still knows it."""
+    from muse_desktop.fileio import atomic_write_text
+
+    atomic_write_text(_sidecar(lora_final or final), json.dumps(provenance, indent=1))
+
+
+def _read_provenance(final: Path, lora_final: Path | None) -> dict:
+    try:
+        return json.loads(_sidecar(lora_final or final).read_text("utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def add_to_library(store, done: Done) -> None:
+    """Record what Get MUsE made in the model library, with where it came from."""
+    data = done.data or {}
+    provenance = data.get("provenance") or {}
+    if data.get("adapter_path"):
+        base_info = {k: provenance.get(k) for k in ("base_repo", "base_commit", "quantization")}
+        store.add_to_library(Names.BASE, "model", done.path, source="get-muse", info=base_info)
+        store.add_to_library(data.get("name") or Names.ADDON, "adapter", data["adapter_path"], done.path,
+                             "get-muse", provenance)
+    else:
+        store.add_to_library(data.get("name") or Names.MERGED, "model", done.path, source="get-muse", info=provenance)
+
+
+def logits_check(built: Built, tolerance: float = 1e-3) -> dict:
+    """Compare the F16 (and the quantized file) with transformers + PEFT on the same ids.
+
+    Needs the training extra, and memory for the whole model in float32 (about 16 GB for
+    Phi-3-mini). The merged reference is PEFT's own ``merge_and_unload``.
+    """
+    from converters.errors import ConversionError
+    from converters.verify import compare_logits, default_token_ids, hf_logits, llama_logits
+
+    ids = default_token_ids(built.base_dir)
+    reference = hf_logits(built.base_dir, ids, built.adapter_dir)
+    result: dict = {"tokens": len(ids), "reference": "transformers + PEFT merge_and_unload"}
+    if built.f16 is not None:
+        f16 = compare_logits(reference, llama_logits(built.f16, ids, built.lora))
+        result["f16"] = {"rel_error": f16.rel_error, "top1_agreement": f16.top1_agreement}
+        if not f16.passed(tolerance):
+            raise ConversionError(f"The converted model does not match the original ({f16.summary()}); "
+                                  "nothing was kept.")
+    quantized = compare_logits(reference, llama_logits(built.quantized, ids, built.lora))
+    result["quantized"] = {"rel_error": quantized.rel_error, "top1_agreement": quantized.top1_agreement}
+    shown = result.get("f16", {}).get("rel_error")
+    result["summary"] = ((f"F16 relative logit error {shown:.1e}; " if shown is not None else "")
+                         + f"{QUANT_TYPE} picks the same next token {100 * quantized.top1_agreement:.0f}% of the time.")
+    result["passed"] = True
+    return result
 
 
 def _stage(title: str, events: Iterator[Event]) -> Iterator[Event]:

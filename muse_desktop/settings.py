@@ -41,6 +41,7 @@ class Settings:
     instruction_template: str = ""  # empty means the MUsE default
     model_path: str = ""
     adapter_path: str = ""  # a GGUF LoRA adapter applied to model_path at run time
+    adapter_scale: float = 1.0  # how much of it: 0 switches it off, 1 is as trained
     zoom_percent: int = 100
     theme: str = Theme.AUTO
     read_aloud: bool = False
@@ -49,7 +50,9 @@ class Settings:
     long_context: bool = False  # LongRoPE models: let the context go past the original one (costs accuracy)
     gpu_layers: int = 0
     hub_endpoint: str = ""  # empty: $MUSE_HUB_ENDPOINT, $HF_ENDPOINT or huggingface.co
-    muse_adapter_repo: str = ""  # empty: $MUSE_ADAPTER_REPO, or none published yet
+    muse_adapter_repo: str = ""  # empty: $MUSE_ADAPTER_REPO, else seohyunqkr/MUsE; "none": the base alone
+    # The base's commit (or branch) Get MUsE fetches: an adapter is exact only on the weights it was trained on.
+    base_revision: str = "main"
     # Caregiver lock (muse_desktop.lock): the PIN only as a salted scrypt hash.
     caregiver_pin: str = ""
     locked: bool = False
@@ -69,6 +72,8 @@ class Settings:
         copy.threads = max(int(copy.threads), 0)
         copy.context_length = min(max(int(copy.context_length), 256), 131072)
         copy.gpu_layers = max(int(copy.gpu_layers), -1)
+        copy.adapter_scale = min(max(float(copy.adapter_scale), 0.0), 2.0)
+        copy.base_revision = str(copy.base_revision).strip() or "main"
         return copy
 
 

@@ -7,8 +7,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 
 
-def make_peft_adapter(base_dir: Path, out_dir: Path, seed: int = 0, **lora_kwargs) -> Path:
-    """A real PEFT LoRA adapter on the tiny model with non-zero B, saved as safetensors."""
+def make_peft_adapter(base_dir: Path, out_dir: Path, seed: int = 0, b_scale: float = 3.0, **lora_kwargs) -> Path:
+    """A real PEFT LoRA adapter on the tiny model with non-zero B, saved as safetensors.
+
+    With the default ``b_scale`` each module's delta is as large as its weight, so any
+    slip in a merge shows; a smaller one gives the size of change a trained LoRA makes.
+    """
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
@@ -27,6 +31,6 @@ def make_peft_adapter(base_dir: Path, out_dir: Path, seed: int = 0, **lora_kwarg
     with torch.no_grad():
         for name, param in peft_model.named_parameters():
             if "lora_B" in name:
-                param.mul_(3.0)  # make the delta large enough to matter in the logits
+                param.mul_(b_scale)  # make the delta large enough to matter in the logits
     peft_model.save_pretrained(str(out_dir), safe_serialization=True)
     return out_dir

@@ -4,6 +4,9 @@
 ``OWNER/NAME``: ``/api/models/OWNER/NAME/revision/REV`` lists the files (commit, sizes,
 git blob ids, LFS sha256 for weights), ``/OWNER/NAME/resolve/COMMIT/FILE`` sends a file,
 redirecting LFS files to ``/cdn/...`` as the real hub does, and honours ``Range``.
+Dataset repositories live in ``root/datasets/OWNER/NAME/`` and are served as the hub
+serves them: ``/api/datasets/OWNER/NAME/revision/REV`` and
+``/datasets/OWNER/NAME/resolve/COMMIT/FILE``.
 Faults can be switched on per test: drop the connection after some bytes, ignore
 ranges, send corrupted bytes.
 """
@@ -19,7 +22,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
-LFS_SUFFIXES = (".safetensors", ".model", ".gguf")
+# What Hugging Face's default .gitattributes stores in LFS (of the kinds the tests use).
+LFS_SUFFIXES = (".safetensors", ".model", ".gguf", ".bin", ".pkl", ".pickle", ".parquet")
 
 
 class FakeHub:
@@ -47,18 +51,26 @@ class FakeHub:
                 parts = path.strip("/").split("/")
                 if parts[:2] == ["api", "models"] and len(parts) >= 6 and parts[4] == "revision":
                     return hub._listing(self, "/".join(parts[2:4]))
+                if parts[:2] == ["api", "datasets"] and len(parts) >= 6 and parts[4] == "revision":
+                    return hub._listing(self, "datasets/" + "/".join(parts[2:4]))
+                if parts[0] == "datasets" and len(parts) >= 6 and parts[3] == "resolve":
+                    return self._resolve("datasets/" + "/".join(parts[1:3]), "/".join(parts[5:]), "/cdn-datasets")
                 if len(parts) >= 5 and parts[2] == "resolve":
-                    repo, name = "/".join(parts[:2]), "/".join(parts[4:])
-                    if name.endswith(LFS_SUFFIXES):
-                        self.send_response(302)
-                        self.send_header("Location", f"/cdn/{repo}/{name}")
-                        self.send_header("Content-Length", "0")
-                        self.end_headers()
-                        return
-                    return hub._file(self, repo, name)
+                    return self._resolve("/".join(parts[:2]), "/".join(parts[4:]), "/cdn")
                 if parts[0] == "cdn":
                     return hub._file(self, "/".join(parts[1:3]), "/".join(parts[3:]))
+                if parts[0] == "cdn-datasets":
+                    return hub._file(self, "datasets/" + "/".join(parts[1:3]), "/".join(parts[3:]))
                 self._status(404)
+
+            def _resolve(self, folder, name, cdn):
+                if name.endswith(LFS_SUFFIXES):
+                    self.send_response(302)
+                    self.send_header("Location", f"{cdn}/{folder.removeprefix('datasets/')}/{name}")
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                return hub._file(self, folder, name)
 
             def _status(self, code):
                 self.send_response(code)
@@ -100,7 +112,7 @@ class FakeHub:
             siblings.append(entry)
         if self.unsafe_name:
             siblings.append({"rfilename": self.unsafe_name, "size": 1, "blobId": "0" * 40})
-        body = json.dumps({"id": repo, "sha": COMMIT, "siblings": siblings}).encode()
+        body = json.dumps({"id": repo.removeprefix("datasets/"), "sha": COMMIT, "siblings": siblings}).encode()
         handler.send_response(200)
         handler.send_header("Content-Type", "application/json")
         handler.send_header("Content-Length", str(len(body)))

@@ -19,7 +19,7 @@ import pytest
 import muse_desktop
 
 REPO = Path(__file__).resolve().parent.parent
-HEAVY = ("torch", "transformers", "peft", "bitsandbytes", "accelerate")
+HEAVY = ("torch", "transformers", "peft", "bitsandbytes", "accelerate", "pyarrow")
 # Modules allowed to import the training stack at module level (none yet: the
 # trainer arrives later and must be listed here deliberately).
 # The modules that need torch the moment they are imported (the trainer's own process).

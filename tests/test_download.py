@@ -198,14 +198,14 @@ def test_get_muse_builds_the_same_model_as_converting_locally(muse_hub, tmp_path
         engine.close()
 
 
-def test_get_muse_without_a_published_adapter_says_so(muse_hub, tmp_path, monkeypatch):
+def test_get_muse_with_the_adapter_set_to_none_sets_up_the_base_alone_and_says_so(muse_hub, tmp_path, monkeypatch):
     from muse_desktop.getmuse import get_muse
 
-    monkeypatch.delenv("MUSE_ADAPTER_REPO", raising=False)
+    monkeypatch.setenv("MUSE_ADAPTER_REPO", "none")
     with FakeHub(muse_hub) as hub:
         events = run(get_muse(tmp_path / "models", endpoint=hub.endpoint))
         again = run(get_muse(tmp_path / "models", endpoint=hub.endpoint))
-    assert any(isinstance(e, Log) and "has not been published" in e.message for e in events)
+    assert any(isinstance(e, Log) and "without MUsE" in e.message for e in events)
     assert Path(events[-1].path).name == "phi3-mini-128k-instruct-Q4_K_M.gguf"
     assert len(again) == 1 and "already here" in again[0].message
 

@@ -377,6 +377,10 @@ def test_get_muse_from_the_first_run_wizard_with_progress_and_cancel(qtbot, tmp_
         hub.throttle_s = 0.05  # slow enough to press Cancel in the middle
         seen = []
         qtbot.mouseClick(page.get_button, Qt.LeftButton)
+        qtbot.waitUntil(page.ways.isVisible, timeout=20000)  # the two ways, with sizes, before any download
+        assert not [p for p, _ in hub.requests if "/resolve/" in p and p.endswith(".safetensors")]
+        assert " GB" in page.merged_text.text() and " GB" in page.addon_text.text()
+        qtbot.mouseClick(page.merged_button, Qt.LeftButton)
         page.worker.progress.connect(lambda done, total, unit, _m: seen.append((done, total, unit)))
         models = isolated_home / "data" / "models"
 
@@ -396,8 +400,10 @@ def test_get_muse_from_the_first_run_wizard_with_progress_and_cancel(qtbot, tmp_
         assert win.pages.currentWidget() is win._model_scroll
 
         hub.throttle_s = 0.0
+        qtbot.mouseClick(page.get_button, Qt.LeftButton)
+        qtbot.waitUntil(page.ways.isVisible, timeout=20000)
         with qtbot.waitSignal(win.chat.model_ready, timeout=60000):
-            qtbot.mouseClick(page.get_button, Qt.LeftButton)
+            qtbot.mouseClick(page.merged_button, Qt.LeftButton)
         qtbot.waitUntil(lambda: win.chat.worker is None)
         assert hub.range_requests(partial.name.removesuffix(".incomplete"))  # continued, not started again
     assert win.pages.currentWidget() is win.chat
@@ -405,6 +411,48 @@ def test_get_muse_from_the_first_run_wizard_with_progress_and_cancel(qtbot, tmp_
     assert win.chat.model_label.text() == "Model: muse-phi3-mini-128k-Q4_K_M.gguf"
     win.chat.input.setText("Hello")
     answer_and_wait(qtbot, win, win.chat.send)
+    win.close()
+
+
+def test_get_muse_as_an_add_on_from_the_model_page_then_turn_it_down_in_the_chat(qtbot, tmp_path, tiny_model,
+                                                                                 adapters, isolated_home):
+    import json
+    import shutil
+
+    from hub_server import FakeHub
+
+    from muse_desktop.store import Store
+
+    root = tmp_path / "hub"
+    shutil.copytree(tiny_model, root / "microsoft" / "Phi-3-mini-128k-instruct")
+    shutil.copytree(adapters["all"], root / "seohyunqkr" / "MUsE")
+    config = json.loads((root / "seohyunqkr" / "MUsE" / "adapter_config.json").read_text())
+    config["base_model_name_or_path"] = "microsoft/Phi-3-mini-128k-instruct"
+    (root / "seohyunqkr" / "MUsE" / "adapter_config.json").write_text(json.dumps(config))
+    store = Store()
+    with FakeHub(root) as hub:
+        win = MainWindow(Settings(user_type_id="child", hub_endpoint=hub.endpoint), store=store)
+        qtbot.addWidget(win)
+        win.show()
+        qtbot.mouseClick(win.page.start, Qt.LeftButton)
+        page = win.model_page
+        qtbot.mouseClick(page.get_button, Qt.LeftButton)
+        qtbot.waitUntil(page.ways.isVisible, timeout=20000)
+        assert "adapter" not in page.addon_text.text().lower() and ".gguf" not in page.addon_text.text()
+        with qtbot.waitSignal(win.chat.model_ready, timeout=60000):
+            qtbot.mouseClick(page.addon_button, Qt.LeftButton)
+        qtbot.waitUntil(lambda: win.chat.worker is None)
+    chat = win.chat
+    assert [a.scale for a in chat.engine.adapters] == [1.0]
+    assert load_settings().settings.adapter_path.endswith("muse-lora-phi3-mini-128k-F16.gguf")
+    assert chat.addon_strength.isVisible() and chat.addon_strength.accessibleName()
+    chat.addon_strength.setCurrentIndex(chat.addon_strength.findData(0.0))  # off: the base alone
+    assert [a.scale for a in chat.engine.adapters] == [0.0]
+    assert load_settings().settings.adapter_scale == 0.0
+    win.show_model_page()
+    items = [page.library.item(i).text() for i in range(page.library.count())]
+    assert any(text.startswith("MUsE — Phi-3-mini with the MUsE add-on, ") for text in items), items
+    assert not any(".gguf" in text for text in items)
     win.close()
 
 
@@ -571,6 +619,93 @@ def test_trainer_tab_runs_cancels_resumes_exports_and_chats(qtbot, tmp_path, tin
     with qtbot.waitSignal(win.chat.model_ready, timeout=30000):
         library.itemClicked.emit(library.item(0))
     assert win.pages.currentWidget() is win.chat
+    win.close()
+
+
+def test_reproduce_muse_is_one_click_the_muse_dataset_with_the_muse_3_recipe(qtbot, tmp_path, tiny_model,
+                                                                              isolated_home):
+    import json
+    import shutil
+
+    from hub_server import FakeHub
+    from test_muse_dataset import muse_records, write_all
+
+    from muse_desktop.paths import user_dirs
+
+    root = tmp_path / "hub"
+    (root / "datasets" / "seohyunqkr" / "MUsE").mkdir(parents=True)
+    files = write_all(tmp_path / "files", muse_records())
+    shutil.copyfile(files["parquet"], root / "datasets" / "seohyunqkr" / "MUsE" / "train.parquet")
+    win = MainWindow(Settings(user_type_id="child"))
+    qtbot.addWidget(win)
+    win.show()
+    win.tabs.setCurrentIndex(1)
+    page = win.trainer
+    page.reproduce_button.click()  # no base model yet: it says where to get it
+    assert "Get MUsE" in page.status.text() and page.worker is None
+    shutil.copytree(tiny_model, user_dirs().models / "Phi-3-mini-128k-instruct")  # what Get MUsE keeps
+    page.preset.setCurrentIndex(page.preset.findData("qlora"))
+    with FakeHub(root) as hub:
+        page.settings.hub_endpoint = hub.endpoint
+        qtbot.mouseClick(page.reproduce_button, Qt.LeftButton)
+        qtbot.waitUntil(lambda: page.run_dir is not None and page.worker is None, timeout=180000)
+    assert page.dataset.text().endswith("train.parquet") and page.preset.currentData() == "muse-3"
+    assert page.status.text().startswith("Training finished"), page.status.text()
+    config = json.loads((page.run_dir / "results.json").read_text())["config"]
+    recipe = {k: config[k] for k in ("preset", "lora_r", "lora_alpha", "lora_dropout", "batch_size", "epochs",
+                                     "learning_rate", "min_learning_rate", "scheduler", "optimizer", "train_on")}
+    assert recipe == {"preset": "muse-3", "lora_r": 64, "lora_alpha": 64, "lora_dropout": 0.05, "batch_size": 3,
+                      "epochs": 1, "learning_rate": 1e-4, "min_learning_rate": 1e-6, "scheduler": "cosine",
+                      "optimizer": "adamw", "train_on": "assistant"}
+    assert sorted(config["target_modules"]) == ["down_proj", "gate_up_proj", "o_proj", "qkv_proj"]
+    win.close()
+
+
+def test_get_the_muse_dataset_downloads_and_checks_it(qtbot, tmp_path, tiny_model, isolated_home):
+    import shutil
+
+    from hub_server import FakeHub
+    from test_muse_dataset import muse_records, write_all
+
+    root = tmp_path / "hub"
+    (root / "datasets" / "seohyunqkr" / "MUsE").mkdir(parents=True)
+    files = write_all(tmp_path / "files", muse_records())
+    shutil.copyfile(files["pkl"], root / "datasets" / "seohyunqkr" / "MUsE" / "muse.pkl")
+    win = MainWindow(Settings(user_type_id="child"))
+    qtbot.addWidget(win)
+    page = win.trainer
+    page.base_model.setText(str(tiny_model))
+    with FakeHub(root) as hub:
+        page.settings.hub_endpoint = hub.endpoint
+        qtbot.mouseClick(page.get_data_button, Qt.LeftButton)
+        qtbot.waitUntil(lambda: "Examples per user type" in page.report.toPlainText(), timeout=60000)
+    report = page.report.toPlainText()
+    assert page.dataset.text().endswith("muse.pkl")
+    assert "5 rows, 5 usable" in report and "4 user types" in report and "tokens" in report
+    assert "Examples per user type: Child 2, Elderly 1, Flight Attendant 1, Nurse 1" in report
+    win.close()
+
+
+def test_compare_puts_my_training_next_to_the_published_muse(qtbot, tmp_path):
+    from muse_desktop.store import Store
+
+    store = Store()
+    for name in ("mine.gguf", "muse.gguf", "other.gguf"):
+        (tmp_path / name).write_bytes(b"GGUF")
+    store.add_to_library("My MUsE", "model", str(tmp_path / "mine.gguf"), source="trainer")
+    store.add_to_library("MUsE — Phi-3-mini with MUsE built in", "model", str(tmp_path / "muse.gguf"),
+                         source="get-muse", info={"adapter_repo": "seohyunqkr/MUsE"})
+    store.add_to_library("Something else", "model", str(tmp_path / "other.gguf"), source="trainer")
+    (tmp_path / "base.gguf").write_bytes(b"GGUF")  # Get MUsE's base alone is not the published MUsE
+    store.add_to_library("Phi-3-mini (without MUsE)", "model", str(tmp_path / "base.gguf"), source="get-muse",
+                         info={"adapter_repo": ""})
+    win = MainWindow(Settings(user_type_id="child"), store=store)
+    qtbot.addWidget(win)
+    page = win.compare
+    page.refresh_models()
+    page.mine_vs_muse_button.click()
+    assert sorted(c.name for c in page.chosen()) == ["MUsE — Phi-3-mini with MUsE built in", "Something else"]
+    assert "you will not see which is which" in page.status.text()
     win.close()
 
 

@@ -297,3 +297,25 @@ def encode(pieces: Sequence[Piece], tokenizer: TokenizerLike) -> Encoded:
         strip_next = False
         put(tokenizer.encode_text(text), piece.trained)
     return Encoded(ids, labels)
+
+
+def parse_prompt(text: str, template: InstructionTemplate | str | None = None) -> tuple[str, str]:
+    """(user type, question) of a single-turn MUsE prompt, as :func:`prompt_text` renders it.
+
+    For datasets that store the rendered prompt (MUsE's own does). The parse allows
+    stray whitespace around the special tokens, so such a row is still understood;
+    rendering the result again tells whether it was exactly the contract's prompt.
+    """
+    import re
+
+    pattern = ""
+    for literal, name, _spec, _conversion in string.Formatter().parse(_as_template(template).text):
+        pattern += re.escape(literal)
+        if name is not None:  # the first slot captures the user type, later ones must repeat it
+            pattern += r"(?P=user_type)" if "(?P<user_type>" in pattern else r"(?P<user_type>.+?)"
+    whole = (rf"\A{re.escape(Special.USER)}\s*{pattern}[ \t]*\r?\n?(?P<question>.*)"
+             rf"{re.escape(Special.END)}\s*{re.escape(Special.ASSISTANT)}\s*\Z")
+    match = re.match(whole, text, re.DOTALL)
+    if match is None:
+        raise PromptError("The text is not a MUsE prompt (<|user|>instruction\\nquestion<|end|>\\n<|assistant|>\\n).")
+    return match["user_type"], match["question"]

@@ -9,6 +9,7 @@ from pathlib import Path
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QGuiApplication
 from PySide6.QtWidgets import (
+    QComboBox,
     QFileDialog,
     QHBoxLayout,
     QInputDialog,
@@ -30,6 +31,10 @@ from muse_desktop.store import Store
 from muse_desktop.ui import widgets
 from muse_desktop.ui.workers import EventWorker, start_worker
 from muse_desktop.usertypes import UserType
+
+
+# What the add-on control offers: words, and the scale llama.cpp applies (0 is the base alone).
+ADDON_STRENGTHS = (("Add-on: full", 1.0), ("Add-on: half", 0.5), ("Add-on: off", 0.0))
 
 
 class Bubble(QLabel):
@@ -146,6 +151,14 @@ class ChatPage(QWidget):
         self.history_toggle.setChecked(True)
         self.history_toggle.toggled.connect(lambda shown: self.side.setVisible(shown and not self.simple))
         self.simple = False
+        # Shown only with an add-on (MUsE as a small extra part): how much of it answers.
+        self.addon_strength = QComboBox()
+        self.addon_strength.setAccessibleName("How much the add-on is used")
+        self.addon_strength.setMinimumHeight(44)
+        for text, scale in ADDON_STRENGTHS:
+            self.addon_strength.addItem(text, scale)
+        self.addon_strength.currentIndexChanged.connect(self._strength_chosen)
+        self.addon_strength.hide()
         self.preference_toggle = widgets.button("Choose from 4", "Preference mode: four answers to choose from")
         self.preference_toggle.setCheckable(True)
         self.preference_toggle.setToolTip("Each question gets four answers; you mark the best and the worst.")
@@ -154,7 +167,8 @@ class ChatPage(QWidget):
         flow = widgets.FlowLayout(buttons)
         flow.setContentsMargins(0, 0, 0, 0)
         for widget in (self.send_button, self.stop_button, self.regenerate_button, self.copy_button,
-                       self.read_button, self.new_button, self.preference_toggle, self.history_toggle):
+                       self.read_button, self.new_button, self.preference_toggle, self.history_toggle,
+                       self.addon_strength):
             flow.addWidget(widget)
         layout.addWidget(buttons)
 
@@ -195,7 +209,8 @@ class ChatPage(QWidget):
         settings = EngineSettings(threads=self.settings.threads, context_length=self.settings.context_length,
                                   gpu_layers=self.settings.gpu_layers, long_context=self.settings.long_context)
 
-        specs = [AdapterSpec(adapter, 1.0) for adapter in adapters or []]
+        scale = self.settings.adapter_scale if adapters and adapters[0] == self.settings.adapter_path else 1.0
+        specs = [AdapterSpec(adapter, scale) for adapter in adapters or []]
 
         def events(_token):
             engine = ChatEngine(path, settings, specs)
@@ -220,8 +235,35 @@ class ChatPage(QWidget):
         if self.settings.model_path != path or self.settings.adapter_path != adapter:
             self.settings.model_path = path
             self.settings.adapter_path = adapter  # reopened with the model next time
+            self.settings.adapter_scale = engine.adapters[0].scale if adapter else 1.0
             self.on_settings_changed()
+        self._show_strength(engine)
         self.model_ready.emit()
+
+    def _show_strength(self, engine) -> None:
+        loaded = engine.adapters
+        self.addon_strength.setVisible(bool(loaded))
+        if loaded:
+            nearest = min(range(len(ADDON_STRENGTHS)), key=lambda i: abs(ADDON_STRENGTHS[i][1] - loaded[0].scale))
+            self.addon_strength.blockSignals(True)
+            self.addon_strength.setCurrentIndex(nearest)
+            self.addon_strength.blockSignals(False)
+
+    def _strength_chosen(self, index: int) -> None:
+        """Blend the add-on in (or switch it off) without reopening the model."""
+        from muse_desktop.chat.engine import AdapterSpec
+
+        if self.engine is None or not self.engine.adapters:
+            return
+        if self.busy:  # the model is answering: it cannot change in the middle of an answer
+            self._show_strength(self.engine)
+            self.status.setText("Wait until the answer is finished, then choose again.")
+            return
+        scale = float(self.addon_strength.itemData(index))
+        self.engine.set_adapters([AdapterSpec(self.engine.adapters[0].path, scale)])
+        self.settings.adapter_scale = scale
+        self.on_settings_changed()
+        self.status.setText(f"{self.addon_strength.itemText(index)}. The next answer uses it.")
 
     # -- asking ----------------------------------------------------------------------------
 

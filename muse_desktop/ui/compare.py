@@ -129,8 +129,14 @@ class ComparePage(QWidget):
         self.models.setAccessibleName("Models to compare")
         self.models.setMaximumHeight(150)
         form.addWidget(self.models)
-        form.addWidget(widgets.button("Add a model file…", "Add a GGUF model file to compare", self.add_file),
-                       0, Qt.AlignLeft)
+        row = QHBoxLayout()
+        row.addWidget(widgets.button("Add a model file…", "Add a GGUF model file to compare", self.add_file))
+        self.mine_vs_muse_button = widgets.button(
+            "My training against MUsE", "Tick your latest trained model and the published MUsE",
+            self.mine_against_muse)
+        row.addWidget(self.mine_vs_muse_button)
+        row.addStretch(1)
+        form.addLayout(row)
         form.addWidget(widgets.label("Questions, one per line:"))
         self.questions = QPlainTextEdit(SAMPLE_QUESTIONS)
         self.questions.setAccessibleName("Questions to ask every model")
@@ -186,8 +192,12 @@ class ComparePage(QWidget):
 
     def refresh_models(self) -> None:
         self.models.clear()
-        entries = [(e.name, e.base_path or e.path, e.path if e.kind == "adapter" else "")
-                   for e in self.store.library() if Path(e.path).is_file()]
+        self._sources: dict[str, str] = {}  # contender name -> where it came from (trainer, get-muse)
+        library = [e for e in self.store.library() if Path(e.path).is_file()]
+        for e in library:
+            published = e.source == "get-muse" and (e.info or {}).get("adapter_repo")
+            self._sources.setdefault(e.name, "muse" if published else e.source)
+        entries = [(e.name, e.base_path or e.path, e.path if e.kind == "adapter" else "") for e in library]
         if self.settings.model_path and Path(self.settings.model_path).is_file():
             entries.insert(0, (f"Current: {Path(self.settings.model_path).name}", self.settings.model_path, ""))
         for name, path, adapter in entries:
@@ -199,6 +209,24 @@ class ComparePage(QWidget):
         item.setCheckState(Qt.Checked if checked else Qt.Unchecked)
         item.setData(Qt.UserRole, Contender(name, path, adapter))
         self.models.addItem(item)
+
+    def mine_against_muse(self) -> None:
+        """Tick the newest model made by the Trainer and the published MUsE, nothing else.
+
+        The rating stays blind: the answers are shown shuffled, without names, as always.
+        """
+        items = [self.models.item(i) for i in range(self.models.count())]
+        mine = next((i for i in items if self._sources.get(i.text()) == "trainer"), None)  # the library is newest first
+        muse = next((i for i in items if self._sources.get(i.text()) == "muse"), None)
+        if mine is None or muse is None:
+            missing = [what for what, found in (("a model you trained (Trainer → Make a chat model)", mine),
+                                                ("the published MUsE (Chat → Change model → Get MUsE)", muse))
+                       if found is None]
+            self.status.setText("First make " + " and ".join(missing) + ".")
+            return
+        for item in items:
+            item.setCheckState(Qt.Checked if item in (mine, muse) else Qt.Unchecked)
+        self.status.setText(f"Ready to compare “{mine.text()}” with “{muse.text()}”; you will not see which is which.")
 
     def add_file(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "Add a model", str(Path.home()), "GGUF models (*.gguf)")

@@ -1,4 +1,8 @@
-"""Second step of the first run: which model answers. Get MUsE, open a file, or try the demo offline."""
+"""Second step of the first run: which model answers. Get MUsE, open a file, or try the demo offline.
+
+Get MUsE first asks the internet what is needed (nothing is downloaded yet), then
+offers the two ways with their sizes; the download starts only when one is chosen.
+"""
 
 from __future__ import annotations
 
@@ -39,7 +43,8 @@ class ModelPage(QWidget):
         self.settings = settings
         self.store = store
         self.worker: EventWorker | None = None
-        self._chosen: str | None = None
+        self._chosen: tuple[str, str] | None = None  # model, add-on ("" for none)
+        self._planned = None
         layout = QVBoxLayout(self)
         layout.setSpacing(12)
         layout.addWidget(widgets.label("Which model should answer?", "heading"))
@@ -47,15 +52,27 @@ class ModelPage(QWidget):
             "The model is the part that writes the answers. It runs on this computer; "
             "after it is set up, no internet is needed."))
 
-        from muse_desktop.getmuse import adapter_repo_from, NO_ADAPTER_NOTICE
+        from muse_desktop.getmuse import BASE_ONLY_NOTICE, adapter_repo_from
 
-        get_text = ("Downloads the model once (about 7.6 GB; about 12 GB of free disk space is needed while it is "
-                    "prepared), then makes it small enough for a laptop. This can take an hour on a slow connection; "
-                    "if it is interrupted, pressing the button again continues where it stopped.")
+        get_text = ("Downloads the model and MUsE once (about 8 GB), then makes them small enough for a laptop. "
+                    "You choose how next, and see the sizes before anything is downloaded. This can take an hour "
+                    "on a slow connection; if it is interrupted, pressing the button again continues where it "
+                    "stopped.")
         if not adapter_repo_from(settings.muse_adapter_repo):
-            get_text += " " + NO_ADAPTER_NOTICE
+            get_text += " " + BASE_ONLY_NOTICE
         self.get_button = self._choice(layout, "Get MUsE (download)", "Download and set up the MUsE model",
                                        get_text, self.get_muse, primary=True)
+        self.plan = None
+        self.ways = QFrame()
+        self.ways.setObjectName("choice")
+        ways = QVBoxLayout(self.ways)
+        ways.addWidget(widgets.label("How should MUsE be set up?", "heading"))
+        self.merged_button, self.merged_text = self._way(
+            ways, "Build MUsE into the model", "Set up MUsE built into the model", "merged")
+        self.addon_button, self.addon_text = self._way(
+            ways, "As a small add-on", "Set up MUsE as a small add-on", "add-on")
+        layout.addWidget(self.ways)
+        self.ways.hide()
         self.open_button = self._choice(layout, "Open a model file…", "Open a GGUF model file",
                                         "If you already have a model file (.gguf) on this computer.", self.choose_file)
         self.demo_button = self._choice(layout, "Try it offline", "Try the demo model, which has random weights",
@@ -92,6 +109,15 @@ class ModelPage(QWidget):
         layout.addLayout(row)
         layout.addStretch(1)
 
+    def _way(self, layout, text, name, way):
+        button = widgets.button(text, name, lambda: self.start_muse(way), primary=way == "merged")
+        button.setMinimumHeight(64)
+        explanation = widgets.label("", "muted")
+        explanation.setBuddy(button)
+        layout.addWidget(button)
+        layout.addWidget(explanation)
+        return button, explanation
+
     def _choice(self, layout, text, name, description, on_click, primary=False):
         frame = QFrame()
         frame.setObjectName("choice")
@@ -110,8 +136,12 @@ class ModelPage(QWidget):
         self.library.clear()
         entries = [e for e in (self.store.library() if self.store is not None else []) if Path(e.path).is_file()]
         for entry in entries:
-            what = "add-on for " + Path(entry.base_path).name if entry.kind == "adapter" else "model"
-            item = QListWidgetItem(f"{entry.name} — {what}, {entry.created_at[:10]}")
+            if entry.source == "get-muse":  # its name already says what it is, in plain words
+                text = f"{entry.name}, {entry.created_at[:10]}"
+            else:
+                what = "add-on for " + Path(entry.base_path).name if entry.kind == "adapter" else "model"
+                text = f"{entry.name} — {what}, {entry.created_at[:10]}"
+            item = QListWidgetItem(text)
             item.setData(Qt.UserRole, (entry.base_path, entry.path) if entry.kind == "adapter" else (entry.path, ""))
             self.library.addItem(item)
         self.library.setVisible(bool(entries))
@@ -140,10 +170,49 @@ class ModelPage(QWidget):
         self._run(lambda token: ensure_demo_gguf(cancel=token), "Preparing the demo model…")
 
     def get_muse(self) -> None:
-        from muse_desktop.getmuse import get_muse
+        """Ask what is needed and show the two ways with their sizes; nothing is downloaded yet."""
+        from muse_desktop.getmuse import plan_muse
 
         adapter, endpoint = self.settings.muse_adapter_repo, self.settings.hub_endpoint or None
-        self._run(lambda token: get_muse(adapter_repo=adapter, endpoint=endpoint, cancel=token),
+        revision = self.settings.base_revision
+
+        def events(_token):
+            yield Done("", data={"plan": plan_muse(None, adapter, endpoint, base_revision=revision)})
+
+        self.ways.hide()
+        self._run(events, "Asking the internet what is needed (nothing is downloaded yet)…")
+
+    def _show_ways(self, plan) -> None:
+        from muse_desktop.getmuse import Way
+
+        self.plan = plan
+        if plan.adapter is None:  # the base alone: there is nothing to choose
+            self.start_muse(Way.MERGED)
+            return
+        texts = {
+            Way.MERGED: "One model file with MUsE inside. Fastest to answer.",
+            Way.ADDON: ("The plain model plus MUsE as a small extra part. You can turn MUsE down or off "
+                        "in the chat, and other add-ons can share the same model."),
+        }
+        for way, text in ((Way.MERGED, self.merged_text), (Way.ADDON, self.addon_text)):
+            download, disk, result = plan.gb(way)
+            text.setText(f"{texts[way]} Downloads {download:.1f} GB. Needs {disk:.1f} GB of free space while it "
+                         f"is prepared, and keeps {result:.1f} GB.")
+        for button, text in ((self.merged_button, self.merged_text), (self.addon_button, self.addon_text)):
+            button.setAccessibleDescription(text.text())
+        self.status.setText("Choose how MUsE should be set up.")
+        self.ways.show()
+        self.merged_button.setFocus()
+
+    def start_muse(self, way: str) -> None:
+        from muse_desktop.getmuse import get_muse
+
+        plan, self.plan = self.plan, None
+        self.ways.hide()
+        adapter, endpoint = self.settings.muse_adapter_repo, self.settings.hub_endpoint or None
+        revision = self.settings.base_revision
+        self._run(lambda token: get_muse(adapter_repo=adapter, endpoint=endpoint, cancel=token, way=way,
+                                         base_revision=revision, plan=plan),
                   "Getting MUsE ready…", show_progress=True)
 
     # -- running ---------------------------------------------------------------------------
@@ -155,7 +224,8 @@ class ModelPage(QWidget):
         self.progress.setVisible(show_progress)
         self.progress.setRange(0, 0)  # busy until the first progress event
         self.cancel_button.setVisible(True)
-        for button in (self.get_button, self.open_button, self.demo_button, self.back_button):
+        for button in (self.get_button, self.open_button, self.demo_button, self.back_button,
+                       self.merged_button, self.addon_button):
             button.setEnabled(False)
         self.cancel_button.setFocus()
         start_worker(self, make_events, self._finished, done=self._done, failed=self._failed,
@@ -173,9 +243,16 @@ class ModelPage(QWidget):
         self.status.setText(f"{message} — {amount} ({fraction:.0%})")
 
     def _done(self, event: Done) -> None:
+        if "plan" in (event.data or {}):
+            self._planned = event.data["plan"]
+            return
         self.status.setText(event.message)
+        if self.store is not None and "provenance" in (event.data or {}):
+            from muse_desktop.getmuse import add_to_library
+
+            add_to_library(self.store, event)
         if event.path:
-            self._chosen = event.path
+            self._chosen = (event.path, (event.data or {}).get("adapter_path", ""))
 
     def _failed(self, message: str) -> None:
         if message == "Stopped.":
@@ -192,11 +269,18 @@ class ModelPage(QWidget):
     def _finished(self) -> None:
         self.progress.hide()
         self.cancel_button.hide()
-        for button in (self.get_button, self.open_button, self.demo_button, self.back_button):
+        for button in (self.get_button, self.open_button, self.demo_button, self.back_button,
+                       self.merged_button, self.addon_button):
             button.setEnabled(True)
+        planned, self._planned = self._planned, None
+        if planned is not None:
+            self._show_ways(planned)
+            return
         chosen, self._chosen = self._chosen, None
-        if chosen:
-            self.model_chosen.emit(chosen)
+        if chosen and chosen[1]:
+            self.library_chosen.emit(*chosen)
+        elif chosen:
+            self.model_chosen.emit(chosen[0])
 
     def shutdown(self) -> None:
         if self.worker is not None:

@@ -99,6 +99,7 @@ class TrainerPage(QWidget):
         self.worker: EventWorker | None = None
         self.run_dir: Path | None = None
         self.exported: tuple[str, str] | None = None
+        self._then = None  # what to start once the current work has finished
         self._progress_start: tuple[float, float] | None = None
         self.available = importlib.util.find_spec("torch") is not None
         layout = QVBoxLayout(self)
@@ -115,7 +116,7 @@ class TrainerPage(QWidget):
         row = QHBoxLayout()
         self.dataset = QLineEdit()
         self.dataset.setAccessibleName("Dataset file")
-        self.dataset.setPlaceholderText("A .jsonl, .csv or .txt file")
+        self.dataset.setPlaceholderText("A .jsonl, .csv, .parquet or .txt file")
         row.addWidget(self.dataset, 1)
         row.addWidget(widgets.button("Choose…", "Choose a dataset file", self.choose_dataset))
         form.addLayout(row)
@@ -131,6 +132,17 @@ class TrainerPage(QWidget):
         self.data_tools_button = widgets.button("Make examples…", "Make training examples from documents or "
                                                 "from a few of yours", self.open_data_tools)
         row.addWidget(self.data_tools_button)
+        row = QHBoxLayout()
+        self.get_data_button = widgets.button("Get the MUsE dataset", "Download the MUsE examples and check them",
+                                              lambda: self.get_muse_dataset())  # not clicked's bool as `then`
+        self.reproduce_button = widgets.button(
+            "Reproduce MUsE", "Train MUsE again: the MUsE dataset with the MUsE-3 recipe", self.reproduce_muse)
+        self.reproduce_button.setToolTip("The MUsE examples with the MUsE-3 recipe, as in the study: one pass, "
+                                         "3 examples a step, learning rate 1e-4 down to 1e-6.")
+        row.addWidget(self.get_data_button)
+        row.addWidget(self.reproduce_button)
+        row.addStretch(1)
+        form.addLayout(row)
         self.report = QPlainTextEdit()
         self.report.setReadOnly(True)
         self.report.setAccessibleName("Dataset check")
@@ -308,9 +320,47 @@ class TrainerPage(QWidget):
         dialog.show()
         return dialog
 
+    def get_muse_dataset(self, then=None) -> None:
+        """Download the published MUsE examples (or find them already here) and check them."""
+        from muse_desktop.getdataset import MUSE_DATASET, get_dataset
+
+        endpoint = self.settings.hub_endpoint or None
+
+        def done(event: Done) -> None:
+            self.dataset.setText(event.path)
+            self.format.setCurrentIndex(self.format.findData(""))
+            self._say(event.message)
+            if then is not None:
+                self._then = then
+            else:
+                self._then = self.check_data
+
+        self._say(f"Getting the MUsE dataset ({MUSE_DATASET})…")
+        self._run(lambda token: get_dataset(MUSE_DATASET, endpoint=endpoint, cancel=token), on_done=done,
+                  on_failed=self._say)
+
+    def _say(self, text: str) -> None:
+        """Beside the data buttons, where the person is looking, and in the run's status."""
+        self.report.setPlainText(text)
+        self.status.setText(text)
+
+    def reproduce_muse(self) -> None:
+        """One click: the MUsE dataset, the MUsE-3 recipe, the base MUsE was trained on; then Start."""
+        from muse_desktop.getmuse import BASE_REPO
+
+        base = self._default_base()
+        if not base:
+            self._say(f"First get the model MUsE starts from ({BASE_REPO.split('/')[-1]}): in the Chat, "
+                      "press “Change model”, then “Get MUsE”. Then press “Reproduce MUsE” again.")
+            return
+        self.base_model.setText(base)
+        self.preset.setCurrentIndex(self.preset.findData("muse-3"))
+        self._preset_changed()
+        self.get_muse_dataset(then=self.start)
+
     def choose_dataset(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "Choose a dataset", str(Path.home()),
-                                              "Datasets (*.jsonl *.json *.csv *.txt *.md)")
+                                              "Datasets (*.jsonl *.json *.csv *.parquet *.pkl *.pickle *.txt *.md)")
         if path:
             self.dataset.setText(path)
             self.check_data()
@@ -367,6 +417,10 @@ class TrainerPage(QWidget):
                 tokenizer = HFTokenizer(AutoTokenizer.from_pretrained(base))
             report = load_dataset(path, fmt or None, tokenizer, cutoff=seq_len)
             lines = [report.summary()]
+            if report.user_types:
+                common = sorted(report.user_types.items(), key=lambda item: (-item[1], item[0]))
+                lines.append("Examples per user type: " + ", ".join(f"{name} {count:,}" for name, count in common[:12])
+                             + (f" and {len(common) - 12} more user types" if len(common) > 12 else ""))
             if tokenizer is not None and report.tokens:
                 from muse_desktop.training.hardware import epoch_seconds, probe, read_model_config
 
@@ -593,8 +647,10 @@ class TrainerPage(QWidget):
         busy = self.worker is not None
         finished = self.run_dir is not None and (self.run_dir / "adapter" / "adapter_config.json").is_file()
         resumable = self.run_dir is not None and not finished and any((self.run_dir / "checkpoints").glob("step-*"))
-        for button in (self.start_button, self.check_button, self.hardware_button, self.dpo_button):
+        for button in (self.start_button, self.check_button, self.hardware_button, self.dpo_button,
+                       self.reproduce_button):
             button.setEnabled(self.available and not busy)
+        self.get_data_button.setEnabled(not busy)
         self.cancel_button.setEnabled(busy)
         self.resume_button.setEnabled(self.available and not busy and resumable)
         self.export_button.setEnabled(self.available and not busy and finished)
@@ -618,6 +674,9 @@ class TrainerPage(QWidget):
     def _finished(self) -> None:
         self.refresh_runs()
         self._update_buttons()
+        then, self._then = self._then, None
+        if then is not None:
+            then()
 
     def shutdown(self) -> None:
         if self.worker is not None:
