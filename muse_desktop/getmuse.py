@@ -183,18 +183,13 @@ def _check_adapter(adapter: RepoListing, base: RepoListing, base_repo: str, endp
     else:
         warnings.append(f"'{adapter.repo_id}' names a folder on its maker's computer as its base ({named}), "
                         f"not a hub model; it is used on {base_repo}, checked by its shapes.")
-    # The kinds of adapter that cannot be merged exactly are refused by converters.lora with
-    # the field named. Its rule reads only the config, so it is asked now, before the
-    # download, instead of being copied here and drifting apart.
-    from converters.errors import ConversionError
-    from converters.lora import LoraAdapter
+    # The kinds of adapter that cannot be merged exactly: converters.lora's own rule, which
+    # reads only the config, asked now, before the download.
+    from converters.lora import inexact_settings
 
-    probe = LoraAdapter.__new__(LoraAdapter)
-    probe.folder, probe.config = Path(adapter.repo_id.split("/")[-1]), config
-    try:
-        probe._refuse_inexact()
-    except ConversionError as exc:
-        raise AdapterRefused(str(exc)) from None
+    reasons = [f"'{key}' is set: {why}" for key, why in inexact_settings(config)]
+    if reasons:
+        raise AdapterRefused(f"Cannot merge '{adapter.repo_id}' exactly: " + "; ".join(reasons) + ".")
     if str(config.get("peft_type", "LORA")).upper() != "LORA":
         raise AdapterRefused(f"'{adapter.repo_id}' is a {config.get('peft_type')} adapter; only LoRA can be used.")
 
@@ -274,9 +269,11 @@ def get_muse(
 ) -> Iterator[Event]:
     """Fetch and build MUsE; Done's path is the model GGUF, ``data`` has the add-on and the provenance.
 
-    ``check`` (optional) is called when the F16 and the quantized file both exist; what it
-    returns is recorded as the verification result, and an exception stops with nothing kept.
+    ``check`` is called when the F16 and the quantized file both exist (default:
+    :func:`standard_check`); what it returns is recorded as the verification result, and
+    an exception stops with nothing kept.
     """
+    check = check or standard_check
     if way not in Way.ALL:
         raise ValueError(f"unknown way '{way}'; choose one of {', '.join(Way.ALL)}")
     endpoint = (endpoint or endpoint_from_env()).rstrip("/")
@@ -375,7 +372,7 @@ def _build(plan: Plan, final: Path | None, lora_final: Path | None, merge_dir: P
                               convert_adapter(plan.adapter_dir, pending_lora, plan.base_dir, LORA_OUTTYPE, cancel))
         verification: dict = {"checked": False}
         if check is not None:
-            yield Log("Checking the result against the original…")
+            yield Log("Checking the result…")
             built = Built(f16, pending_q or models / model_file_name("", Way.ADDON), pending_lora, plan.base_dir,
                           plan.adapter_dir, way)
             verification = {"checked": True, **check(built)}
@@ -423,30 +420,59 @@ def add_to_library(store, done: Done) -> None:
         store.add_to_library(data.get("name") or Names.MERGED, "model", done.path, source="get-muse", info=provenance)
 
 
-def logits_check(built: Built, tolerance: float = 1e-3) -> dict:
-    """Compare the F16 (and the quantized file) with transformers + PEFT on the same ids.
+def logits_check(built: Built) -> dict:
+    """Compare the F16 (with the add-on, for that way) with transformers + PEFT on the same ids.
 
-    Needs the training extra, and memory for the whole model in float32 (about 16 GB for
-    Phi-3-mini). The merged reference is PEFT's own ``merge_and_unload``.
+    converters.verify's one rule decides; its transformers side runs in a child process
+    one layer at a time (about 1.4 GB at Phi-3-mini size). Needs the training extra.
     """
     from converters.errors import ConversionError
-    from converters.verify import compare_logits, default_token_ids, hf_logits, llama_logits
+    from converters.verify import verify
 
-    ids = default_token_ids(built.base_dir)
-    reference = hf_logits(built.base_dir, ids, built.adapter_dir)
-    result: dict = {"tokens": len(ids), "reference": "transformers + PEFT merge_and_unload"}
-    if built.f16 is not None:
-        f16 = compare_logits(reference, llama_logits(built.f16, ids, built.lora))
-        result["f16"] = {"rel_error": f16.rel_error, "top1_agreement": f16.top1_agreement}
-        if not f16.passed(tolerance):
-            raise ConversionError(f"The converted model does not match the original ({f16.summary()}); "
-                                  "nothing was kept.")
-    quantized = compare_logits(reference, llama_logits(built.quantized, ids, built.lora))
-    result["quantized"] = {"rel_error": quantized.rel_error, "top1_agreement": quantized.top1_agreement}
-    shown = result.get("f16", {}).get("rel_error")
-    result["summary"] = ((f"F16 relative logit error {shown:.1e}; " if shown is not None else "")
-                         + f"{QUANT_TYPE} picks the same next token {100 * quantized.top1_agreement:.0f}% of the time.")
+    if built.f16 is None:  # the shared base file was made (and checked) before
+        return {}
+    report = verify(built.base_dir, built.f16, adapter_dir=built.adapter_dir, gguf_lora=built.lora)
+    if not report.passed():
+        raise ConversionError(f"The converted model does not match the original ({report.summary()}); "
+                              "nothing was kept.")
+    return {"f16": {"rel_error": report.rel_error, "top1_agreement": report.top1_agreement,
+                    "bar": report.tolerance, "tokens": report.n_tokens,
+                    "reference": "transformers + PEFT"},
+            "summary": f"Checked against the original: {report.summary()}."}
+
+
+def quantized_check(built: Built) -> dict:
+    """How far the quantized file is from the F16 one, in llama.cpp (no training extra needed)."""
+    from converters.quality import compare_quantized
+
+    if built.f16 is None:
+        return {}
+    report = compare_quantized(built.f16, built.quantized, QUANT_TYPE, lora_path=built.lora)
+    return {"quantized_vs_f16": report.to_dict(), "summary": f"Checked the small file: {report.summary()}."}
+
+
+def training_extra_available() -> bool:
+    import importlib.util
+
+    return all(importlib.util.find_spec(name) is not None for name in ("torch", "transformers", "peft"))
+
+
+def standard_check(built: Built, logits: bool | None = None) -> dict:
+    """What every Get MUsE checks: the small file against the F16 one, and (where the training
+    extra is installed, or when ``logits`` says so) the F16 against transformers + PEFT."""
+    if logits is None:
+        logits = training_extra_available()
+    result: dict = {}
+    summaries = []
+    for part in ((logits_check,) if logits else ()) + (quantized_check,):
+        found = part(built)
+        if found.get("summary"):
+            summaries.append(found.pop("summary"))
+        result.update(found)
+    if not logits:
+        result["f16"] = "not checked against transformers (that needs the training part)"
     result["passed"] = True
+    result["summary"] = " ".join(summaries) or "Nothing new to check: the files were made and checked before."
     return result
 
 

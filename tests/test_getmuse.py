@@ -149,6 +149,10 @@ def test_get_muse_from_the_command_line_uses_the_published_muse_by_default(real_
     assert info["sha256"] == hashlib.sha256(final.read_bytes()).hexdigest()
     f16_error = info["verification"]["f16"]["rel_error"]
     assert info["verification"]["passed"] and f16_error < 1e-3
+    # The small file was compared with the F16 one, and the person was told.
+    quant = info["verification"]["quantized_vs_f16"]
+    assert quant["qtype"] == "Q4_K_M" and quant["n_tokens"] > 100 and 0 <= quant["top1_agreement"] <= 1
+    assert "Checked the small file: Q4_K_M against F16" in out.out + out.err
 
     # Independently of the app's own check: the Q4_K_M against PEFT's merge on the hub's files.
     quantized = _logits_against(real_hub, final)
@@ -288,7 +292,7 @@ def test_an_adapter_that_cannot_be_merged_exactly_is_refused_before_downloading(
     path = hub_copy / MUSE / "adapter_config.json"
     path.write_text(json.dumps({**json.loads(path.read_text()), "use_dora": True}))
     message, _ = _refused(hub_copy, tmp_path, capsys)
-    assert "Cannot merge MUsE exactly" in message and "DoRA" in message  # converters.lora's own rule and words
+    assert "Cannot merge 'seohyunqkr/MUsE' exactly" in message and "DoRA" in message  # converters.lora's own rule and words
 
 
 def test_the_base_name_is_compared_ignoring_case_and_a_local_path_only_warns(hub_copy, tmp_path, monkeypatch):
