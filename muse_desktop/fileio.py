@@ -48,11 +48,12 @@ def remove_stale_parts(final: Path) -> list[Path]:
 
 
 @contextlib.contextmanager
-def atomic_path(final: str | os.PathLike[str]) -> Iterator[Path]:
+def atomic_path(final: str | os.PathLike[str], mode: int | None = None) -> Iterator[Path]:
     """Yield a temporary path beside ``final``; on success it replaces ``final``.
 
     The caller writes the temporary file however it likes (and closes it). If the
     block raises, the temporary file is removed and ``final`` is untouched.
+    ``mode`` (e.g. 0o600 for secrets) is set before anything is written.
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -61,7 +62,7 @@ def atomic_path(final: str | os.PathLike[str]) -> Iterator[Path]:
     os.close(fd)
     tmp = Path(tmp_name)
     try:
-        os.chmod(tmp, _FILE_MODE)
+        os.chmod(tmp, _FILE_MODE if mode is None else mode)
         yield tmp
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
@@ -73,12 +74,12 @@ def atomic_path(final: str | os.PathLike[str]) -> Iterator[Path]:
         raise
 
 
-def atomic_write_bytes(final: str | os.PathLike[str], data: bytes) -> None:
+def atomic_write_bytes(final: str | os.PathLike[str], data: bytes, mode: int | None = None) -> None:
     """Write ``data`` to ``final`` atomically."""
-    with atomic_path(final) as tmp:
+    with atomic_path(final, mode) as tmp:
         tmp.write_bytes(data)
 
 
-def atomic_write_text(final: str | os.PathLike[str], text: str) -> None:
+def atomic_write_text(final: str | os.PathLike[str], text: str, mode: int | None = None) -> None:
     """Write UTF-8 ``text`` to ``final`` atomically (newlines kept as given)."""
-    atomic_write_bytes(final, text.encode("utf-8"))
+    atomic_write_bytes(final, text.encode("utf-8"), mode)

@@ -37,6 +37,10 @@ class ScopeError(ValueError):
     pass
 
 
+def guard_path() -> Path:
+    return user_dirs().data / GUARD_FILE
+
+
 def out_of_scope_questions() -> list[str]:
     lines = resource("out_of_scope.txt").read_text(encoding="utf-8").splitlines()
     return [line.strip() for line in lines if line.strip() and not line.startswith("#")]
@@ -81,13 +85,13 @@ class ScopeGuard:
         return REFUSAL.format(topic=self.topic)
 
     def save(self, path: Path | None = None) -> Path:
-        path = path or user_dirs().data / GUARD_FILE
+        path = path or guard_path()
         atomic_write_text(path, json.dumps(self.__dict__))
         return path
 
     @classmethod
     def load(cls, path: Path | None = None) -> "ScopeGuard | None":
-        path = path or user_dirs().data / GUARD_FILE
+        path = path or guard_path()
         try:
             return cls(**json.loads(path.read_text(encoding="utf-8")))
         except (OSError, ValueError, TypeError):
