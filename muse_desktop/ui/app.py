@@ -231,7 +231,17 @@ class MainWindow(QMainWindow):
         # a chat-only pip install shows the tab with what to install.
         if self.trainer.available or not getattr(sys, "frozen", False):
             self.tabs.addTab(trainer_scroll, "Trainer")
-        self.setCentralWidget(self.tabs)
+        # The mark sits above everything, so it is seen on every page and read by screen readers.
+        self.lock_mark = QLabel(lock.LOCKED_MARK)
+        self.lock_mark.setObjectName("lockMark")
+        self.lock_mark.setAlignment(Qt.AlignCenter)
+        central = QWidget()
+        central_layout = QVBoxLayout(central)
+        central_layout.setContentsMargins(0, 0, 0, 0)
+        central_layout.setSpacing(0)
+        central_layout.addWidget(self.lock_mark)
+        central_layout.addWidget(self.tabs, 1)
+        self.setCentralWidget(central)
         self.trainer.chat_requested.connect(self.chat_with)
         from muse_desktop.ui.compare import ComparePage
 
@@ -254,11 +264,7 @@ class MainWindow(QMainWindow):
         self.model_page.library_chosen.connect(self.chat_with)
         # A bound method (not a lambda), so Qt drops the connection when the window is gone.
         QGuiApplication.styleHints().colorSchemeChanged.connect(self._system_colours_changed)
-        self.lock_mark = QLabel(lock.LOCKED_MARK)
-        self.lock_mark.setObjectName("lockMark")
-        self.lock_mark.setAccessibleName(lock.LOCKED_MARK)
         self._build_menu()
-        self.menuBar().setCornerWidget(self.lock_mark, Qt.TopRightCorner)
         self.apply_lock()
         if lock.is_locked(self.settings):
             self.open_locked_chat()
@@ -398,7 +404,7 @@ class MainWindow(QMainWindow):
         self.model_page.get_button.setFocus()
 
     def back_from_model_page(self) -> None:
-        self.pages.setCurrentWidget(self.chat if self.chat.engine is not None else self.pages.widget(0))
+        self.pages.setCurrentWidget(self.chat if self.chat.engine is not None else self._picker)
 
     def use_model(self, path: str) -> None:
         """A model was chosen on the model page: open it in the chat."""
@@ -422,13 +428,23 @@ class MainWindow(QMainWindow):
         for control in (self.chat.change, self.chat.change_model):
             control.setVisible(not locked and not simple)
             control.setEnabled(not locked)
-        for page in (self._picker, self._model_scroll):
+        # Closed pages leave the window altogether while locked: a hidden page's list items
+        # are still "showing" to AT-SPI, and what is not in the tree cannot be pressed.
+        if locked:
+            self.pages.setCurrentWidget(self.chat)
+        for position, page in enumerate((self._picker, self._model_scroll)):
+            present = self.pages.indexOf(page) >= 0
+            if locked and present:
+                self.pages.removeWidget(page)
+                page.setParent(None)
+            elif not locked and not present:
+                self.pages.insertWidget(position, page)
             page.setEnabled(not locked)
         for position, (widget, title) in enumerate(self._lockable_tabs, start=1):
             present = self.tabs.indexOf(widget) >= 0
             if locked and present:
                 self.tabs.removeTab(self.tabs.indexOf(widget))
-                widget.hide()
+                widget.setParent(None)
             elif not locked and not present:
                 self.tabs.insertTab(position, widget, title)
             widget.setEnabled(not locked)
@@ -441,6 +457,7 @@ class MainWindow(QMainWindow):
             if self.pages.currentWidget() is not self.chat:
                 self.pages.setCurrentWidget(self.chat)
         self.lock_mark.setVisible(locked)
+        self.setWindowTitle(f"{APP_NAME} — {lock.LOCKED_MARK}" if locked else APP_NAME)
         has_pin = lock.has_pin(self.settings)
         self.set_pin_action.setEnabled(not locked)
         self.lock_action.setEnabled(has_pin and not locked)
@@ -548,6 +565,10 @@ class MainWindow(QMainWindow):
         self.chat.load_model(model_path, [adapter_path] if adapter_path else [])
 
     def closeEvent(self, event) -> None:
+        for page in (self._picker, self._model_scroll, *(w for w, _ in self._lockable_tabs)):
+            if page.parent() is None:  # closed by the lock: Qt, not Python's collector, deletes it with us
+                page.setParent(self)
+                page.hide()
         self.compare.shutdown()
         self.trainer.shutdown()
         self.model_page.shutdown()
