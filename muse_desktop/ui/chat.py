@@ -592,8 +592,8 @@ class ChatPage(QWidget):
     def shutdown(self) -> None:
         self.speaker.stop()
         if self.worker is not None:
-            self.worker.cancel()
-            self.worker.thread.wait(5000)
+            self.worker.cancel()  # the engine's abort callback ends even a long prompt's evaluation
+            self.worker.thread.wait(30000)
         if self.engine is not None:
-            self.engine.close()
+            self.engine.close()  # while a worker still uses it, the engine frees it when that ends
             self.engine = None
