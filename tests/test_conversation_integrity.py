@@ -148,3 +148,29 @@ def test_deleting_a_conversation_deletes_its_preferences_after_asking(qtbot, cha
     win.chat.delete_conversation()
     assert asked and "1 choice between answers made in it will be deleted too" in asked[0]
     assert [p["prompt"] for p in store.preferences()] == ["Tea?"]
+
+
+def test_compare_never_stores_an_answer_cut_off_by_stop(tiny_gguf):
+    from muse_desktop.chat.engine import EngineSettings
+    from muse_desktop.compare import Contender, generate_answers, new_session
+    from muse_desktop.events import Cancelled, Progress
+    from test_chat_safety import CancelledAfter
+
+    class StopDuringTheLastAnswer(CancelledAfter):
+        armed = False
+
+        @property
+        def cancelled(self) -> bool:
+            return CancelledAfter.cancelled.fget(self) if self.armed else self._event.is_set()
+
+    store = Store()
+    model = str(tiny_gguf[Variant.MINI_4K])
+    session = new_session(store, "Sam", [Contender("a", model), Contender("b", model)])
+    token = StopDuringTheLastAnswer(1)
+    with pytest.raises(Cancelled):
+        for event in generate_answers(store.path, session, ["Why is the sky blue?"], ["Child"],
+                                      EngineSettings(threads=2, context_length=512), cancel=token):
+            if isinstance(event, Progress):
+                token.armed = True  # the first model has answered: Stop comes while the second answers
+    assert store.db.execute("SELECT COUNT(*) FROM comparison_answers").fetchone()[0] == 0
+    store.close()

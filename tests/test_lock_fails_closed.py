@@ -244,3 +244,34 @@ def test_a_locked_app_stays_locked_through_damaged_deleted_and_edited_files_and_
     assert [final.tabs.tabText(i) for i in range(final.tabs.count())] == ["Chat", "Trainer", "Compare"]
     assert final.chat.change.isEnabled() and not final.lock_mark.isVisible()
     final.close()
+
+
+def test_settings_from_before_the_lock_file_move_the_lock_over_and_stay_locked():
+    """A settings.json written by an older version (PIN hash and locked state inside) keeps its lock."""
+    settings = Settings()
+    lock.set_pin(settings, "2468")
+    old = {"schema_version": 1, "user_type_id": "child", "caregiver_pin": settings.caregiver_pin, "locked": True,
+           "pin_failures": 1, "kiosk_mode": False}
+    settings_path().parent.mkdir(parents=True, exist_ok=True)
+    settings_path().write_text(json.dumps(old))
+    loaded = load_settings().settings
+    assert lock.is_locked(loaded) and loaded.pin_failures == 1
+    assert all(path.is_file() for path in lock.lock_paths())
+    save_settings(loaded)
+    assert "caregiver_pin" not in settings_path().read_text()
+    settings_path().unlink()  # the old copy is gone: the lock file alone keeps it
+    assert lock.is_locked(load_settings().settings) and lock.try_pin(load_settings().settings, "2468").ok
+
+
+def test_locking_closes_a_kiosk_dialog_left_open(qtbot):
+    from muse_desktop.ui.app import MainWindow
+
+    win = MainWindow(Settings(user_type_id="child"))
+    qtbot.addWidget(win)
+    win.show()
+    dialog = win.open_kiosk()
+    assert dialog.isVisible()
+    win.set_pin("2468")
+    win.lock_now()
+    assert not dialog.isVisible() and not win.kiosk_action.isEnabled()
+    win.close()

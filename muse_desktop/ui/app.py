@@ -264,6 +264,7 @@ class MainWindow(QMainWindow):
         self.model_page.library_chosen.connect(self.chat_with)
         # A bound method (not a lambda), so Qt drops the connection when the window is gone.
         QGuiApplication.styleHints().colorSchemeChanged.connect(self._system_colours_changed)
+        self._kiosk_dialog = None
         self._build_menu()
         self.apply_lock()
         if lock.is_locked(self.settings):
@@ -457,6 +458,8 @@ class MainWindow(QMainWindow):
             if self.pages.currentWidget() is not self.chat:
                 self.pages.setCurrentWidget(self.chat)
         self.lock_mark.setVisible(locked)
+        if locked and self._kiosk_dialog is not None and self._kiosk_dialog.isVisible():
+            self._kiosk_dialog.close()  # the caregiver's settings close with the lock, also a dialog left open
         self.setWindowTitle(f"{APP_NAME} — {lock.LOCKED_MARK}" if locked else APP_NAME)
         has_pin = lock.has_pin(self.settings)
         self.set_pin_action.setEnabled(not locked)
@@ -539,6 +542,7 @@ class MainWindow(QMainWindow):
         dialog = KioskDialog(self, self.settings, self.save)
         dialog.setStyleSheet(self.styleSheet())
         dialog.show()
+        self._kiosk_dialog = dialog
         return dialog
 
     def ask_remove_pin(self) -> None:
