@@ -366,7 +366,17 @@ def _cmd_chat(args: argparse.Namespace) -> int:
 
     user_type = resolve_user_type(args.user_type)
     turns = [Turn("user", args.question)]
-    template = load_settings().settings.instruction_template or None
+    settings = load_settings().settings
+    template = settings.instruction_template or None
+    if not args.prompt_only:
+        from muse_desktop.scope import check_question
+
+        verdict = check_question(args.question, settings.kiosk_mode)  # the window's check, here too
+        if not verdict.allowed:
+            if verdict.problem:
+                print(verdict.problem, file=sys.stderr)
+            print(verdict.refusal)
+            return 0
     try:
         if args.prompt_only:
             sys.stdout.write(prompt_text(user_type.prompt_name, turns, template, add_generation_prompt=True))

@@ -109,3 +109,19 @@ def test_compare_in_kiosk_mode_asks_no_model_an_off_topic_question(qtbot, kiosk,
     page.prepare()
     assert page.worker is None and "outside what this kiosk is for" in page.status.text()
     assert store.db.execute("SELECT COUNT(*) FROM comparison_answers").fetchone()[0] == 0
+
+
+def test_the_command_line_chat_passes_the_same_scope_check(tiny_gguf, guard_json, capsys):
+    from muse_desktop.cli import main
+    from muse_desktop.settings import save_settings
+
+    guard_path().parent.mkdir(parents=True, exist_ok=True)
+    guard_path().write_text(guard_json)
+    save_settings(Settings(kiosk_mode=True))
+    model = str(tiny_gguf[Variant.MINI_4K])
+    assert main(["chat", "--model", model, "--max-tokens", "4", OFF_TOPIC]) == 0
+    assert capsys.readouterr().out.startswith("I'm sorry, I can only help with questions about ancient Egypt")
+    guard_path().unlink()
+    assert main(["chat", "--model", model, "--max-tokens", "4", ON_TOPIC]) == 0
+    captured = capsys.readouterr()
+    assert "ask the person who looks after me" in captured.out and "Kiosk mode is on" in captured.err
