@@ -275,3 +275,23 @@ def test_locking_closes_a_kiosk_dialog_left_open(qtbot):
     win.lock_now()
     assert not dialog.isVisible() and not win.kiosk_action.isEnabled()
     win.close()
+
+
+def test_locking_from_the_picker_opens_the_chosen_persons_chat_and_needs_a_choice(qtbot, monkeypatch):
+    from PySide6.QtWidgets import QMessageBox
+
+    from muse_desktop.ui.app import MainWindow
+
+    told = []
+    monkeypatch.setattr(QMessageBox, "information", lambda _parent, _title, text, *a: told.append(text))
+    win = MainWindow(Settings())
+    qtbot.addWidget(win)
+    win.show()
+    win.set_pin("2468")
+    win.lock_now()  # nobody chosen yet
+    assert not lock.is_locked(win.settings) and told == ["First choose who is using MUsE, then lock."]
+    win.page.choose(win.page.catalog.get("child"))
+    win.lock_now()
+    assert lock.is_locked(win.settings) and win.pages.currentWidget() is win.chat
+    assert win.chat.user_type.id == "child" and win.chat.who.text() == "Answers for: Child"
+    win.close()

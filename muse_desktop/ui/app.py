@@ -485,10 +485,16 @@ class MainWindow(QMainWindow):
         return None
 
     def lock_now(self) -> None:
-        if lock.has_pin(self.settings):
-            lock.lock(self.settings)
-            self.save()
-            self.apply_lock()
+        if not lock.has_pin(self.settings):
+            return
+        if self.page.current() is None:  # locked, the picker is closed: the chat needs someone to answer for
+            QMessageBox.information(self, APP_NAME, "First choose who is using MUsE, then lock.")
+            return
+        lock.lock(self.settings)
+        self.save()
+        self.apply_lock()
+        if self.chat.user_type is None or self.chat.user_type.prompt_name != self.page.current().prompt_name:
+            self.open_locked_chat()
 
     def unlock(self, pin: str) -> lock.Attempt:
         attempt = lock.try_pin(self.settings, pin)
