@@ -295,3 +295,26 @@ def test_locking_from_the_picker_opens_the_chosen_persons_chat_and_needs_a_choic
     assert lock.is_locked(win.settings) and win.pages.currentWidget() is win.chat
     assert win.chat.user_type.id == "child" and win.chat.who.text() == "Answers for: Child"
     win.close()
+
+
+def test_an_answer_while_locked_does_not_reopen_the_model_button(qtbot, tiny_gguf):
+    from muse_desktop.demo_model import Variant
+    from muse_desktop.ui.app import MainWindow
+
+    win = MainWindow(Settings(user_type_id="child"))
+    qtbot.addWidget(win)
+    win.show()
+    win.show_chat()
+    with qtbot.waitSignal(win.chat.model_ready, timeout=30000):
+        win.use_model(str(tiny_gguf[Variant.MINI_4K]))
+    qtbot.waitUntil(lambda: win.chat.worker is None)
+    win.set_pin("2468")
+    win.lock_now()
+    win.chat.input.setText("Hello?")
+    with qtbot.waitSignal(win.chat.answer_done, timeout=30000):
+        win.chat.send()
+    qtbot.waitUntil(lambda: win.chat.worker is None)
+    assert win.chat.send_button.isEnabled()  # the end of the answer reopened what it closed...
+    assert not win.chat.change_model.isEnabled() and not win.chat.change.isEnabled()  # ...but not the lock's
+    assert win.unlock("2468").ok and win.chat.change_model.isEnabled()
+    win.close()

@@ -426,9 +426,10 @@ class MainWindow(QMainWindow):
         simple = self.settings.simple_mode
         # Hidden is not closed: what the lock closes is also disabled, so no input path
         # (keyboard, shortcut, screen reader's "press") can use it.
+        self.chat.closed_controls = (self.chat.change, self.chat.change_model) if locked else ()
         for control in (self.chat.change, self.chat.change_model):
             control.setVisible(not locked and not simple)
-            control.setEnabled(not locked)
+            control.setEnabled(not locked and not self.chat.busy)
         # Closed pages leave the window altogether while locked: a hidden page's list items
         # are still "showing" to AT-SPI, and what is not in the tree cannot be pressed.
         if locked:

@@ -72,6 +72,7 @@ class ChatPage(QWidget):
         self._pending_model: str | None = None  # opened once the current work has finished
         self._question_id: int | None = None  # the stored question being answered now
         self._choosing = False  # preference mode's four answers are being written
+        self.closed_controls: tuple = ()  # closed by the caregiver's lock: the end of a job must not reopen them
 
         layout = QVBoxLayout(self)
         top = QHBoxLayout()
@@ -581,7 +582,7 @@ class ChatPage(QWidget):
     def _finished(self) -> None:
         self.stop_button.setEnabled(False)
         for control in self._locked_while_busy():
-            control.setEnabled(True)
+            control.setEnabled(control not in self.closed_controls)
         pending, self._pending_model = self._pending_model, None
         if pending:
             self.load_model(pending)
