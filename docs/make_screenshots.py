@@ -144,6 +144,18 @@ def personalisation(window, settle) -> None:
     settle()
     window.grab().save(str(OUT / "simple-mode.png"))
     window.set_simple_mode(False)
+    locked(window, settle)
+
+
+def locked(window, settle) -> None:
+    """Locked by the caregiver: the locked person's chat, the banner, no Trainer or Compare tab."""
+    window.resize(1366, 768)
+    window.set_pin("2468")
+    window.lock_now()
+    settle()
+    window.grab().save(str(OUT / "locked.png"))
+    window.unlock("2468")
+    settle()
 
 
 def compare_results(window, settle, model: str) -> None:

@@ -203,11 +203,62 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _caregiver_check(settings, what: str) -> None:
+    """With a PIN set, the command line asks for it too: it may do only what the window's caregiver menu may."""
+    import getpass
+
+    from muse_desktop import lock
+
+    if not lock.has_pin(settings):
+        return
+    try:
+        pin = getpass.getpass(f"Caregiver PIN (needed to {what}): ")
+    except EOFError:
+        pin = ""
+    attempt = lock.try_pin(settings, pin)
+    from muse_desktop.settings import save_settings
+
+    save_settings(settings)  # the failure count and the wait, as in the window
+    if not attempt.ok:
+        raise CliError(attempt.message)
+
+
+def _cmd_lock(args: argparse.Namespace) -> int:
+    from muse_desktop import lock
+    from muse_desktop.settings import load_settings
+
+    loaded = load_settings()
+    if args.action == "status":
+        if loaded.problem:
+            print(loaded.problem)
+        state = "locked" if lock.is_locked(loaded.settings) else "open"
+        print(f"A caregiver PIN is {'set' if lock.has_pin(loaded.settings) else 'not set'}; MUsE starts {state}.")
+        for path in lock.lock_paths():
+            print(f"  {path}{'' if path.exists() else ' (missing)'}")
+        return 0
+    # The deliberate reset: for a forgotten PIN or a damaged lock file. It has the power of
+    # deleting MUsE's files, so it asks for the words to be typed, not a yes.
+    if not args.confirm:
+        print("This forgets the caregiver PIN and opens everything (settings, Trainer, kiosk mode).")
+        try:
+            typed = input("Type RESET to go on: ")
+        except EOFError:
+            typed = ""
+        if typed.strip() != "RESET":
+            raise CliError("nothing was changed")
+    lock.reset_lock()
+    print("The caregiver lock was reset: no PIN is set.")
+    return 0
+
+
 def _cmd_kiosk(args: argparse.Namespace) -> int:
-    from muse_desktop.scope import ScopeError, ScopeGuard, train_scope_guard
+    from muse_desktop.scope import MIN_F1, ScopeError, ScopeGuard, train_scope_guard
     from muse_desktop.settings import load_settings, save_settings
 
     settings = load_settings().settings
+    if args.action in ("train", "on", "off"):
+        _caregiver_check(settings, {"train": "train the kiosk guard", "on": "switch kiosk mode on",
+                                    "off": "switch kiosk mode off"}[args.action])
     if args.action == "train":
         from muse_desktop.datasets import DatasetError, load_dataset
 
@@ -222,17 +273,18 @@ def _cmd_kiosk(args: argparse.Namespace) -> int:
             result = train_scope_guard(questions, outside, topic=args.topic)
         except (DatasetError, ScopeError) as exc:
             raise CliError(str(exc)) from None
-        path = result.guard.save()
         print(result.summary())
-        print(f"Saved to {path}. " + ("Good enough to switch on: muse-desktop kiosk on" if result.good_enough
-                                      else "Not good enough to switch on (F1 below 0.8): add more questions."))
+        if not result.good_enough:  # the same gate as the window: a weak guard never replaces the live one
+            raise CliError("not good enough to switch on (F1 below 0.8), so it was not saved: add more questions")
+        path = result.guard.save()
+        print(f"Saved to {path}. Good enough to switch on: muse-desktop kiosk on")
         return 0
     guard = ScopeGuard.load()
     if args.action == "on":
         if guard is None:
             raise CliError("train the kiosk guard first: muse-desktop kiosk train DATASET --topic TOPIC")
-        if guard.metrics.get("f1", 0) < 0.8:
-            raise CliError(f"the guard's held-out F1 is {guard.metrics.get('f1', 0):.2f} (below 0.8); "
+        if guard.metrics.get("f1", 0) < MIN_F1:
+            raise CliError(f"the guard's held-out F1 is {guard.metrics.get('f1', 0):.2f} (below {MIN_F1}); "
                            "train it with more questions first")
         settings.kiosk_mode = True
     elif args.action == "off":
@@ -359,7 +411,17 @@ def _cmd_chat(args: argparse.Namespace) -> int:
 
     user_type = resolve_user_type(args.user_type)
     turns = [Turn("user", args.question)]
-    template = load_settings().settings.instruction_template or None
+    settings = load_settings().settings
+    template = settings.instruction_template or None
+    if not args.prompt_only:
+        from muse_desktop.scope import check_question
+
+        verdict = check_question(args.question, settings.kiosk_mode)  # the window's check, here too
+        if not verdict.allowed:
+            if verdict.problem:
+                print(verdict.problem, file=sys.stderr)
+            print(verdict.refusal)
+            return 0
     try:
         if args.prompt_only:
             sys.stdout.write(prompt_text(user_type.prompt_name, turns, template, add_generation_prompt=True))
@@ -503,6 +565,11 @@ def build_parser() -> argparse.ArgumentParser:
     augment.add_argument("--out", required=True, metavar="OUT.jsonl", help="the kept candidates, for review")
     _add_teacher_arguments(augment)
     augment.set_defaults(func=_cmd_augment)
+
+    lock_cmd = commands.add_parser("lock", help="the caregiver lock: where it is kept, or the deliberate reset")
+    lock_cmd.add_argument("action", choices=["status", "reset"])
+    lock_cmd.add_argument("--confirm", action="store_true", help="reset without asking to type RESET")
+    lock_cmd.set_defaults(func=_cmd_lock)
 
     kiosk = commands.add_parser("kiosk", help="train the kiosk's scope guard, switch kiosk mode on or off")
     kiosk.add_argument("action", choices=["train", "on", "off", "check"])

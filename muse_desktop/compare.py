@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from muse_desktop.events import CancelToken, Done, Event, Progress
+from muse_desktop.events import CancelToken, Cancelled, Done, Event, Progress
 from muse_desktop.fileio import atomic_write_text
 
 MEASURES = ("understandability", "geniality", "applicability")
@@ -91,6 +91,8 @@ def generate_answers(store_path: str | Path, session_id: int, questions: list[st
                     sampling = Sampling(temperature=0.0, max_new_tokens=max_new_tokens)
                     result = [e for e in engine.generate(user_type, [Turn("user", question)], None, sampling,
                                                          cancel=cancel) if isinstance(e, Done)][-1]
+                    if result.data["stopped"] == "cancelled":  # a cut-off answer is never rated as one
+                        raise Cancelled("cancelled")
                     answers[(number, index)] = result.data["text"].strip()
                     done += 1
                     yield Progress(done, total, "answers", f"{contender.name}: {question[:40]}")

@@ -128,18 +128,36 @@ def server_teacher(base_url: str = DEFAULT_SERVER, model: str = "local", timeout
     return ask
 
 
-def engine_teacher(engine, max_new_tokens: int = 300) -> Callable[[str], str]:
-    """A teacher that is the loaded GGUF model (no instruction added: the prompt says it all)."""
+def engine_teacher(engine, max_new_tokens: int = 300, logits_processor=None) -> Callable[[str], str]:
+    """A teacher that is the loaded GGUF model (no instruction added: the prompt says it all).
+
+    ``logits_processor`` is passed to the engine, e.g. to hold replies to a format.
+    """
     from muse_desktop.chat.engine import Sampling
     from muse_desktop.prompting import Turn
 
     def ask(prompt: str) -> str:
         done = [e for e in engine.generate(None, [Turn("user", prompt)], None,
-                                           Sampling(temperature=0.7, max_new_tokens=max_new_tokens, seed=0))
+                                           Sampling(temperature=0.7, max_new_tokens=max_new_tokens, seed=0),
+                                           logits_processor=logits_processor)
                 if isinstance(e, Done)]
         return done[-1].data["text"]
 
     return ask
+
+
+def _written_keys(output: Path) -> set[str]:
+    try:
+        lines = output.read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return set()
+    keys = set()
+    for line in lines:
+        try:
+            keys.add(json.loads(line)["chunk"])
+        except (ValueError, KeyError, TypeError):
+            continue  # a row cut short by a kill, or one written by an older version
+    return keys
 
 
 def build_dataset(folder: str | Path, user_types: list[str], output: str | Path, teacher: Callable[[str], str],
@@ -158,12 +176,19 @@ def build_dataset(folder: str | Path, user_types: list[str], output: str | Path,
     except (OSError, ValueError):
         state = {"done": [], "skipped": 0}
     done = set(state["done"])
+    # A kill between writing a row and the progress file leaves the row: it counts as done.
+    written = _written_keys(output)
+    if written - done:
+        state["done"] += sorted(written - done)
+        done |= written
     todo = [(c, u) for c in parts for u in user_types if f"{c.id}|{u}" not in done]
     total = len(parts) * len(user_types)
     if done:
         yield Log(f"Continuing: {len(done)} of {total} already done.")
     output.parent.mkdir(parents=True, exist_ok=True)
     with open(output, "a", encoding="utf-8") as out:
+        if out.tell() and not output.read_bytes().endswith(b"\n"):
+            out.write("\n")  # a row cut short by a kill stays on its own (skipped) line
         for chunk, user_type in todo:
             if cancel is not None:
                 cancel.check()
@@ -172,7 +197,8 @@ def build_dataset(folder: str | Path, user_types: list[str], output: str | Path,
                 state["skipped"] += 1
             else:
                 out.write(json.dumps({"user_type": user_type, "question": pair[0], "answer": pair[1],
-                                      "source": chunk.source}, ensure_ascii=False) + "\n")
+                                      "source": chunk.source, "chunk": f"{chunk.id}|{user_type}"},
+                                     ensure_ascii=False) + "\n")
                 out.flush()
                 os.fsync(out.fileno())
             state["done"].append(f"{chunk.id}|{user_type}")

@@ -109,6 +109,30 @@ def resolve_url(endpoint: str, listing: RepoListing, name: str) -> str:
     return f"{endpoint.rstrip('/')}/{prefix}{listing.repo_id}/resolve/{listing.commit}/{urllib.parse.quote(name)}"
 
 
+_WINDOWS_RESERVED = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(1, 10)),
+                     *(f"LPT{i}" for i in range(1, 10))}
+
+
+def unsafe_name_reason(name: str) -> str | None:
+    """Why a listed file name could write outside the folder (on any OS), or None when it is safe."""
+    if not name or name.startswith("/"):
+        return "it is empty or starts at the root"
+    if "\\" in name or ":" in name:
+        return "it has a backslash or a colon (a drive letter or another folder on Windows)"
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+        return "it has control characters"
+    if any(c in '<>"|?*' for c in name):
+        return "it has characters Windows does not allow in file names"
+    for part in name.split("/"):
+        if part in ("", ".", ".."):
+            return "it has an empty, '.' or '..' folder"
+        if part.endswith((" ", ".")):
+            return "a part ends in a space or a dot, which Windows drops"
+        if part.split(".")[0].strip().upper() in _WINDOWS_RESERVED:
+            return f"'{part}' is a device name on Windows"
+    return None
+
+
 def list_repo(repo_id: str, revision: str = "main", endpoint: str | None = None,
               repo_type: str = RepoType.MODEL) -> RepoListing:
     """Ask the hub which files ``repo_id`` has at ``revision`` (and which commit that is)."""
@@ -138,9 +162,13 @@ def list_repo(repo_id: str, revision: str = "main", endpoint: str | None = None,
     except (KeyError, TypeError, ValueError):
         raise DownloadError(f"The hub sent an unexpected file list for '{repo_id}'.") from None
     for remote in files:
-        # A listing must never make us write outside the target folder.
-        if remote.name.startswith(("/", "\\")) or ".." in Path(remote.name).parts:
-            raise DownloadError(f"The hub listed an unsafe file name: {remote.name!r}.")
+        # A listing must never make us write outside the target folder, on any OS.
+        reason = unsafe_name_reason(remote.name) if isinstance(remote.name, str) else "it is not text"
+        if reason:
+            raise DownloadError(f"The hub listed an unsafe file name: {remote.name!r} ({reason}).")
+        if not (remote.sha256 or (remote.git_sha1 and remote.size >= 0)):
+            raise DownloadError(f"The hub listed {remote.name!r} without a checksum, so it could not be checked. "
+                                "Nothing was downloaded.")
     return RepoListing(repo_id, commit, files, repo_type)
 
 
@@ -155,15 +183,14 @@ class _Checker:
         elif remote.git_sha1 and remote.size >= 0:
             self.hash = hashlib.sha1(f"blob {remote.size}\0".encode())
             self.expected = remote.git_sha1.lower()
-        else:
-            self.hash, self.expected = None, None
+        else:  # list_repo refuses such files; never accept bytes unchecked
+            raise DownloadError(f"{remote.name!r} has no checksum, so it cannot be checked.")
 
     def update(self, data: bytes) -> None:
-        if self.hash is not None:
-            self.hash.update(data)
+        self.hash.update(data)
 
     def ok(self) -> bool:
-        return self.hash is None or self.hash.hexdigest() == self.expected
+        return self.hash.hexdigest() == self.expected
 
 
 def _hash_existing(path: Path, checker: _Checker, cancel: CancelToken | None) -> int:

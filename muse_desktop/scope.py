@@ -31,10 +31,15 @@ THRESHOLD = 0.5
 TOKEN = re.compile(r"(?u)\b\w\w+\b")  # scikit-learn's default token pattern
 REFUSAL = ("I'm sorry, I can only help with questions about {topic} here. "
            "Please ask me something about {topic}.")
+NO_GUARD_REFUSAL = "I'm sorry, I can't answer questions right now. Please ask the person who looks after me."
 
 
 class ScopeError(ValueError):
     pass
+
+
+def guard_path() -> Path:
+    return user_dirs().data / GUARD_FILE
 
 
 def out_of_scope_questions() -> list[str]:
@@ -81,17 +86,49 @@ class ScopeGuard:
         return REFUSAL.format(topic=self.topic)
 
     def save(self, path: Path | None = None) -> Path:
-        path = path or user_dirs().data / GUARD_FILE
+        path = path or guard_path()
         atomic_write_text(path, json.dumps(self.__dict__))
         return path
 
     @classmethod
     def load(cls, path: Path | None = None) -> "ScopeGuard | None":
-        path = path or user_dirs().data / GUARD_FILE
+        """The saved guard, or None when it is missing or does not hold together."""
+        path = path or guard_path()
         try:
-            return cls(**json.loads(path.read_text(encoding="utf-8")))
-        except (OSError, ValueError, TypeError):
+            guard = cls(**json.loads(path.read_text(encoding="utf-8")))
+            size = len(guard.vocabulary)
+            if (len(guard.idf) != size or len(guard.coef) != size or size == 0
+                    or any(not isinstance(j, int) or not 0 <= j < size for j in guard.vocabulary.values())
+                    or not np.all(np.isfinite(np.asarray(guard.coef + guard.idf + [guard.intercept], dtype=float)))):
+                return None
+            return guard
+        except (OSError, ValueError, TypeError, AttributeError):
             return None
+
+
+@dataclass
+class Verdict:
+    allowed: bool
+    refusal: str = ""  # what the person is told instead of an answer
+    problem: str = ""  # for the caregiver: why everything is refused
+
+
+def check_question(question: str, kiosk_mode: bool, path: Path | None = None) -> Verdict:
+    """The one scope check every route to the model goes through; without a usable guard it refuses."""
+    if not kiosk_mode:
+        return Verdict(True)
+    path = path or guard_path()
+    guard = ScopeGuard.load(path)
+    if guard is None:
+        return Verdict(False, NO_GUARD_REFUSAL,
+                       f"Kiosk mode is on, but its guard ({path.name}) is missing or damaged, so every question is "
+                       "refused. Caregiver: make the guard again (Caregiver menu, Kiosk mode) or switch kiosk mode off.")
+    try:
+        allowed = guard.allows(question)
+    except (ValueError, TypeError, IndexError) as exc:
+        return Verdict(False, NO_GUARD_REFUSAL, f"Kiosk mode's guard could not check the question ({exc}), "
+                                               "so it was refused.")
+    return Verdict(True) if allowed else Verdict(False, guard.refusal())
 
 
 @dataclass

@@ -11,6 +11,7 @@ is there). Exit status 0 when every check passed.
 from __future__ import annotations
 
 import importlib.util
+import shutil
 import sys
 import tempfile
 import time
@@ -123,7 +124,11 @@ def run_self_test(model: str | None = None, out=None) -> int:
     if importlib.util.find_spec("torch") is not None:  # MUsE Studio, or a development install
         checks.append(("trainer", trainer))
     checks.append(("contents", contents))
-    ok = all([_check(name, fn, lines) for name, fn in checks])
+    try:
+        ok = all([_check(name, fn, lines) for name, fn in checks])
+    finally:
+        # A demo model, a quantized copy and a training run: nothing of it may stay behind.
+        shutil.rmtree(work, ignore_errors=True)
     lines.append("PASSED" if ok else "FAILED")
     print("\n".join(lines), file=out or sys.stdout, flush=True)
     return 0 if ok else 1

@@ -4,6 +4,10 @@ Saving is atomic (temporary file + rename). Loading never fails: a missing file
 gives the defaults; an unreadable or corrupt file is moved aside (never silently
 overwritten) and the defaults are used, with a message the app shows the user.
 Keys written by a newer version are kept and written back unchanged.
+
+The caregiver's lock (PIN hash, locked state, simple and kiosk mode) is not kept
+here but in its own owner-only file (:mod:`muse_desktop.lock`): a damaged or
+edited settings file never opens the lock.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from muse_desktop import lock
 from muse_desktop.fileio import atomic_write_text
 from muse_desktop.paths import user_dirs
 
@@ -53,14 +58,15 @@ class Settings:
     muse_adapter_repo: str = ""  # empty: $MUSE_ADAPTER_REPO, else seohyunqkr/MUsE; "none": the base alone
     # The base's commit (or branch) Get MUsE fetches: an adapter is exact only on the weights it was trained on.
     base_revision: str = "main"
-    # Caregiver lock (muse_desktop.lock): the PIN only as a salted scrypt hash.
-    caregiver_pin: str = ""
+    # Caregiver lock (muse_desktop.lock): kept in the lock file, never in settings.json.
+    caregiver_pin: str = ""  # only as a salted scrypt hash
     locked: bool = False
     simple_mode: bool = False
     pin_failures: int = 0
     pin_wait_until: float = 0.0
     preference_grid: str = ""  # e.g. "muse:1.0, muse:0.1, plain:1.0, plain:0.1" (empty: that research grid)
     kiosk_mode: bool = False  # off-topic questions get a kind refusal (muse_desktop.scope)
+    locked_user: dict[str, str] = field(default_factory=dict)  # who the chat opens for while locked
     extra: dict[str, Any] = field(default_factory=dict)  # keys from newer versions
 
     def validated(self) -> "Settings":
@@ -77,7 +83,9 @@ class Settings:
         return copy
 
 
-_FIELDS = {f.name: f for f in dataclasses.fields(Settings) if f.name != "extra"}
+_CAREGIVER = lock.CAREGIVER_FIELDS
+_ALL_FIELDS = {f.name: f for f in dataclasses.fields(Settings) if f.name != "extra"}
+_FIELDS = {name: f for name, f in _ALL_FIELDS.items() if name not in _CAREGIVER}  # what settings.json holds
 
 
 @dataclass
@@ -120,28 +128,57 @@ def _move_aside(path: Path) -> Path:
 
 
 def load_settings(path: Path | None = None) -> LoadResult:
-    """Read the settings; never raises for a bad file (see the module docstring)."""
-    path = path or settings_path()
+    """Read the settings and the caregiver lock; never raises for a bad file (see the module docstring)."""
+    result = _load_appearance(path or settings_path())
+    legacy = result.settings.extra.pop("_legacy_caregiver", {})
+    read = lock.read_lock()
+    values = read.values
+    if not read.found and legacy:  # settings from before the lock had its own file
+        values = dict(legacy, locked=bool(legacy.get("caregiver_pin")))
+    for name, value in values.items():
+        setattr(result.settings, name, value)
+    if lock.is_locked(result.settings):
+        for name, value in result.settings.locked_user.items():
+            setattr(result.settings, name, value)  # the locked person, whatever settings.json says
+    if read.repair or (not read.found and legacy):
+        try:
+            lock.write_lock(result.settings)
+        except OSError:
+            pass  # still locked; the next save tries again
+    if read.problem:
+        result.problem = f"{result.problem}\n\n{read.problem}" if result.problem else read.problem
+    return result
+
+
+def _load_appearance(path: Path) -> LoadResult:
     try:
-        raw = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
     except FileNotFoundError:
         return LoadResult(Settings())
     except OSError as exc:
         return LoadResult(Settings(), f"Could not read your settings ({exc}); using the defaults.")
     try:
-        data = json.loads(raw)
+        data = json.loads(raw.decode("utf-8"))
         if not isinstance(data, dict):
             raise ValueError("the file does not hold a settings object")
         values: dict[str, Any] = {}
         extra: dict[str, Any] = {}
+        legacy: dict[str, Any] = {}
         for key, value in data.items():
             if key == "schema_version":
                 continue
             if key in _FIELDS:
                 values[key] = _coerce(key, value)
+            elif key in _CAREGIVER:
+                legacy[key] = value  # only ever read to move it into the lock file
             else:
                 extra[key] = value
         settings = Settings(**values, extra=extra).validated()
+        if legacy:
+            try:
+                settings.extra["_legacy_caregiver"] = {k: _coerce(k, v) for k, v in legacy.items()}
+            except TypeError:
+                pass
         return LoadResult(settings)
     except (ValueError, TypeError) as exc:
         moved = _move_aside(path)
@@ -154,11 +191,12 @@ def load_settings(path: Path | None = None) -> LoadResult:
 
 
 def save_settings(settings: Settings, path: Path | None = None) -> Path:
-    """Write the settings atomically and return the path written."""
+    """Write the settings and the caregiver lock atomically; returns the settings path."""
     path = path or settings_path()
     data: dict[str, Any] = {"schema_version": SCHEMA_VERSION}
     data.update(settings.extra)
     for name in _FIELDS:
         data[name] = getattr(settings, name)
+    lock.write_lock(settings)
     atomic_write_text(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
     return path

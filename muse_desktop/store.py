@@ -371,8 +371,15 @@ class Store:
             raise StoreError("A conversation needs a name.")
         self.db.execute("UPDATE conversations SET title = ? WHERE id = ?", (title, conversation_id))
 
+    def preference_count(self, conversation_id: int) -> int:
+        return self.db.execute("SELECT COUNT(*) FROM preferences WHERE conversation_id = ?",
+                               (conversation_id,)).fetchone()[0]
+
     def delete_conversation(self, conversation_id: int) -> None:
-        self.db.execute("DELETE FROM conversations WHERE id = ?", (conversation_id,))
+        """Delete a conversation with its messages and the preferences recorded in it (their texts are its texts)."""
+        with self.transaction() as db:
+            db.execute("DELETE FROM preferences WHERE conversation_id = ?", (conversation_id,))
+            db.execute("DELETE FROM conversations WHERE id = ?", (conversation_id,))
 
     # -- messages ----------------------------------------------------------------------
 
@@ -392,6 +399,26 @@ class Store:
     def delete_message(self, message_id: int) -> None:
         self.db.execute("DELETE FROM messages WHERE id = ?", (message_id,))
 
+    def set_message_settings(self, message_id: int, settings: dict[str, Any]) -> None:
+        self.db.execute("UPDATE messages SET settings_json = ? WHERE id = ?", (json.dumps(settings), message_id))
+
+    def mark_unanswered(self, message_id: int, reason: str) -> None:
+        """A question that got no answer (failed, stopped before any text, empty): kept and shown, left out of prompts."""
+        message = self.message(message_id)
+        self.set_message_settings(message_id, dict(message.settings, unanswered=reason))
+
+    def repair_conversation(self, conversation_id: int) -> int:
+        """Mark every question left without an answer (e.g. by a crash); returns how many were marked."""
+        messages = self.messages(conversation_id)
+        marked = 0
+        for index, message in enumerate(messages):
+            following = messages[index + 1] if index + 1 < len(messages) else None
+            if (message.role == "user" and not message.settings.get("unanswered")
+                    and (following is None or following.role != "assistant")):
+                self.mark_unanswered(message.id, "no answer was saved")
+                marked += 1
+        return marked
+
     def message(self, message_id: int) -> Message:
         row = self.db.execute("SELECT * FROM messages WHERE id = ?", (message_id,)).fetchone()
         data = dict(row)
@@ -403,7 +430,23 @@ class Store:
         return [self.message(row[0]) for row in rows]
 
     def turns(self, conversation_id: int) -> list[Turn]:
-        return [Turn(m.role, m.content) for m in self.messages(conversation_id)]
+        """The conversation as the prompt contract wants it: answered exchanges, then the question being asked.
+
+        Questions without an answer (marked, or followed by another question) are left
+        out, so one failed answer never leaves two user turns in a row.
+        """
+        messages = self.messages(conversation_id)
+        turns: list[Turn] = []
+        for index, message in enumerate(messages):
+            if message.role == "user":
+                if message.settings.get("unanswered"):
+                    continue
+                following = messages[index + 1] if index + 1 < len(messages) else None
+                if following is None or following.role == "assistant":
+                    turns.append(Turn("user", message.content))
+            elif turns and turns[-1].role == "user":
+                turns.append(Turn("assistant", message.content))
+        return turns
 
     # -- export ------------------------------------------------------------------------
 

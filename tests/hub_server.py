@@ -36,6 +36,7 @@ class FakeHub:
         self.ignore_range = False
         self.corrupt: set[str] = set()
         self.unsafe_name: str | None = None
+        self.no_checksum: set[str] = set()  # listed without blobId or lfs.sha256
         self.throttle_s = 0.0  # pause after every 64 KiB, to make a download slow enough to cancel
         hub = self
 
@@ -109,6 +110,9 @@ class FakeHub:
             }
             if path.name.endswith(LFS_SUFFIXES):
                 entry["lfs"] = {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data), "pointerSize": 134}
+            if entry["rfilename"] in self.no_checksum:
+                entry.pop("blobId")
+                entry.pop("lfs", None)
             siblings.append(entry)
         if self.unsafe_name:
             siblings.append({"rfilename": self.unsafe_name, "size": 1, "blobId": "0" * 40})

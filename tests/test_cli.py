@@ -148,14 +148,20 @@ def test_chat_with_a_bad_model_fails_in_one_line(tmp_path):
     assert custom.returncode == 2 and "control characters" in custom.stderr
 
 
-def test_self_test_checks_everything_and_reports_each_line(capsys):
+def test_self_test_checks_everything_and_reports_each_line(capsys, tmp_path, monkeypatch):
+    import tempfile
+
     from muse_desktop.cli import main
 
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
     assert main(["--self-test"]) == 0
     out = capsys.readouterr().out
     for name in ("resources", "database", "chat", "quantizer", "trainer", "contents"):
         assert f"OK   {name}:" in out
     assert out.strip().endswith("PASSED")
+    assert list(temp.iterdir()) == []  # the demo model, the Q8_0 copy and the training run are gone
 
 
 def test_self_test_fails_with_a_reason_for_a_bad_model(tmp_path, capsys):

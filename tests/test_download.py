@@ -227,3 +227,22 @@ def test_get_muse_from_the_command_line(muse_hub, tmp_path, capsys):
     last = err.strip().splitlines()[-1]
     assert code == 1 and last.startswith("muse-desktop: ") and "not found on the hub" in last
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("name", ["C:/Windows/evil.dll", "C:evil.txt", "sub\\..\\..\\evil.txt", "ok/../../evil",
+                                  "weights\x00.bin", "line\nbreak.txt", "CON", "sub/aux.txt", "nul.json",
+                                  "COM1.log", "trailing./x", "stream.txt:hidden", "a/./b", "a//b"])
+def test_names_that_are_unsafe_on_any_os_are_refused(hub_root, tmp_path, name):
+    with FakeHub(hub_root) as hub:
+        hub.unsafe_name = name
+        with pytest.raises(DownloadError, match="unsafe file name"):
+            run(download_repo("someone/model", tmp_path / "out", endpoint=hub.endpoint))
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_a_listed_file_without_a_checksum_is_refused(hub_root, tmp_path):
+    with FakeHub(hub_root) as hub:
+        hub.no_checksum = {"sub/notes.txt"}
+        with pytest.raises(DownloadError, match="without a checksum"):
+            run(download_repo("someone/model", tmp_path / "out", endpoint=hub.endpoint))
+    assert not (tmp_path / "out" / "sub" / "notes.txt").exists()

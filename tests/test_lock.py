@@ -61,8 +61,11 @@ def test_locking_closes_model_user_type_and_trainer_until_the_pin(qtbot, monkeyp
     assert not win.set_pin_action.isEnabled() and not win.simple_action.isEnabled()
     win.show_model_page()
     assert win.pages.currentWidget() is win.chat  # the model step stays closed
-    saved = json.loads(settings_path().read_text())
-    assert saved["locked"] is True and "13579" not in settings_path().read_text()
+    # The lock lives in its own file (both copies), never in settings.json; the PIN in neither.
+    for path in lock.lock_paths():
+        saved = json.loads(path.read_text())
+        assert saved["locked"] is True and "13579" not in path.read_text()
+    assert "13579" not in settings_path().read_text() and "caregiver_pin" not in settings_path().read_text()
 
     reopened = MainWindow(load_settings().settings)  # still locked after a restart
     qtbot.addWidget(reopened)

@@ -96,3 +96,26 @@ def test_finished_files_get_normal_permissions(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert target.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_a_live_writers_temporary_is_never_removed(tmp_path):
+    """Two writers of one file: the second must not delete the first one's work in progress."""
+    import subprocess
+    import sys
+
+    target = tmp_path / "model.gguf"
+    writer = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    try:
+        live = tmp_path / f".model.gguf{TEMP_MARK}{writer.pid}-abc123"
+        live.write_bytes(b"half of a big file, still being written")
+        dead = tmp_path / f".model.gguf{TEMP_MARK}{gone.pid}-def456"
+        dead.write_bytes(b"left by a killed writer")
+        atomic_write_text(target, "done")
+        assert live.exists() and target.read_text() == "done"
+        if os.name == "posix":
+            assert not dead.exists()
+    finally:
+        writer.kill()
+        writer.wait()

@@ -5,7 +5,10 @@ tokenizer behind the contract's adapter, so the model is fed exactly the ids the
 trainer trains on. Text is streamed as whole characters (a character split over
 byte tokens is held back until complete), generation stops at ``<|end|>`` or
 ``<|endoftext|>``, special tokens are never shown, a cancel takes effect before
-the next token, the evaluated prefix is reused between turns (llama-cpp-python
+the next token and also stops the evaluation of a long prompt (llama.cpp's abort
+callback, checked while a batch is computed, and a check between batches), the
+model is never freed while an answer is being written, the evaluated prefix is
+reused between turns (llama-cpp-python
 compares the new ids with the cached ones), and the oldest turns are dropped
 when a conversation outgrows the context.
 """
@@ -15,6 +18,7 @@ from __future__ import annotations
 import codecs
 import ctypes
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -172,6 +176,10 @@ class ChatEngine:
             except KeyError:
                 pass
         self._adapters: list[_Loaded] = []
+        self._users = 0  # generators running now; close() waits for the last one
+        self._close_pending = False
+        self._usage = threading.Lock()
+        self._cancel: CancelToken | None = None
         self.set_adapters(adapters)
 
     # -- adapters ----------------------------------------------------------------------
@@ -239,6 +247,40 @@ class ChatEngine:
 
     # -- generation --------------------------------------------------------------------
 
+    def _should_abort(self, _data) -> bool:
+        return self._cancel is not None and self._cancel.cancelled
+
+    def _evaluate_prompt(self, ids: list[int], cancel: CancelToken | None) -> bool:
+        """Evaluate the part of the prompt not in the cache, stoppable; False when cancelled.
+
+        The abort callback is installed only for this: called for every graph node, it
+        would cost decode speed while the answer is written (cancel is checked per token there).
+        """
+        import llama_cpp
+
+        llm = self.llm
+        start = llm.longest_token_prefix(llm._input_ids.tolist(), ids) if llm.n_tokens else 0
+        if cancel is None or start >= len(ids):
+            return True  # llm.generate() replays the last token itself
+        llm.n_tokens = start  # eval() drops the cached tokens after the shared prefix
+        self._cancel = cancel
+        callback = llama_cpp.ggml_abort_callback(self._should_abort)
+        llama_cpp.llama_set_abort_callback(llm.ctx, callback, None)
+        try:
+            for begin in range(start, len(ids), llm.n_batch):
+                if cancel.cancelled:
+                    return False
+                try:
+                    llm.eval(ids[begin:begin + llm.n_batch])
+                except RuntimeError:
+                    if cancel.cancelled:  # llama_decode stopped by the abort callback
+                        return False
+                    raise
+        finally:
+            llama_cpp.llama_set_abort_callback(llm.ctx, llama_cpp.ggml_abort_callback(), None)
+            self._cancel = None
+        return not cancel.cancelled
+
     def generate(
         self,
         user_type: str,
@@ -253,6 +295,20 @@ class ChatEngine:
         ``logits_processor`` (``(ids, scores) -> scores``) may reshape each step's
         scores, e.g. to forbid or force tokens.
         """
+        with self._usage:
+            if self._close_pending or self.llm is None:
+                raise ModelError("The model was closed.")
+            self._users += 1
+        try:
+            yield from self._generate(user_type, turns, template, sampling, cancel, logits_processor)
+        finally:
+            with self._usage:
+                self._users -= 1
+                close_now = self._close_pending and self._users == 0
+            if close_now:
+                self._free()
+
+    def _generate(self, user_type, turns, template, sampling, cancel, logits_processor) -> Iterator[Event]:
         sampling = sampling or default_sampling(user_type)
         ids, dropped = self.fit(user_type, turns, template, sampling.max_new_tokens)
         if dropped:
@@ -261,11 +317,17 @@ class ChatEngine:
         cached = self.llm.longest_token_prefix(self.llm._input_ids.tolist(), ids) if self.llm.n_tokens else 0
         if sampling.seed is not None:
             self.llm.set_seed(sampling.seed)
+        started = time.perf_counter()
+        if not self._evaluate_prompt(ids, cancel):
+            yield Done("answered", data={
+                "text": "", "token_ids": [], "stopped": "cancelled", "prompt_tokens": len(ids),
+                "cached_tokens": cached, "dropped_turns": dropped,
+                "time_to_first_token_s": 0.0, "tokens_per_s": 0.0, "sampling": sampling.__dict__})
+            return
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         generated: list[int] = []
         text_parts: list[str] = []
         stopped = "length"
-        started = time.perf_counter()
         first_token_at = None
         processors = None
         if logits_processor is not None:
@@ -324,4 +386,14 @@ class ChatEngine:
         )
 
     def close(self) -> None:
-        self.llm.close()
+        """Free the model, at once or, while an answer is being written, when it ends."""
+        with self._usage:
+            self._close_pending = True
+            if self._users:
+                return
+        self._free()
+
+    def _free(self) -> None:
+        llm, self.llm = self.llm, None
+        if llm is not None:
+            llm.close()

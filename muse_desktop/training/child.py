@@ -2,8 +2,9 @@
 
 The app and the CLI call :func:`run_training`, which starts
 ``python -m muse_desktop.training.child`` and turns its lines back into events. A
-cancel sends SIGTERM: the child saves a checkpoint and stops at once (the GPU memory
-is freed with the process). If the child dies any other way — killed, crashed, out
+cancel is a message, not a signal (on Windows ``terminate()`` is a hard kill): the
+parent writes ``cancel.request`` into the run folder, every child process polls for
+it, saves a checkpoint and stops (the GPU memory is freed with the process). If the child dies any other way — killed, crashed, out
 of memory at the system level — the parent says so, and Resume continues from the
 last checkpoint. The child also appends every event to ``events.jsonl`` in the run
 folder, which is how past runs are shown later.
@@ -30,7 +31,9 @@ from muse_desktop.training.config import ConfigError, TrainConfig, config_from_d
 REQUEST = "request.json"
 EVENTS = "events.jsonl"
 LOG = "train.log"
+CANCEL = "cancel.request"
 EXIT_CANCELLED = 3
+POLL_S = 0.2
 
 
 class TrainingFailed(RuntimeError):
@@ -65,6 +68,7 @@ def run_training(config: TrainConfig | None, run_dir: str | Path, cancel: Cancel
         (run_dir / REQUEST).write_text(json.dumps(config.to_dict(), indent=1), encoding="utf-8")
     elif not (run_dir / REQUEST).is_file():
         raise TrainingFailed(f"{run_dir} is not a training run (it has no {REQUEST}).")
+    (run_dir / CANCEL).unlink(missing_ok=True)  # an earlier run's cancel must not stop this one
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     options = {}
     if os.name == "nt":
@@ -89,7 +93,7 @@ def run_training(config: TrainConfig | None, run_dir: str | Path, cancel: Cancel
         while True:
             if cancel is not None and cancel.cancelled and not asked_to_stop:
                 asked_to_stop = True
-                process.terminate()  # SIGTERM: the child checkpoints and exits
+                (run_dir / CANCEL).write_text("cancel\n", encoding="utf-8")  # the child checkpoints and exits
             try:
                 line = lines.get(timeout=0.1)
             except queue.Empty:
@@ -105,6 +109,7 @@ def run_training(config: TrainConfig | None, run_dir: str | Path, cancel: Cancel
                 continue
             yield event
         code = process.wait()
+        (run_dir / CANCEL).unlink(missing_ok=True)
     finally:
         if process.poll() is None:
             process.terminate()
@@ -155,6 +160,15 @@ def _main(argv: list[str]) -> int:
     token = CancelToken()
     signal.signal(signal.SIGTERM, lambda *_: token.cancel())
     signal.signal(signal.SIGINT, lambda *_: token.cancel())
+
+    def watch_for_cancel() -> None:
+        while not token.cancelled:
+            if (run_dir / CANCEL).exists():
+                token.cancel()
+                return
+            time.sleep(POLL_S)
+
+    threading.Thread(target=watch_for_cancel, daemon=True).start()
     main_process = int(os.environ.get("RANK", "0")) == 0
     events_file = open(run_dir / EVENTS, "a", encoding="utf-8") if main_process else None
 

@@ -166,7 +166,15 @@ def load_model(config: TrainConfig, device: torch.device, dtype: torch.dtype):
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM
 
-    options = {"dtype": dtype}
+    base = Path(config.base_model)
+    if base.is_dir() and not any(base.glob("*.safetensors")):
+        pickles = sorted(p.name for p in base.glob("*.bin"))
+        raise TrainingError(
+            f"The base model in {base} has no .safetensors weights"
+            + (f" (only {', '.join(pickles)}: pickle files, which can run code when loaded)" if pickles else "")
+            + ". MUsE loads weights only from safetensors files.")
+    # safetensors only: a .bin checkpoint is a pickle, and loading one can run code.
+    options = {"dtype": dtype, "use_safetensors": True}
     if config.method == Method.QLORA:
         from transformers import BitsAndBytesConfig
 

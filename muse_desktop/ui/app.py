@@ -50,6 +50,7 @@ class UserTypePage(QWidget):
         self.catalog = catalog
         self.settings = settings
         self.on_change = on_change
+        self.closed = lambda: False  # the window's lock check: while it says True nothing is chosen
         layout = QVBoxLayout(self)
         layout.setSpacing(14)
 
@@ -160,7 +161,7 @@ class UserTypePage(QWidget):
         self.choose(user_type)
 
     def choose(self, user_type: UserType | None) -> None:
-        if user_type is None:
+        if user_type is None or self.closed():
             return
         self.error.setText("")
         if user_type.is_custom:
@@ -196,6 +197,7 @@ class MainWindow(QMainWindow):
         self.setWindowTitle(APP_NAME)
         self.store = store or Store()
         self.page = UserTypePage(catalog or load_catalog(), self.settings, self.save)
+        self.page.closed = lambda: lock.is_locked(self.settings)
         scroll = QScrollArea()
         scroll.setWidgetResizable(True)
         scroll.setWidget(self.page)
@@ -209,6 +211,7 @@ class MainWindow(QMainWindow):
         picker_layout.setContentsMargins(0, 0, 0, 0)
         picker_layout.addWidget(scroll, 1)
         picker_layout.addWidget(self.page.footer)
+        self._picker = picker
         self.pages = QStackedWidget()
         self.pages.addWidget(picker)
         self.pages.addWidget(model_scroll)
@@ -228,7 +231,17 @@ class MainWindow(QMainWindow):
         # a chat-only pip install shows the tab with what to install.
         if self.trainer.available or not getattr(sys, "frozen", False):
             self.tabs.addTab(trainer_scroll, "Trainer")
-        self.setCentralWidget(self.tabs)
+        # The mark sits above everything, so it is seen on every page and read by screen readers.
+        self.lock_mark = QLabel(lock.LOCKED_MARK)
+        self.lock_mark.setObjectName("lockMark")
+        self.lock_mark.setAlignment(Qt.AlignCenter)
+        central = QWidget()
+        central_layout = QVBoxLayout(central)
+        central_layout.setContentsMargins(0, 0, 0, 0)
+        central_layout.setSpacing(0)
+        central_layout.addWidget(self.lock_mark)
+        central_layout.addWidget(self.tabs, 1)
+        self.setCentralWidget(central)
         self.trainer.chat_requested.connect(self.chat_with)
         from muse_desktop.ui.compare import ComparePage
 
@@ -238,16 +251,24 @@ class MainWindow(QMainWindow):
         compare_scroll.setWidget(self.compare)
         self._compare_scroll = compare_scroll
         self.tabs.addTab(compare_scroll, "Compare")
+        # The tabs the lock closes, in their order; while locked they are taken out of the
+        # window altogether, so no click, shortcut or screen reader can reach them.
+        self._lockable_tabs = [(w, self.tabs.tabText(self.tabs.indexOf(w))) for w in (trainer_scroll, compare_scroll)
+                               if self.tabs.indexOf(w) >= 0]
+        self.tabs.currentChanged.connect(self._tab_changed)
         self.page.start.clicked.connect(self.show_chat)
-        self.chat.back_requested.connect(lambda: self.pages.setCurrentIndex(0))
+        self.chat.back_requested.connect(self.show_picker)
         self.chat.model_page_requested.connect(self.show_model_page)
         self.model_page.back_requested.connect(self.back_from_model_page)
         self.model_page.model_chosen.connect(self.use_model)
         self.model_page.library_chosen.connect(self.chat_with)
         # A bound method (not a lambda), so Qt drops the connection when the window is gone.
         QGuiApplication.styleHints().colorSchemeChanged.connect(self._system_colours_changed)
+        self._kiosk_dialog = None
         self._build_menu()
         self.apply_lock()
+        if lock.is_locked(self.settings):
+            self.open_locked_chat()
         self.chat.fit_zoom(self.settings.zoom_percent)
         self.apply_look()
         self.resize(900, 820)
@@ -358,6 +379,24 @@ class MainWindow(QMainWindow):
         self.pages.setCurrentWidget(self.chat)
         self.chat.input.setFocus()
 
+    def show_picker(self) -> None:
+        if not lock.is_locked(self.settings):
+            self.pages.setCurrentIndex(0)
+
+    def open_locked_chat(self) -> None:
+        """Locked from the first window: the locked person's chat, never the picker."""
+        user_type = self.page.current()
+        self.pages.setCurrentWidget(self.chat)
+        if user_type is None:
+            self.chat.who.setText("Ask the caregiver to unlock MUsE and choose who is using it.")
+            return
+        self.chat.set_user_type(user_type)
+        self.chat.input.setFocus()
+
+    def _tab_changed(self, index: int) -> None:
+        if lock.is_locked(self.settings) and index != 0:
+            self.tabs.setCurrentIndex(0)
+
     def show_model_page(self) -> None:
         if lock.is_locked(self.settings):
             return
@@ -366,10 +405,12 @@ class MainWindow(QMainWindow):
         self.model_page.get_button.setFocus()
 
     def back_from_model_page(self) -> None:
-        self.pages.setCurrentWidget(self.chat if self.chat.engine is not None else self.pages.widget(0))
+        self.pages.setCurrentWidget(self.chat if self.chat.engine is not None else self._picker)
 
     def use_model(self, path: str) -> None:
         """A model was chosen on the model page: open it in the chat."""
+        if lock.is_locked(self.settings):
+            return
         user_type = self.page.current()
         if user_type is not None:
             self.chat.set_user_type(user_type, open_saved_model=False)
@@ -383,16 +424,44 @@ class MainWindow(QMainWindow):
         """Show or hide what the lock and simple mode close."""
         locked = lock.is_locked(self.settings)
         simple = self.settings.simple_mode
-        self.chat.change.setVisible(not locked and not simple)
-        self.chat.change_model.setVisible(not locked and not simple)
-        trainer_index = self.tabs.indexOf(self._trainer_scroll)
-        if trainer_index >= 0:
-            self.tabs.setTabVisible(trainer_index, not locked and not simple)
-        self.tabs.setTabVisible(self.tabs.indexOf(self._compare_scroll), not locked and not simple)
+        # Hidden is not closed: what the lock closes is also disabled, so no input path
+        # (keyboard, shortcut, screen reader's "press") can use it.
+        self.chat.closed_controls = (self.chat.change, self.chat.change_model) if locked else ()
+        for control in (self.chat.change, self.chat.change_model):
+            control.setVisible(not locked and not simple)
+            control.setEnabled(not locked and not self.chat.busy)
+        # Closed pages leave the window altogether while locked: a hidden page's list items
+        # are still "showing" to AT-SPI, and what is not in the tree cannot be pressed.
+        if locked:
+            self.pages.setCurrentWidget(self.chat)
+        for position, page in enumerate((self._picker, self._model_scroll)):
+            present = self.pages.indexOf(page) >= 0
+            if locked and present:
+                self.pages.removeWidget(page)
+                page.setParent(None)
+            elif not locked and not present:
+                self.pages.insertWidget(position, page)
+            page.setEnabled(not locked)
+        for position, (widget, title) in enumerate(self._lockable_tabs, start=1):
+            present = self.tabs.indexOf(widget) >= 0
+            if locked and present:
+                self.tabs.removeTab(self.tabs.indexOf(widget))
+                widget.setParent(None)
+            elif not locked and not present:
+                self.tabs.insertTab(position, widget, title)
+            widget.setEnabled(not locked)
+            if not locked:
+                self.tabs.setTabVisible(self.tabs.indexOf(widget), not simple)
         self.tabs.tabBar().setVisible(not simple and self.tabs.count() > 1)
         self.chat.set_simple(simple)
-        if locked and self.pages.currentWidget() is not self.chat and self.chat.engine is not None:
-            self.pages.setCurrentWidget(self.chat)
+        if locked:
+            self.tabs.setCurrentIndex(0)
+            if self.pages.currentWidget() is not self.chat:
+                self.pages.setCurrentWidget(self.chat)
+        self.lock_mark.setVisible(locked)
+        if locked and self._kiosk_dialog is not None and self._kiosk_dialog.isVisible():
+            self._kiosk_dialog.close()  # the caregiver's settings close with the lock, also a dialog left open
+        self.setWindowTitle(f"{APP_NAME} — {lock.LOCKED_MARK}" if locked else APP_NAME)
         has_pin = lock.has_pin(self.settings)
         self.set_pin_action.setEnabled(not locked)
         self.lock_action.setEnabled(has_pin and not locked)
@@ -417,15 +486,22 @@ class MainWindow(QMainWindow):
         return None
 
     def lock_now(self) -> None:
-        if lock.has_pin(self.settings):
-            self.settings.locked = True
-            self.save()
-            self.apply_lock()
+        if not lock.has_pin(self.settings):
+            return
+        if self.page.current() is None:  # locked, the picker is closed: the chat needs someone to answer for
+            QMessageBox.information(self, APP_NAME, "First choose who is using MUsE, then lock.")
+            return
+        lock.lock(self.settings)
+        self.save()
+        self.apply_lock()
+        if self.chat.user_type is None or self.chat.user_type.prompt_name != self.page.current().prompt_name:
+            self.open_locked_chat()
 
     def unlock(self, pin: str) -> lock.Attempt:
         attempt = lock.try_pin(self.settings, pin)
         if attempt.ok:
             self.settings.locked = False
+            self.settings.locked_user = {}
         self.save()  # the failure count survives a restart
         self.apply_lock()
         return attempt
@@ -445,7 +521,9 @@ class MainWindow(QMainWindow):
         return pin if ok else None
 
     def ask_new_pin(self) -> None:
-        pin = self._ask_pin("Caregiver PIN", "New PIN (4 to 12 digits):")
+        if lock.is_locked(self.settings):
+            return
+        pin = self._ask_pin("Caregiver PIN", "New PIN: at least 4 digits, or a passphrase of 8 or more letters:")
         if pin is None:
             return
         if self._ask_pin("Caregiver PIN", "The same PIN again:") != pin:
@@ -455,6 +533,8 @@ class MainWindow(QMainWindow):
         QMessageBox.information(self, APP_NAME, problem or "The PIN is set. Use “Lock now” to lock.")
 
     def ask_unlock(self) -> None:
+        if not lock.is_locked(self.settings):
+            return
         pin = self._ask_pin("Unlock", "Caregiver PIN:")
         if pin is not None:
             attempt = self.unlock(pin)
@@ -469,6 +549,7 @@ class MainWindow(QMainWindow):
         dialog = KioskDialog(self, self.settings, self.save)
         dialog.setStyleSheet(self.styleSheet())
         dialog.show()
+        self._kiosk_dialog = dialog
         return dialog
 
     def ask_remove_pin(self) -> None:
@@ -483,6 +564,8 @@ class MainWindow(QMainWindow):
 
     def chat_with(self, model_path: str, adapter_path: str = "") -> None:
         """From the Trainer: open the exported model (or base + adapter) in the chat."""
+        if lock.is_locked(self.settings):
+            return
         self.tabs.setCurrentIndex(0)
         user_type = self.page.current()
         if user_type is None:
@@ -493,6 +576,10 @@ class MainWindow(QMainWindow):
         self.chat.load_model(model_path, [adapter_path] if adapter_path else [])
 
     def closeEvent(self, event) -> None:
+        for page in (self._picker, self._model_scroll, *(w for w, _ in self._lockable_tabs)):
+            if page.parent() is None:  # closed by the lock: Qt, not Python's collector, deletes it with us
+                page.setParent(self)
+                page.hide()
         self.compare.shutdown()
         self.trainer.shutdown()
         self.model_page.shutdown()

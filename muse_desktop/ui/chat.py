@@ -35,6 +35,8 @@ from muse_desktop.usertypes import UserType
 
 # What the add-on control offers: words, and the scale llama.cpp applies (0 is the base alone).
 ADDON_STRENGTHS = (("Add-on: full", 1.0), ("Add-on: half", 0.5), ("Add-on: off", 0.0))
+NO_ANSWER = "No answer came to this question. Press “Try again”, or ask it again."
+NOTE = "note"  # a bubble that is not a message: the mark of a question without an answer
 
 
 class Bubble(QLabel):
@@ -47,7 +49,7 @@ class Bubble(QLabel):
         self.setWordWrap(True)
         self.setTextInteractionFlags(Qt.TextSelectableByMouse | Qt.TextSelectableByKeyboard)
         self.setFocusPolicy(Qt.StrongFocus)
-        self.setAccessibleName("You said" if role == "user" else "MUsE said")
+        self.setAccessibleName({"user": "You said", NOTE: "No answer"}.get(role, "MUsE said"))
 
     def append(self, text: str) -> None:
         self.setText(self.text() + text)
@@ -71,6 +73,9 @@ class ChatPage(QWidget):
         self.conversation_id: int | None = None
         self.answer_bubble: Bubble | None = None
         self._pending_model: str | None = None  # opened once the current work has finished
+        self._question_id: int | None = None  # the stored question being answered now
+        self._choosing = False  # preference mode's four answers are being written
+        self.closed_controls: tuple = ()  # closed by the caregiver's lock: the end of a job must not reopen them
 
         layout = QVBoxLayout(self)
         top = QHBoxLayout()
@@ -288,21 +293,46 @@ class ChatPage(QWidget):
         if self.conversation_id is None:
             title = question if len(question) <= 48 else question[:47] + "…"
             self.conversation_id = self.store.create_conversation(self.user_type.prompt_name, title).id
-        self.store.add_message(self.conversation_id, "user", question)
+        self._question_id = self.store.add_message(self.conversation_id, "user", question).id
         self.add_bubble("user", question)
         self.input.clear()
         self.refresh_history()
-        if self.preference_toggle.isChecked() and not self._kiosk_refusal(question):
+        if self._refused(question):
+            return
+        if self.preference_toggle.isChecked():
             self._start_candidates()
             return
-        refusal = self._kiosk_refusal(question)
-        if refusal:  # off-topic in kiosk mode: a kind answer, and the model is never asked
-            self.store.add_message(self.conversation_id, "assistant", refusal, settings={"refused": "off-topic"})
-            self.add_bubble("assistant", refusal)
-            self.status.setText("That question is outside what this kiosk is for.")
-            self.answer_done.emit()
-            return
         self._ask(self.store.turns(self.conversation_id))
+
+    def _refused(self, question: str) -> bool:
+        """The kiosk's scope check, on every route to the model; a refusal is the answer, the model is not asked."""
+        from muse_desktop.scope import check_question
+
+        verdict = check_question(question, self.settings.kiosk_mode)
+        if verdict.allowed:
+            return False
+        self.store.add_message(self.conversation_id, "assistant", verdict.refusal,
+                               settings={"refused": "no guard" if verdict.problem else "off-topic"})
+        self._question_id = None
+        self.add_bubble("assistant", verdict.refusal)
+        self.status.setText(verdict.problem or "That question is outside what this kiosk is for.")
+        if verdict.problem:
+            self.problem.emit(verdict.problem)
+        self.answer_done.emit()
+        return True
+
+    def _no_answer(self, reason: str) -> None:
+        """The question got no answer: it stays, marked, and is left out of later prompts."""
+        if self._question_id is not None:
+            self.store.mark_unanswered(self._question_id, reason)
+            self._question_id = None
+        if self.answer_bubble is not None and not self.answer_bubble.text().strip():
+            self.answer_bubble.role = NOTE
+            self.answer_bubble.setAccessibleName("No answer")
+            self.answer_bubble.setText(NO_ANSWER)
+        else:
+            self.add_bubble(NOTE, NO_ANSWER)
+        self.answer_bubble = None
 
     # -- preference mode ---------------------------------------------------------------------
 
@@ -316,6 +346,7 @@ class ChatPage(QWidget):
             self.status.setText(f"The preference grid setting is not usable ({exc}); using the default.")
             self._specs = list(DEFAULT_GRID)
         self._candidates: list[dict] = []
+        self._choosing = True
         self._make_room_for_candidates(True)
         self.preference_panel.start([spec.label() for spec in self._specs])
         self.status.setText("Writing four answers…")
@@ -340,8 +371,7 @@ class ChatPage(QWidget):
 
         def done(event: Done) -> None:
             if event.data.get("stopped") == "cancelled":  # Stop ends the whole round
-                self.preference_panel.setVisible(False)
-                self._make_room_for_candidates(False)
+                self._end_candidates()
                 self.status.setText("Stopped. Ask again to get four new answers.")
                 return
             self._candidates.append({"text": event.data["text"].strip(), "framing": spec.framing,
@@ -351,17 +381,27 @@ class ChatPage(QWidget):
         self._run(lambda token: engine.generate(user_type, turns, template, sampling, cancel=token), on_done=done,
                   on_text=lambda delta: self.preference_panel.append(index, delta))
 
+    def _end_candidates(self) -> None:
+        """A round that cannot finish (stopped, failed): the question is kept as one without an answer."""
+        self._choosing = False
+        self._then = None
+        self.preference_panel.setVisible(False)
+        self._make_room_for_candidates(False)
+        self._no_answer("the four answers were not finished")
+
     def _make_room_for_candidates(self, on: bool) -> None:
         """While four answers are on screen they get the room; the conversation shows its last lines."""
         self.scroll.setMaximumHeight(170 if on else 16777215)
         self.side.setVisible(not on and not self.simple and self.history_toggle.isChecked())
 
     def _preference_chosen(self, best: int, worst: int, reason: str) -> None:
+        self._choosing = False
+        self._question_id = None
         self._make_room_for_candidates(False)
-        messages = self.store.messages(self.conversation_id)
-        context = [{"role": m.role, "content": m.content} for m in messages[:-1]]
+        turns = self.store.turns(self.conversation_id)  # the valid conversation the candidates answered
+        context = [{"role": t.role, "content": t.content} for t in turns[:-1]]
         conversation = self.store.conversation(self.conversation_id)
-        preference = self.store.add_preference(conversation.user_type, context, messages[-1].content,
+        preference = self.store.add_preference(conversation.user_type, context, turns[-1].content,
                                                self._candidates, best, worst, reason, self.conversation_id)
         chosen = self._candidates[best]
         self.store.add_message(self.conversation_id, "assistant", chosen["text"],
@@ -372,16 +412,6 @@ class ChatPage(QWidget):
         self.status.setText("Thank you. The best answer is kept; the conversation goes on from there.")
         self.refresh_history()
         self.answer_done.emit()
-
-    def _kiosk_refusal(self, question: str) -> str | None:
-        if not self.settings.kiosk_mode:
-            return None
-        from muse_desktop.scope import ScopeGuard
-
-        guard = ScopeGuard.load()
-        if guard is None or guard.allows(question):
-            return None
-        return guard.refusal()
 
     def _ask(self, turns, seed: int | None = None) -> None:
         from muse_desktop.chat.engine import default_sampling
@@ -403,6 +433,10 @@ class ChatPage(QWidget):
         if text:
             self.store.add_message(self.conversation_id, "assistant", text, model=Path(self.settings.model_path).name,
                                    settings=dict(data["sampling"], stopped=data["stopped"]))
+            self._question_id = None
+            self.answer_bubble = None
+        else:  # stopped before any text, or an empty answer
+            self._no_answer("stopped before any text" if data["stopped"] == "cancelled" else "the answer was empty")
         self.status.setText("Stopped." if data["stopped"] == "cancelled" else "Ready.")
         self.refresh_history()
         self.answer_done.emit()
@@ -446,8 +480,11 @@ class ChatPage(QWidget):
             return
         self._clear_bubbles()
         self.conversation_id = conversation_id
+        self.store.repair_conversation(conversation_id)  # e.g. a question whose answer a crash cut off
         for message in self.store.messages(conversation_id):
             self.add_bubble(message.role, message.content)
+            if message.role == "user" and message.settings.get("unanswered"):
+                self.add_bubble(NOTE, NO_ANSWER)
         self.status.setText(f"Continuing “{self.store.conversation(conversation_id).title}”.")
 
     def _selected_conversation(self) -> int | None:
@@ -474,7 +511,11 @@ class ChatPage(QWidget):
             self.status.setText("Choose a conversation in the list first.")
             return
         title = self.store.conversation(conversation_id).title
-        answer = QMessageBox.question(self, "Delete", f"Delete the conversation “{title}”? This cannot be undone.",
+        choices = self.store.preference_count(conversation_id)
+        also = (f" The {choices} {'choice' if choices == 1 else 'choices'} between answers made in it "
+                "will be deleted too." if choices else "")
+        answer = QMessageBox.question(self, "Delete",
+                                      f"Delete the conversation “{title}”?{also} This cannot be undone.",
                                       QMessageBox.Yes | QMessageBox.No, QMessageBox.No)
         if answer != QMessageBox.Yes:
             return
@@ -541,9 +582,19 @@ class ChatPage(QWidget):
         bubbles = self._bubbles()
         if messages[-1].role == "assistant":
             self.store.delete_message(messages[-1].id)
-            if bubbles and bubbles[-1].role == "assistant":
-                bubbles[-1].deleteLater()
-                self.messages.removeWidget(bubbles[-1])
+            messages.pop()
+        if bubbles and bubbles[-1].role in ("assistant", NOTE):
+            bubbles[-1].deleteLater()
+            self.messages.removeWidget(bubbles[-1])
+        if not messages or messages[-1].role != "user":
+            return
+        question = messages[-1]
+        if question.settings.get("unanswered"):  # asked again: it is a live question once more
+            self.store.set_message_settings(question.id, {k: v for k, v in question.settings.items()
+                                                          if k != "unanswered"})
+        self._question_id = question.id
+        if self._refused(question.content):
+            return
         self._ask(self.store.turns(self.conversation_id), seed=random.randrange(2**31))
 
     # -- running work off the GUI thread --------------------------------------------------------
@@ -561,13 +612,17 @@ class ChatPage(QWidget):
                 self.rename_button, self.delete_button, self.export_button)
 
     def _failed(self, message: str) -> None:
+        if self._choosing:
+            self._end_candidates()
+        elif self._question_id is not None:
+            self._no_answer(message)
         self.status.setText(message)
         self.problem.emit(message)
 
     def _finished(self) -> None:
         self.stop_button.setEnabled(False)
         for control in self._locked_while_busy():
-            control.setEnabled(True)
+            control.setEnabled(control not in self.closed_controls)
         pending, self._pending_model = self._pending_model, None
         if pending:
             self.load_model(pending)
@@ -578,8 +633,8 @@ class ChatPage(QWidget):
     def shutdown(self) -> None:
         self.speaker.stop()
         if self.worker is not None:
-            self.worker.cancel()
-            self.worker.thread.wait(5000)
+            self.worker.cancel()  # the engine's abort callback ends even a long prompt's evaluation
+            self.worker.thread.wait(30000)
         if self.engine is not None:
-            self.engine.close()
+            self.engine.close()  # while a worker still uses it, the engine frees it when that ends
             self.engine = None

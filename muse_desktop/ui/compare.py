@@ -241,6 +241,15 @@ class ComparePage(QWidget):
         from muse_desktop.chat.engine import EngineSettings
         from muse_desktop.compare import generate_answers, new_session
 
+        from muse_desktop.scope import check_question
+
+        # The same scope check as the chat: in kiosk mode no route reaches a model off-topic.
+        for question in filter(str.strip, self.questions.toPlainText().splitlines()):
+            verdict = check_question(question, self.settings.kiosk_mode)
+            if not verdict.allowed:
+                self.status.setText(verdict.problem or f"Kiosk mode is on, and “{question.strip()}” is outside "
+                                                       "what this kiosk is for. Nothing was asked.")
+                return
         try:
             self.session = new_session(self.store, self.rater.text(), self.chosen())
         except CompareError as exc:

@@ -284,5 +284,7 @@ class ModelPage(QWidget):
 
     def shutdown(self) -> None:
         if self.worker is not None:
+            # Every step here honours the cancel (the quantizer is a child process, killed at
+            # once); a window destroyed while its thread still runs would crash the app.
             self.worker.cancel()
-            self.worker.thread.wait(5000)
+            self.worker.thread.wait()

@@ -58,6 +58,8 @@ QProgressBar::chunk {{ background: {p['accent']}; }}
 QLabel#heading {{ font-size: {round(size * 1.6)}pt; font-weight: bold; }}
 QLabel#muted {{ color: {p['muted']}; }}
 QLabel#error {{ color: {p['error']}; font-weight: bold; }}
+QLabel#lockMark {{ background: {p['accent']}; color: {p['accent_text']}; font-weight: bold;
+    border-radius: 6px; padding: 4px 12px; margin: 2px 6px; }}
 QLineEdit, QListWidget {{ background: {p['field']}; color: {p['text']};
     border: 2px solid {p['border']}; border-radius: 6px; padding: 6px; }}
 QListWidget::item {{ padding: 8px; }}

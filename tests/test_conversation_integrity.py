@@ -1,0 +1,176 @@
+"""One failed, stopped or empty answer never leaves a conversation the prompt contract refuses."""
+
+from __future__ import annotations
+
+import pytest
+
+from muse_desktop.demo_model import Variant
+from muse_desktop.prompting import Turn, build_pieces
+from muse_desktop.settings import Settings
+from muse_desktop.store import Store
+
+
+@pytest.fixture
+def chat_window(qtbot, tiny_gguf):
+    from muse_desktop.ui.app import MainWindow
+
+    store = Store()
+    win = MainWindow(Settings(user_type_id="teenager", context_length=256), store=store)
+    qtbot.addWidget(win)
+    win.show()
+    win.show_chat()
+    with qtbot.waitSignal(win.chat.model_ready, timeout=30000):
+        win.use_model(str(tiny_gguf[Variant.MINI_4K]))
+    qtbot.waitUntil(lambda: win.chat.worker is None)
+    yield win
+    win.close()
+    store.close()
+
+
+def ask(qtbot, win, question: str, stop: bool = False) -> None:
+    win.chat.input.setText(question)
+    with qtbot.waitSignal(win.chat.answer_done, timeout=30000) if not stop else _nothing():
+        win.chat.send()
+        if stop:
+            win.chat.stop()
+    qtbot.waitUntil(lambda: win.chat.worker is None, timeout=30000)
+
+
+class _nothing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def assert_valid(store: Store, conversation_id: int) -> list[Turn]:
+    turns = store.turns(conversation_id)
+    build_pieces("Teenager", turns, add_generation_prompt=False)  # raises if the contract refuses them
+    return turns
+
+
+def test_a_failed_answer_leaves_the_question_marked_and_the_next_one_is_answered(qtbot, chat_window):
+    from muse_desktop.ui.chat import NO_ANSWER, Bubble
+
+    win, store = chat_window, chat_window.store
+    too_long = "Tell me everything about rivers and mountains and seas. " * 60  # far past 256 tokens
+    win.chat.input.setText(too_long)
+    with qtbot.waitSignal(win.chat.problem, timeout=30000) as failed:
+        win.chat.send()
+    qtbot.waitUntil(lambda: win.chat.worker is None)
+    assert "too long" in failed.args[0]
+    conversation = store.conversations()[0].id
+    saved = store.messages(conversation)
+    assert saved[-1].content == too_long.strip() and saved[-1].settings.get("unanswered")  # kept, marked
+    assert [b.text() for b in win.chat.findChildren(Bubble) if b.role == "note"] == [NO_ANSWER]
+    ask(qtbot, win, "Why is the sky blue?")
+    saved = store.messages(conversation)
+    assert [m.role for m in saved] == ["user", "user", "assistant"] and saved[-1].content.strip()
+    assert [t.content for t in assert_valid(store, conversation)] == ["Why is the sky blue?", saved[-1].content]
+    assert "must alternate" not in win.chat.status.text()
+
+
+def test_an_answer_stopped_before_any_text_keeps_the_conversation_valid(qtbot, chat_window):
+    win, store = chat_window, chat_window.store
+    ask(qtbot, win, "Tell me a long story", stop=True)  # stopped before the prompt was even evaluated
+    conversation = store.conversations()[0].id
+    saved = store.messages(conversation)
+    assert [m.role for m in saved] == ["user"] and saved[0].settings.get("unanswered")
+    ask(qtbot, win, "And a short one?")
+    assert [m.role for m in store.messages(conversation)] == ["user", "user", "assistant"]
+    assert_valid(store, conversation)
+    # "Try again" on an unanswered question asks it again, and the conversation stays valid.
+    ask(qtbot, win, "One more?", stop=True)
+    with qtbot.waitSignal(win.chat.answer_done, timeout=30000):
+        win.chat.regenerate()
+    qtbot.waitUntil(lambda: win.chat.worker is None)
+    saved = store.messages(conversation)
+    assert saved[-2].content == "One more?" and not saved[-2].settings.get("unanswered")
+    assert saved[-1].role == "assistant" and saved[-1].content.strip()
+    assert len(assert_valid(store, conversation)) == 4
+
+
+def test_a_conversation_broken_by_an_older_version_is_repaired_when_opened(qtbot, chat_window):
+    from muse_desktop.ui.chat import NO_ANSWER, Bubble
+
+    win, store = chat_window, chat_window.store
+    broken = store.create_conversation("Teenager", "Broken").id
+    store.add_message(broken, "user", "First question that never got an answer")
+    store.add_message(broken, "user", "Second question")
+    store.add_message(broken, "assistant", "An answer.")
+    store.add_message(broken, "user", "A question a crash cut off")
+    win.chat.open_conversation(broken)
+    qtbot.wait(50)  # new bubbles are shown from the event loop
+    notes = [b for b in win.chat.findChildren(Bubble) if b.role == "note" and not b.isHidden()]
+    assert [b.text() for b in notes] == [NO_ANSWER, NO_ANSWER]
+    ask(qtbot, win, "Are you there?")
+    saved = store.messages(broken)
+    assert saved[-1].role == "assistant" and saved[-1].content.strip()
+    turns = assert_valid(store, broken)
+    assert [t.content for t in turns[:-1]] == ["Second question", "An answer.", "Are you there?"]
+
+
+def test_stopping_the_four_answers_keeps_the_conversation_valid(qtbot, chat_window):
+    win, store = chat_window, chat_window.store
+    win.chat.preference_toggle.setChecked(True)
+    win.chat.input.setText("Which is better, tea or coffee?")
+    win.chat.send()
+    qtbot.waitUntil(lambda: win.chat.preference_panel.isVisible(), timeout=10000)
+    win.chat.stop()
+    qtbot.waitUntil(lambda: win.chat.worker is None and not win.chat._choosing, timeout=30000)
+    assert not win.chat.preference_panel.isVisible()
+    win.chat.preference_toggle.setChecked(False)
+    ask(qtbot, win, "What is tea made of?")
+    conversation = store.conversations()[0].id
+    saved = store.messages(conversation)
+    assert saved[-1].role == "assistant" and saved[-1].content.strip()
+    assert [t.content for t in assert_valid(store, conversation)][0] == "What is tea made of?"
+
+
+def test_deleting_a_conversation_deletes_its_preferences_after_asking(qtbot, chat_window, monkeypatch):
+    from PySide6.QtWidgets import QMessageBox
+
+    win, store = chat_window, chat_window.store
+    keep = store.create_conversation("Teenager", "Keep").id
+    gone = store.create_conversation("Teenager", "Gone").id
+    candidates = [{"text": "A"}, {"text": "B"}]
+    store.add_preference("Teenager", [], "Tea?", candidates, 0, 1, "", keep)
+    store.add_preference("Teenager", [], "Private question", candidates, 1, 0, "", gone)
+    asked = []
+
+    def question(_parent, _title, text, *_args):
+        asked.append(text)
+        return QMessageBox.Yes
+
+    monkeypatch.setattr(QMessageBox, "question", question)
+    win.chat.open_conversation(gone)
+    win.chat.delete_conversation()
+    assert asked and "1 choice between answers made in it will be deleted too" in asked[0]
+    assert [p["prompt"] for p in store.preferences()] == ["Tea?"]
+
+
+def test_compare_never_stores_an_answer_cut_off_by_stop(tiny_gguf):
+    from muse_desktop.chat.engine import EngineSettings
+    from muse_desktop.compare import Contender, generate_answers, new_session
+    from muse_desktop.events import Cancelled, Progress
+    from test_chat_safety import CancelledAfter
+
+    class StopDuringTheLastAnswer(CancelledAfter):
+        armed = False
+
+        @property
+        def cancelled(self) -> bool:
+            return CancelledAfter.cancelled.fget(self) if self.armed else self._event.is_set()
+
+    store = Store()
+    model = str(tiny_gguf[Variant.MINI_4K])
+    session = new_session(store, "Sam", [Contender("a", model), Contender("b", model)])
+    token = StopDuringTheLastAnswer(1)
+    with pytest.raises(Cancelled):
+        for event in generate_answers(store.path, session, ["Why is the sky blue?"], ["Child"],
+                                      EngineSettings(threads=2, context_length=512), cancel=token):
+            if isinstance(event, Progress):
+                token.armed = True  # the first model has answered: Stop comes while the second answers
+    assert store.db.execute("SELECT COUNT(*) FROM comparison_answers").fetchone()[0] == 0
+    store.close()
