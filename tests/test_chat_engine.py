@@ -295,7 +295,7 @@ def test_long_rope_model_stays_on_the_short_factors_unless_asked(tiny_models, ti
     plain = ChatEngine(tiny_gguf[Variant.MINI_128K], EngineSettings(context_length=1024, threads=2))
     longer = ChatEngine(tiny_gguf[Variant.MINI_128K], EngineSettings(context_length=1024, threads=2, long_context=True))
     try:
-        assert plain.llm.n_ctx() <= original and "keeps 256 tokens" in plain.context_note
+        assert plain.llm.n_ctx() <= original and "Longer memory" in plain.context_note
         assert longer.llm.n_ctx() == 1024 and "less exact" in longer.context_note
         ids = plain.prompt_ids("Elderly", QUESTION)
         reference = hf_logits(model_dir, ids)[-1]  # transformers: short factors for a short sequence
@@ -311,3 +311,19 @@ def test_long_rope_model_stays_on_the_short_factors_unless_asked(tiny_models, ti
         assert four_k.llm.n_ctx() == 1024 and four_k.context_note == ""  # no LongRoPE, nothing capped
     finally:
         four_k.close()
+
+
+def test_the_memory_cost_is_llama_cpps_own_cache_size(tiny_gguf):
+    """kv_cache_bytes (what 'Longer memory…' quotes) agrees with the cache llama.cpp allocates."""
+    import llama_cpp
+
+    chat = ChatEngine(tiny_gguf[Variant.GQA], EngineSettings(context_length=512, threads=2))
+    try:
+        # The GQA model has fewer key/value heads than heads: the estimate must use the former.
+        expected = llama_cpp.llama_state_get_size(chat.llm.ctx)
+        chat.llm.eval(chat.prompt_ids("Child", QUESTION))
+        filled = llama_cpp.llama_state_get_size(chat.llm.ctx) - expected
+        per_token = chat.kv_cache_bytes(1)
+        assert filled > 0 and abs(filled / len(chat.prompt_ids("Child", QUESTION)) - per_token) / per_token < 0.2
+    finally:
+        chat.close()

@@ -193,9 +193,11 @@ def assert_locked_window(qtbot, win) -> None:
         QTest.keyClick(win.tabs, key, modifier)
         assert win.tabs.currentIndex() == 0
     for action in (win.set_pin_action, win.lock_action, win.remove_pin_action, win.simple_action,
-                   win.kiosk_action):
+                   win.kiosk_action, win.memory_action):
         assert not action.isEnabled()
         action.trigger()  # even a disabled action's trigger (a script, an AT) must not open anything
+    win.set_long_memory(True)
+    assert not win.settings.long_context and not win.memory_action.isChecked()
     win.ask_new_pin()
     win.ask_remove_pin()
     assert win.open_kiosk() is None and lock.is_locked(win.settings)

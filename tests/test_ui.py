@@ -858,3 +858,38 @@ def test_a_model_with_an_adapter_is_reopened_with_it(qtbot, tiny_gguf, tiny_mode
     assert again.chat.model_label.text().endswith("+ a.gguf")
     assert [a.path for a in again.chat.engine.adapters] == [str(adapter)]
     again.close()
+
+
+def test_longer_memory_is_asked_for_explained_and_reopens_the_model(qtbot, tiny_gguf, monkeypatch):
+    """A LongRoPE model opens at its original context; 'Longer memory…' says the cost, then reopens it."""
+    from PySide6.QtWidgets import QMessageBox
+
+    from muse_desktop.demo_model import Variant
+
+    win = MainWindow(Settings(user_type_id="child"))
+    qtbot.addWidget(win)
+    win.show()
+    load_model_and_wait(qtbot, win, tiny_gguf[Variant.MINI_128K])
+    assert win.chat.engine.llm.n_ctx() <= 256  # the tiny model's original context
+    assert "keeps about 190 words of a conversation in mind" in win.chat.status.text()
+    asked = []
+
+    def refuse(parent, title, text, *args):
+        asked.append(text)
+        return QMessageBox.No
+
+    monkeypatch.setattr(QMessageBox, "question", refuse)
+    win.memory_action.trigger()
+    assert asked and "less exact" in asked[0]
+    assert not win.memory_action.isChecked() and not load_settings().settings.long_context
+    monkeypatch.setattr(QMessageBox, "question", lambda *args: QMessageBox.Yes)
+    with qtbot.waitSignal(win.chat.model_ready, timeout=30000):
+        win.memory_action.trigger()
+    qtbot.waitUntil(lambda: win.chat.worker is None)
+    assert win.memory_action.isChecked() and load_settings().settings.long_context
+    assert win.chat.engine.llm.n_ctx() == 8192 and "Longer memory is on" in win.chat.status.text()
+    with qtbot.waitSignal(win.chat.model_ready, timeout=30000):
+        win.memory_action.trigger()  # off again: no question asked
+    qtbot.waitUntil(lambda: win.chat.worker is None)
+    assert win.chat.engine.llm.n_ctx() <= 256 and not load_settings().settings.long_context
+    win.close()

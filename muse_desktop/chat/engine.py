@@ -44,6 +44,9 @@ class EngineSettings:
     long_context: bool = False
 
 
+LONG_CONTEXT = 8192  # what "longer memory" asks for: twice Phi-3-mini-128k's original context
+
+
 def effective_context(info, settings: EngineSettings) -> tuple[int, str]:
     """The context a model is opened with, and a note for the person when it differs from the setting.
 
@@ -58,10 +61,10 @@ def effective_context(info, settings: EngineSettings) -> tuple[int, str]:
     if not info.long_rope or not original or wanted <= original:
         return wanted, ""
     if settings.long_context:
-        return wanted, (f"Longer memory is on ({wanted} tokens): every answer is a little less exact than "
-                        f"with the model's own {original}.")
-    return original, (f"This model keeps {original} tokens in mind, the most it handles at its best; "
-                      "a longer memory can be switched on in the settings, at some cost in answer quality.")
+        return wanted, "Longer memory is on: MUsE keeps more in mind, and its answers are a little less exact."
+    words = round(original * 0.75, -1)  # about three words for every four tokens of English
+    return original, (f"To answer as well as it can, MUsE keeps about {words:,.0f} words of a conversation in "
+                      "mind. “Longer memory” in the Caregiver menu keeps more, at some cost in answer quality.")
 
 
 @dataclass
@@ -215,6 +218,15 @@ class ChatEngine:
             raise ModelError(f"llama.cpp could not apply the adapters (code {code}).")
         self._adapters = chosen
         self.llm.reset()  # the cached prefix was computed with other weights
+
+    def kv_cache_bytes(self, n_ctx: int) -> int:
+        """Memory llama.cpp's F16 key/value cache takes for ``n_ctx`` tokens of this model."""
+        import llama_cpp
+
+        model = self.llm.model
+        layers = llama_cpp.llama_model_n_layer(model)
+        head_dim = llama_cpp.llama_model_n_embd(model) // max(1, llama_cpp.llama_model_n_head(model))
+        return 2 * layers * n_ctx * llama_cpp.llama_model_n_head_kv(model) * head_dim * 2
 
     @property
     def adapters(self) -> list[AdapterSpec]:

@@ -308,6 +308,9 @@ class MainWindow(QMainWindow):
         self.remove_pin_action = QAction("Remove the PIN…", self)
         self.kiosk_action = QAction("Kiosk mode…", self)
         self.kiosk_action.triggered.connect(self.open_kiosk)
+        self.memory_action = QAction("Longer memory…", self, checkable=True)
+        self.memory_action.setChecked(self.settings.long_context)
+        self.memory_action.toggled.connect(self.set_long_memory)
         self.set_pin_action.triggered.connect(self.ask_new_pin)
         self.lock_action.triggered.connect(self.lock_now)
         self.unlock_action.triggered.connect(self.ask_unlock)
@@ -318,6 +321,7 @@ class MainWindow(QMainWindow):
         caregiver.addSeparator()
         caregiver.addAction(self.simple_action)
         caregiver.addAction(self.kiosk_action)
+        caregiver.addAction(self.memory_action)
         caregiver.addSeparator()
         caregiver.addAction(self.remove_pin_action)
         help_menu = self.menuBar().addMenu("&Help")
@@ -472,6 +476,7 @@ class MainWindow(QMainWindow):
         self.simple_action.blockSignals(False)
         self.simple_action.setEnabled(not locked)
         self.kiosk_action.setEnabled(not locked)
+        self.memory_action.setEnabled(not locked)
 
     def set_pin(self, pin: str) -> str | None:
         """Set the PIN; returns a problem to show, or None."""
@@ -540,6 +545,39 @@ class MainWindow(QMainWindow):
             attempt = self.unlock(pin)
             if not attempt.ok:
                 QMessageBox.warning(self, APP_NAME, attempt.message)
+
+    def set_long_memory(self, on: bool, ask: bool = True) -> None:
+        """Let a long-context model remember more, after saying what it costs (answer quality, memory)."""
+        from muse_desktop.chat.engine import LONG_CONTEXT
+
+        if lock.is_locked(self.settings) or on == self.settings.long_context:
+            self._show_memory_choice()
+            return
+        if on and ask:
+            engine = self.chat.engine
+            more = ""
+            if engine is not None:
+                extra = engine.kv_cache_bytes(LONG_CONTEXT) - engine.kv_cache_bytes(engine.llm.n_ctx())
+                if extra >= 0.05 * 2**30:
+                    more = f" It also takes about {extra / 2**30:.1f} GB more of the computer's memory."
+            answer = QMessageBox.question(
+                self, "Longer memory",
+                "MUsE can keep about twice as much of a conversation in mind. Its answers then become a "
+                "little less exact: the model works in its long-text mode for every answer, also short ones."
+                f"{more}\n\nTurn longer memory on?")
+            if answer != QMessageBox.Yes:
+                self._show_memory_choice()
+                return
+        self.settings.long_context = on
+        self.settings.context_length = LONG_CONTEXT if on else Settings().context_length
+        self.save()
+        self._show_memory_choice()
+        self.chat.reopen_model()
+
+    def _show_memory_choice(self) -> None:
+        self.memory_action.blockSignals(True)
+        self.memory_action.setChecked(self.settings.long_context)
+        self.memory_action.blockSignals(False)
 
     def open_kiosk(self):
         if lock.is_locked(self.settings):

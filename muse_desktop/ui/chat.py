@@ -224,6 +224,12 @@ class ChatPage(QWidget):
         self.status.setText(f"Opening {Path(path).name}…")
         self._run(events, on_done=lambda event: self._loaded(path, event.data["engine"], adapters or []))
 
+    def reopen_model(self) -> None:
+        """Open the current model again (with its add-on), e.g. after a change to how much it remembers."""
+        if self.engine is not None and self.settings.model_path:
+            adapters = [spec.path for spec in self.engine.adapters]
+            self.load_model(self.settings.model_path, adapters)
+
     def _loaded(self, path: str, engine, adapters: list[str] | None = None) -> None:
         from muse_desktop.demo_model import DEMO_NOTICE
 
@@ -235,7 +241,8 @@ class ChatPage(QWidget):
         if adapters:
             label += " + " + ", ".join(Path(a).name for a in adapters)
         self.model_label.setText(label)
-        self.status.setText("Ready. Type a question and press Enter.")
+        ready = "Ready. Type a question and press Enter."
+        self.status.setText(f"{engine.context_note} {ready}" if engine.context_note else ready)
         adapter = (adapters or [""])[0]
         if self.settings.model_path != path or self.settings.adapter_path != adapter:
             self.settings.model_path = path
