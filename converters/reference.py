@@ -139,6 +139,9 @@ def streamed_logits(model_dir: str | Path, token_ids: Sequence[int], adapter_dir
     if adapter_dir is not None:
         from peft import PeftModel
 
+        if not Path(adapter_dir, "adapter_model.safetensors").is_file():  # never a pickle (.bin)
+            raise ConversionError(f"No adapter_model.safetensors in {adapter_dir}.")
+
         # PEFT builds its LoRA layers (ranks, scales, patterns, as it reads them) on the
         # meta model; their factors, small, are then put in place from the file.
         model = PeftModel.from_pretrained(model, str(adapter_dir), low_cpu_mem_usage=True)

@@ -74,7 +74,7 @@ def hf_logits(model_dir: str | Path, token_ids: Sequence[int], adapter_dir: str 
     import torch
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32, use_safetensors=True)
     if adapter_dir is not None:
         from peft import PeftModel
 
