@@ -13,6 +13,10 @@ The lock fails closed:
 - A lock file that exists but cannot be read keeps the app locked. If no copy
   holds a readable PIN, only the deliberate reset (``muse-desktop lock reset``)
   opens it again.
+- A second witness, a row in the conversation database (``app_state``), records
+  that a PIN is set and whether kiosk mode is on. Lock files that were deleted or
+  edited to hold no PIN, while the witness says a PIN was set, count as damaged:
+  still locked, with the kiosk on if it was (or if nobody can tell).
 
 What it cannot stop: someone who deletes all of MUsE's files (an OS account with
 its own password is the tool for that).
@@ -232,12 +236,17 @@ def read_lock() -> LockRead:
         values = dict(with_pin[0], locked=True)  # a PIN means locked at every start
         # A lost, damaged or emptied copy is written again from the good one at once.
         return LockRead(values, repair=len(with_pin) < len(lock_paths()))
-    if damaged:
+    witness = _read_witness()
+    if damaged or (witness or {}).get("pin"):
         from muse_desktop.scope import guard_path
 
+        # Unknown whether the kiosk was on: assume it was (a missing guard then refuses every question).
+        kiosk = guard_path().exists() or witness is None or bool(witness.get("kiosk", True))
+        where = damaged[0] if damaged else lock_paths()[0]
+        how = "could not be read" if damaged else "is missing or was changed"
         return LockRead(
-            {"caregiver_pin": UNREADABLE, "locked": True, "kiosk_mode": guard_path().exists(), "simple_mode": False},
-            f"{LOCKED_MARK}: the lock's file could not be read ({damaged[0]}), so MUsE stays locked. "
+            {"caregiver_pin": UNREADABLE, "locked": True, "kiosk_mode": kiosk, "simple_mode": False},
+            f"{LOCKED_MARK}: the lock's file {how} ({where}), so MUsE stays locked. "
             "The caregiver can reset the lock as the README describes (muse-desktop lock reset).")
     if good:
         return LockRead(dict(good[0], locked=False))
@@ -261,6 +270,33 @@ def write_lock(settings: Settings) -> None:
     text = json.dumps(data, indent=2, ensure_ascii=False) + "\n"
     for path in lock_paths():
         atomic_write_text(path, text, mode=0o600)
+    _write_witness(bool(data["pin_hash"]), settings.kiosk_mode)
+
+
+WITNESS_KEY = "caregiver_lock"
+
+
+def _read_witness() -> dict | None:
+    """What the database says about the lock: {"pin": bool, "kiosk": bool}, or None if it cannot say."""
+    from muse_desktop.store import read_app_state
+
+    raw = read_app_state(WITNESS_KEY)
+    try:
+        value = json.loads(raw) if raw is not None else None
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _write_witness(pin: bool, kiosk: bool) -> None:
+    from muse_desktop.store import StoreError, write_app_state
+
+    if not pin and _read_witness() is None:
+        return  # nothing to witness yet: no database is made just to say "no PIN"
+    try:
+        write_app_state(WITNESS_KEY, json.dumps({"pin": pin, "kiosk": bool(kiosk)}))
+    except (StoreError, OSError) as exc:
+        raise OSError(f"the lock's record in the database could not be written ({exc})") from None
 
 
 def reset_lock() -> list[Path]:
@@ -272,5 +308,5 @@ def reset_lock() -> list[Path]:
             removed.append(path)
     from muse_desktop.settings import Settings
 
-    write_lock(Settings())  # an explicit "no PIN", so an old settings file is not migrated again
+    write_lock(Settings())  # an explicit "no PIN" (files and witness), so an old settings file is not migrated again
     return removed

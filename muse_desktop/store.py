@@ -118,8 +118,44 @@ MIGRATIONS = [
     );
     CREATE INDEX comparison_answers_by_session ON comparison_answers(session_id, round, position);
     """,
+    """
+    CREATE TABLE app_state (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def read_app_state(key: str, path: str | Path | None = None) -> str | None:
+    """A value of the app_state table, read without changing anything; None when absent or unreadable.
+
+    Used before any Store is open (the caregiver lock's second witness, see
+    muse_desktop.lock), so it opens the file read-only and never creates it.
+    """
+    path = Path(path) if path else user_dirs().data / DB_FILE
+    if not path.is_file():
+        return None
+    try:
+        db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=10)
+        try:
+            row = db.execute("SELECT value FROM app_state WHERE key = ?", (key,)).fetchone()
+        finally:
+            db.close()
+    except sqlite3.Error:
+        return None
+    return row[0] if row else None
+
+
+def write_app_state(key: str, value: str, path: str | Path | None = None) -> None:
+    """Set a value of the app_state table (creating or upgrading the database as the Store does)."""
+    store = Store(path)
+    try:
+        store.db.execute("INSERT INTO app_state (key, value) VALUES (?, ?) "
+                         "ON CONFLICT(key) DO UPDATE SET value = excluded.value", (key, value))
+    finally:
+        store.close()
 
 
 class StoreError(RuntimeError):

@@ -320,3 +320,46 @@ def test_an_answer_while_locked_does_not_reopen_the_model_button(qtbot, tiny_ggu
     assert not win.chat.change_model.isEnabled() and not win.chat.change.isEnabled()  # ...but not the lock's
     assert win.unlock("2468").ok and win.chat.change_model.isEnabled()
     win.close()
+
+
+# --- the database's witness: every copy of the lock file gone or emptied ---------------------------
+
+
+def _kiosk_locked_settings():
+    settings = Settings(user_type_id="child", kiosk_mode=True)
+    lock.set_pin(settings, "2468")
+    lock.lock(settings)
+    save_settings(settings)
+    return settings
+
+
+@pytest.mark.parametrize("damage", ["delete-all", "empty-pin-all", "garbage-all"])
+def test_losing_every_lock_file_keeps_the_lock_and_the_kiosk(damage):
+    """On Windows and macOS both copies are one file: deleting it must not open the app."""
+    from muse_desktop.scope import guard_path
+
+    _kiosk_locked_settings()
+    assert not guard_path().exists()  # the worst case: no guard either
+    for path in lock.lock_paths():
+        if damage == "delete-all":
+            path.unlink()
+        elif damage == "empty-pin-all":
+            data = json.loads(path.read_text())
+            data.update(pin_hash="", locked=False, kiosk_mode=False)
+            path.write_text(json.dumps(data))
+        else:
+            path.write_text("garbage")
+    loaded = load_settings().settings
+    assert lock.is_locked(loaded) and loaded.kiosk_mode
+    assert not lock.try_pin(loaded, "2468").ok  # no readable PIN: only the deliberate reset opens it
+    lock.reset_lock()
+    assert not lock.is_locked(load_settings().settings)
+
+
+def test_a_fresh_install_without_a_pin_writes_no_witness_and_stays_open():
+    from muse_desktop.paths import user_dirs
+    from muse_desktop.store import DB_FILE
+
+    save_settings(Settings(user_type_id="child"))
+    assert not (user_dirs().data / DB_FILE).exists()
+    assert not lock.is_locked(load_settings().settings)
