@@ -174,3 +174,73 @@ def test_compare_never_stores_an_answer_cut_off_by_stop(tiny_gguf):
                 token.armed = True  # the first model has answered: Stop comes while the second answers
     assert store.db.execute("SELECT COUNT(*) FROM comparison_answers").fetchone()[0] == 0
     store.close()
+
+
+def test_while_four_answers_wait_for_a_choice_nothing_else_can_ask(qtbot, chat_window, tmp_path):
+    """Found in review: Try again / Send / another conversation during the choice corrupted the record."""
+    win, store = chat_window, chat_window.store
+    chat = win.chat
+    chat.preference_toggle.setChecked(True)
+    chat.input.setText("Which is better, tea or coffee?")
+    chat.send()
+    qtbot.waitUntil(lambda: chat.worker is None and len(chat._candidates) == 4, timeout=60000)
+    conversation = store.conversations()[0].id
+    before = [(m.role, m.content) for m in store.messages(conversation)]
+    assert chat.busy and not chat.regenerate_button.isEnabled() and not chat.send_button.isEnabled()
+    assert not chat.new_button.isEnabled() and chat.stop_button.isEnabled()
+    chat.preference_toggle.setChecked(False)
+    chat.regenerate()  # what the review did: a plain Try again while the four wait
+    chat.input.setText("Another question")
+    chat.send()
+    chat.new_conversation()
+    assert chat.worker is None and [(m.role, m.content) for m in store.messages(conversation)] == before
+    chat.preference_panel.choose(best=1, worst=0)
+    chat.preference_panel.keep.click()
+    record = store.preferences()[0]
+    assert record["prompt"] == "Which is better, tea or coffee?"
+    assert [m.role for m in store.messages(conversation)] == ["user", "assistant"]
+    assert chat.regenerate_button.isEnabled() and not chat.stop_button.isEnabled()
+    assert_valid(store, conversation)
+
+
+def test_stop_leaves_a_round_that_waits_for_a_choice(qtbot, chat_window):
+    win, store = chat_window, chat_window.store
+    chat = win.chat
+    chat.preference_toggle.setChecked(True)
+    chat.input.setText("Which is better, tea or coffee?")
+    chat.send()
+    qtbot.waitUntil(lambda: chat.worker is None and len(chat._candidates) == 4, timeout=60000)
+    chat.stop()
+    assert not chat.busy and not chat.preference_panel.isVisible() and chat.send_button.isEnabled()
+    assert not store.preferences()
+    conversation = store.conversations()[0].id
+    assert store.messages(conversation)[-1].settings.get("unanswered")  # kept, marked as without an answer
+    chat.preference_toggle.setChecked(False)
+    ask(qtbot, win, "What is tea made of?")
+    assert [t.content for t in assert_valid(store, conversation)][0] == "What is tea made of?"
+
+
+def test_a_model_reopened_while_busy_keeps_its_add_on(qtbot, chat_window, tiny_model, tmp_path):
+    """Found in review: a reopen requested during an answer dropped the add-on (and saved that)."""
+    from converters.convert import convert_adapter
+    from helpers import make_peft_adapter
+
+    from muse_desktop.settings import load_settings
+
+    win = chat_window
+    lora = tmp_path / "addon.gguf"
+    for _ in convert_adapter(make_peft_adapter(tiny_model, tmp_path / "adapter", b_scale=0.3), lora, tiny_model):
+        pass
+    model = win.settings.model_path
+    with qtbot.waitSignal(win.chat.model_ready, timeout=30000):
+        win.chat.load_model(model, [str(lora)])
+    qtbot.waitUntil(lambda: win.chat.worker is None)
+    win.chat.input.setText("Tell me a long story about tea.")
+    win.chat.send()
+    assert win.chat.busy
+    win.chat.reopen_model()  # e.g. "Longer memory…" while the answer is written
+    with qtbot.waitSignal(win.chat.model_ready, timeout=60000):
+        pass
+    qtbot.waitUntil(lambda: win.chat.worker is None)
+    assert [spec.path for spec in win.chat.engine.adapters] == [str(lora)]
+    assert load_settings().settings.adapter_path == str(lora)

@@ -72,7 +72,8 @@ class ChatPage(QWidget):
         self.worker: EventWorker | None = None
         self.conversation_id: int | None = None
         self.answer_bubble: Bubble | None = None
-        self._pending_model: str | None = None  # opened once the current work has finished
+        # (path, add-ons) opened once the current work has finished
+        self._pending_model: tuple[str, list[str]] | None = None
         self._question_id: int | None = None  # the stored question being answered now
         self._choosing = False  # preference mode's four answers are being written
         self.closed_controls: tuple = ()  # closed by the caregiver's lock: the end of a job must not reopen them
@@ -207,7 +208,7 @@ class ChatPage(QWidget):
     def load_model(self, path: str, adapters: list[str] | None = None) -> None:
         """Open a GGUF model (with GGUF LoRA adapters applied at run time) off the GUI thread."""
         if self.busy:
-            self._pending_model = path
+            self._pending_model = (path, list(adapters or []))
             return
         from muse_desktop.chat.engine import AdapterSpec, ChatEngine, EngineSettings
 
@@ -281,7 +282,8 @@ class ChatPage(QWidget):
 
     @property
     def busy(self) -> bool:
-        return self.worker is not None
+        """An answer is being written, or four answers wait for the person's choice."""
+        return self.worker is not None or self._choosing
 
     def add_bubble(self, role: str, text: str) -> Bubble:
         bubble = Bubble(role, text)
@@ -395,6 +397,9 @@ class ChatPage(QWidget):
         self.preference_panel.setVisible(False)
         self._make_room_for_candidates(False)
         self._no_answer("the four answers were not finished")
+        self._release_controls()
+        if self.worker is None:
+            self._open_pending_model()
 
     def _make_room_for_candidates(self, on: bool) -> None:
         """While four answers are on screen they get the room; the conversation shows its last lines."""
@@ -402,7 +407,10 @@ class ChatPage(QWidget):
         self.side.setVisible(not on and not self.simple and self.history_toggle.isChecked())
 
     def _preference_chosen(self, best: int, worst: int, reason: str) -> None:
+        if not self._choosing:
+            return
         self._choosing = False
+        self._release_controls()
         self._question_id = None
         self._make_room_for_candidates(False)
         turns = self.store.turns(self.conversation_id)  # the valid conversation the candidates answered
@@ -418,6 +426,7 @@ class ChatPage(QWidget):
         self.add_bubble("assistant", chosen["text"])
         self.status.setText("Thank you. The best answer is kept; the conversation goes on from there.")
         self.refresh_history()
+        self._open_pending_model()
         self.answer_done.emit()
 
     def _ask(self, turns, seed: int | None = None) -> None:
@@ -451,6 +460,9 @@ class ChatPage(QWidget):
     def stop(self) -> None:
         if self.worker is not None:
             self.worker.cancel()
+        elif self._choosing:  # four answers wait for a choice: Stop leaves the round without one
+            self._end_candidates()
+            self.status.setText("Stopped. Ask again to get four new answers.")
 
     def new_conversation(self) -> None:
         if self.busy:
@@ -626,13 +638,22 @@ class ChatPage(QWidget):
         self.status.setText(message)
         self.problem.emit(message)
 
-    def _finished(self) -> None:
-        self.stop_button.setEnabled(False)
+    def _release_controls(self) -> None:
+        """What is closed while busy opens again (what the lock closes stays closed)."""
+        # While four answers wait for a choice, only Stop (leave the round) stays open.
+        self.stop_button.setEnabled(self._choosing)
         for control in self._locked_while_busy():
-            control.setEnabled(control not in self.closed_controls)
+            control.setEnabled(control not in self.closed_controls and not self._choosing)
+
+    def _open_pending_model(self) -> None:
         pending, self._pending_model = self._pending_model, None
         if pending:
-            self.load_model(pending)
+            self.load_model(*pending)
+
+    def _finished(self) -> None:
+        self._release_controls()
+        if not self._choosing:
+            self._open_pending_model()
         then, self._then = self._then, None
         if then is not None:
             then()
