@@ -38,20 +38,31 @@ class PlainUnpickler(pickle.Unpickler):
         raise PickleRefused("it refers to outside objects (persistent ids), so it is not opened")
 
 
-def _check_plain(value, depth: int = 0) -> None:
+def _check_plain(value, depth: int = 0, seen: set[int] | None = None) -> None:
+    """Plain data, each list, tuple or dict appearing once.
+
+    A pickle can refer back to a container it built (its memo), so a few hundred
+    bytes can describe a list holding itself, or lists sharing lists 40 levels deep:
+    2**40 items to walk. Plain data never needs that, so a container met twice is refused.
+    """
+    seen = set() if seen is None else seen
     if depth > 100:
         raise PickleRefused("it is nested too deeply to be plain data")
     if isinstance(value, PLAIN):
         return
+    if isinstance(value, (list, tuple, dict)):
+        if id(value) in seen:
+            raise PickleRefused("it uses one of its lists or tables twice, which plain data never does")
+        seen.add(id(value))
     if isinstance(value, (list, tuple)):
         for item in value:
-            _check_plain(item, depth + 1)
+            _check_plain(item, depth + 1, seen)
         return
     if isinstance(value, dict):
         for key, item in value.items():
             if not isinstance(key, (str, int)):
                 raise PickleRefused(f"it has a dictionary key of type {type(key).__name__}")
-            _check_plain(item, depth + 1)
+            _check_plain(item, depth + 1, seen)
         return
     raise PickleRefused(f"it holds a {type(value).__name__}, not plain lists, dicts, strings and numbers")
 

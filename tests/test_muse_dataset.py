@@ -127,6 +127,24 @@ def test_a_pickle_of_anything_but_plain_data_is_refused_with_the_reason(tmp_path
         load_dataset(path, Format.MUSE)
 
 
+def test_a_pickle_that_shares_its_lists_is_refused_at_once(tmp_path):
+    """Found in review: 357 bytes whose lists share lists 39 levels deep (2**39 items) hung the reader."""
+    import time
+
+    bomb = b"\x80\x02]q\x00" + b"".join(b"](h%ch%ceq%c" % (k - 1, k - 1, k) for k in range(1, 40)) + b"."
+    path = tmp_path / "bomb.pkl"
+    path.write_bytes(bomb)
+    started = time.monotonic()
+    with pytest.raises(DatasetError, match="twice"):
+        load_dataset(path, Format.MUSE)
+    assert time.monotonic() - started < 5  # a guard against a hang, not a speed measurement
+    itself = []
+    itself.append(itself)
+    path.write_bytes(pickle.dumps({"questions": itself, "answers": ["a"], "users": ["Child"]}))
+    with pytest.raises(DatasetError, match="twice"):
+        load_dataset(path, Format.MUSE)
+
+
 @pytest.fixture
 def dataset_hub(tmp_path) -> Path:
     """seohyunqkr/MUsE as a dataset repository, with a loading script that must never be fetched."""
