@@ -237,7 +237,7 @@ def plan_muse(
 class Built:
     """What a check sees: the F16 and the quantized file both exist, neither under its final name."""
 
-    f16: Path | None  # None when the shared base file was already made
+    f16: Path | None  # for a reused shared base file: an F16 of the base made again for the check
     quantized: Path
     lora: Path | None  # the add-on, for the add-on way
     base_dir: Path
@@ -302,11 +302,13 @@ def get_muse(
     # The shared base file is reused only if it was made from the same commit: an add-on is
     # exact only on the weights it was trained on.
     made_from = _read_provenance(final, None).get("base_commit") if final.is_file() else None
-    base_needed = not final.is_file() or (made_from is not None and made_from != plan.base.commit)
+    # A base file whose commit is not recorded is made again too: nobody can say it fits.
+    base_needed = not final.is_file() or made_from != plan.base.commit
     if final.is_file() and base_needed:
         yield Log(f"{final.name} was made from another commit of {base_repo}; it is made again.", "warning")
-    # With the shared base file already made, the add-on still needs the base's config and tokenizer.
-    base_files = BASE_FILES if base_needed else ("*.json", "tokenizer.model")
+    # The base's weights are fetched (or found, already checked) even when the shared base file
+    # is reused: the new add-on is checked on them before it is kept.
+    base_files = BASE_FILES
     yield from _stage("Downloading the model", download_repo(
         base_repo, plan.base_dir, base_files, endpoint=endpoint, cancel=cancel, listing=plan.base))
     if plan.adapter is not None:
@@ -366,6 +368,10 @@ def _build(plan: Plan, final: Path | None, lora_final: Path | None, merge_dir: P
                               convert_model(plan.base_dir, f16, "f16", adapter_dir=merge_dir, cancel=cancel))
             yield from _stage("Making it small enough for a laptop",
                               quantize(f16, pending_q, QUANT_TYPE, cancel=cancel))
+        elif lora_final is not None:
+            # The shared base file is reused: an F16 of the base is made again, only to check the add-on on.
+            f16 = models / f".{model_file_name('', Way.ADDON)}-check-f16.gguf"
+            yield from _stage("Preparing the check", convert_model(plan.base_dir, f16, "f16", cancel=cancel))
         if lora_final is not None:
             pending_lora = models / f".{lora_final.name}.unchecked"
             yield from _stage("Making the MUsE add-on",

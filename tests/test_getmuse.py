@@ -234,6 +234,10 @@ def test_the_add_on_reuses_the_base_file_only_if_made_from_the_same_commit(real_
         events = list(get_muse(models, MUSE, hub.endpoint, way=Way.ADDON))
         assert base.stat().st_mtime_ns == made and not any(
             isinstance(e, Log) and e.message.startswith("Converting") for e in events)  # shared, not made again
+        # ...and the new add-on was still checked, on the base's F16, before it was kept (found in review).
+        addon = json.loads((models / "muse-lora-phi3-mini-128k-F16.gguf.json").read_text())["verification"]
+        assert addon["f16"]["rel_error"] < 1e-2 and addon["quantized_vs_f16"]["qtype"] == "Q4_K_M"
+        assert not list(models.glob(".*.gguf*"))
         sidecar = models / (base.name + ".json")
         record = json.loads(sidecar.read_text())
         assert record["base_commit"] == COMMIT and record["way"] == "base only"
