@@ -69,11 +69,11 @@ def check_ids(gguf_path: str | Path, conversations=CHECK_CONVERSATIONS) -> list[
 
 
 def _all_logits(gguf_path: str | Path, sequences: Sequence[Sequence[int]], lora_path=None,
-                threads: int | None = None) -> list[np.ndarray]:
+                threads: int | None = None, cancel=None) -> list[np.ndarray]:
     from converters.verify import check_context, llama_logits_many
 
     n_ctx = max(check_context(gguf_path, ids) for ids in sequences)
-    return llama_logits_many(gguf_path, sequences, lora_path=lora_path, n_ctx=n_ctx, threads=threads)
+    return llama_logits_many(gguf_path, sequences, lora_path=lora_path, n_ctx=n_ctx, threads=threads, cancel=cancel)
 
 
 def _log_softmax(logits: np.ndarray) -> np.ndarray:
@@ -90,10 +90,10 @@ def compare_distributions(reference: np.ndarray, other: np.ndarray) -> tuple[flo
 
 
 def compare_quantized(f16_path: str | Path, quant_path: str | Path, qtype: str, lora_path: str | Path | None = None,
-                      threads: int | None = None, reference: str = "F16") -> QuantReport:
+                      threads: int | None = None, reference: str = "F16", cancel=None) -> QuantReport:
     """Run both files (each with ``lora_path`` applied, if given) on the check prompts and compare."""
     sequences = check_ids(f16_path)
-    original = np.concatenate(_all_logits(f16_path, sequences, lora_path, threads))
-    quantized = np.concatenate(_all_logits(quant_path, sequences, lora_path, threads))
+    original = np.concatenate(_all_logits(f16_path, sequences, lora_path, threads, cancel))
+    quantized = np.concatenate(_all_logits(quant_path, sequences, lora_path, threads, cancel))
     agree, kl = compare_distributions(original, quantized)
     return QuantReport(qtype.upper(), int(original.shape[0]), agree, float(kl.mean()), float(kl.max()), reference)

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from converters.errors import ConversionError
+from muse_desktop.events import CancelToken, Cancelled
 from muse_desktop.process import module_command
 
 _INDEX = "model.safetensors.index.json"
@@ -175,17 +176,34 @@ def streamed_logits(model_dir: str | Path, token_ids: Sequence[int], adapter_dir
 
 
 def reference_logits(model_dir: str | Path, token_ids: Sequence[int], adapter_dir: str | Path | None = None,
-                     timeout_s: float | None = None) -> np.ndarray:
-    """:func:`streamed_logits` in a child process (its memory is returned to the system when it ends)."""
+                     cancel: CancelToken | None = None) -> np.ndarray:
+    """:func:`streamed_logits` in a child process (its memory is returned to the system when it ends).
+
+    A cancel ends the child at once (a Phi-3-mini reference takes a minute).
+    """
     with tempfile.TemporaryDirectory(prefix="muse-reference-") as tmp:
-        ids_file, out_file = Path(tmp, "ids.json"), Path(tmp, "logits.npy")
+        ids_file, out_file, err_file = Path(tmp, "ids.json"), Path(tmp, "logits.npy"), Path(tmp, "stderr.txt")
         ids_file.write_text(json.dumps(list(map(int, token_ids))))
         command = module_command("converters.reference", str(model_dir), str(adapter_dir or ""), str(ids_file), str(out_file))
-        result = subprocess.run(command, capture_output=True, text=True, errors="replace", timeout=timeout_s)
-        if result.returncode != 0 or not out_file.is_file():
-            lines = [line for line in result.stderr.splitlines() if line.strip()]
-            reason = lines[-1] if lines else f"exit code {result.returncode}"
-            if "MemoryError" in result.stderr or result.returncode in (-9, 137):
+        with open(err_file, "wb") as errors:
+            process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=errors)
+            try:
+                while True:
+                    try:
+                        code = process.wait(timeout=0.2)
+                        break
+                    except subprocess.TimeoutExpired:
+                        if cancel is not None and cancel.cancelled:
+                            raise Cancelled("cancelled") from None
+            finally:
+                if process.poll() is None:
+                    process.kill()
+                    process.wait()
+        if code != 0 or not out_file.is_file():
+            stderr = err_file.read_text(errors="replace")
+            lines = [line for line in stderr.splitlines() if line.strip()]
+            reason = lines[-1] if lines else f"exit code {code}"
+            if "MemoryError" in stderr or code in (-9, 137):
                 reason = "the computer ran out of memory"
             raise ConversionError(f"The transformers reference for the check could not be computed: {reason}")
         return np.load(out_file, allow_pickle=False)

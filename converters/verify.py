@@ -102,6 +102,7 @@ def llama_logits_many(
     lora_path: str | Path | None = None,
     n_ctx: int | None = None,
     threads: int | None = None,
+    cancel=None,
 ) -> list[np.ndarray]:
     """Logits of llama.cpp for every position of each sequence, each evaluated from an empty cache.
 
@@ -125,6 +126,8 @@ def llama_logits_many(
     try:
         results = []
         for ids in sequences:
+            if cancel is not None:
+                cancel.check()
             llm.reset()
             llm.eval(list(ids))
             results.append(np.array(llm.scores[: len(ids)], dtype=np.float32))
@@ -154,6 +157,7 @@ def verify(
     adapter_dir: str | Path | None = None,
     gguf_lora: str | Path | None = None,
     token_ids: Sequence[int] | None = None,
+    cancel=None,
 ) -> VerifyReport:
     """Compare llama.cpp on the GGUF (+ GGUF LoRA) with transformers on the checkpoint (+ adapter).
 
@@ -163,8 +167,9 @@ def verify(
     from converters.reference import reference_logits
 
     ids = list(token_ids) if token_ids is not None else default_token_ids(model_dir)
-    reference = reference_logits(model_dir, ids, adapter_dir)
-    report = compare_logits(reference, llama_logits(gguf_path, ids, gguf_lora, n_ctx=check_context(gguf_path, ids)))
+    reference = reference_logits(model_dir, ids, adapter_dir, cancel=cancel)
+    theirs = llama_logits_many(gguf_path, [ids], gguf_lora, n_ctx=check_context(gguf_path, ids), cancel=cancel)[0]
+    report = compare_logits(reference, theirs)
     report.tolerance = tolerance_for(gguf_path)
     return report
 

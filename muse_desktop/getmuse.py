@@ -243,6 +243,7 @@ class Built:
     base_dir: Path
     adapter_dir: Path | None
     way: str
+    cancel: CancelToken | None = None  # a check that takes long honours it
 
 
 Check = Callable[[Built], dict]
@@ -380,7 +381,7 @@ def _build(plan: Plan, final: Path | None, lora_final: Path | None, merge_dir: P
         if check is not None:
             yield Log("Checking the result…")
             built = Built(f16, pending_q or models / model_file_name("", Way.ADDON), pending_lora, plan.base_dir,
-                          plan.adapter_dir, way)
+                          plan.adapter_dir, way, cancel)
             verification = {"checked": True, **check(built)}
             yield Log(verification.get("summary", "Checked."))
         if pending_lora is not None:
@@ -437,7 +438,7 @@ def logits_check(built: Built) -> dict:
 
     if built.f16 is None:  # the shared base file was made (and checked) before
         return {}
-    report = verify(built.base_dir, built.f16, adapter_dir=built.adapter_dir, gguf_lora=built.lora)
+    report = verify(built.base_dir, built.f16, adapter_dir=built.adapter_dir, gguf_lora=built.lora, cancel=built.cancel)
     if not report.passed():
         raise ConversionError(f"The converted model does not match the original ({report.summary()}); "
                               "nothing was kept.")
@@ -453,7 +454,7 @@ def quantized_check(built: Built) -> dict:
 
     if built.f16 is None:
         return {}
-    report = compare_quantized(built.f16, built.quantized, QUANT_TYPE, lora_path=built.lora)
+    report = compare_quantized(built.f16, built.quantized, QUANT_TYPE, lora_path=built.lora, cancel=built.cancel)
     return {"quantized_vs_f16": report.to_dict(), "summary": f"Checked the small file: {report.summary()}."}
 
 

@@ -395,3 +395,19 @@ def test_published_configs_are_read_without_surprises(tmp_path, name):
         assert config.long_rope.attention_factor == pytest.approx(expected)
     else:
         assert config.long_rope is None
+
+
+def test_a_cancel_ends_the_reference_child_at_once(tiny_model, adapters):
+    """Found in review: closing the window during the check waited for the whole reference."""
+    import threading
+    import time
+
+    from muse_desktop.events import CancelToken, Cancelled
+    from converters.reference import reference_logits
+
+    token = CancelToken()
+    threading.Timer(1.0, token.cancel).start()
+    started = time.monotonic()
+    with pytest.raises(Cancelled):
+        reference_logits(tiny_model, default_token_ids(tiny_model), adapters["all"], cancel=token)
+    assert time.monotonic() - started < 5.0  # the child takes ~7 s to finish on its own here

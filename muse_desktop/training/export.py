@@ -45,21 +45,23 @@ def _stage(events: Iterator[Event]) -> Iterator[Event]:
             yield event
 
 
-def _verify(base: str, gguf: Path, adapter: Path, gguf_lora: Path | None = None) -> Iterator[Event]:
+def _verify(base: str, gguf: Path, adapter: Path, gguf_lora: Path | None = None,
+            cancel: CancelToken | None = None) -> Iterator[Event]:
     from converters.verify import verify
 
-    report = verify(base, gguf, adapter_dir=adapter, gguf_lora=gguf_lora)
+    report = verify(base, gguf, adapter_dir=adapter, gguf_lora=gguf_lora, cancel=cancel)
     yield Log(f"Checked against transformers: {report.summary()}")
     if not report.passed():  # converters.verify's one pass rule
         raise ExportError(f"The exported model does not match the trained one ({report.summary()}); "
                           "it was not added to the library.")
 
 
-def _check_quantized(f16: Path, quantized: Path, qtype: str, lora: Path | None = None):
+def _check_quantized(f16: Path, quantized: Path, qtype: str, lora: Path | None = None,
+                     cancel: CancelToken | None = None):
     """Compare the quantized file with its F16 original in llama.cpp; reported, and returned for the library."""
     from converters.quality import compare_quantized
 
-    report = compare_quantized(f16, quantized, qtype, lora_path=lora)
+    report = compare_quantized(f16, quantized, qtype, lora_path=lora, cancel=cancel)
     yield Log(f"Checked the {qtype} file against F16: {report.summary()}")
     return report.to_dict()
 
@@ -105,14 +107,14 @@ def export_run(run_dir: str | Path, mode: str = "merge", qtype: str = "Q4_K_M", 
         yield Log("Merging the adapter into the base and converting…")
         yield from _stage(convert_model(base, f16, "f16", adapter_dir=adapter, cancel=cancel))
         if verify:
-            yield from _verify(base, f16, adapter)
+            yield from _verify(base, f16, adapter, cancel=cancel)
         final = f16
         quant_check = None
         if qtype != "F16":
             final = out_dir / f"{name}-{qtype}.gguf"
             yield Log(f"Quantizing to {qtype}…")
             yield from _stage(quantize(f16, final, qtype, cancel=cancel))
-            quant_check = yield from _check_quantized(f16, final, qtype)
+            quant_check = yield from _check_quantized(f16, final, qtype, cancel=cancel)
             f16.unlink(missing_ok=True)
         kind, base_path = "model", ""
     elif mode == "adapter":
@@ -127,10 +129,11 @@ def export_run(run_dir: str | Path, mode: str = "merge", qtype: str = "Q4_K_M", 
         yield Log("Converting the adapter to a GGUF LoRA…")
         yield from _stage(convert_adapter(adapter, final, base, "f16", cancel=cancel))
         if verify:
-            yield from _verify(base, Path(done.data["f16"]), adapter, final)
+            yield from _verify(base, Path(done.data["f16"]), adapter, final, cancel=cancel)
         quant_check = None
         if done.path != done.data["f16"]:
-            quant_check = yield from _check_quantized(Path(done.data["f16"]), Path(done.path), qtype, lora=final)
+            quant_check = yield from _check_quantized(Path(done.data["f16"]), Path(done.path), qtype, lora=final,
+                                                      cancel=cancel)
         kind, base_path = "adapter", done.path
     else:
         raise ExportError(f"Unknown export mode '{mode}': use merge or adapter.")
