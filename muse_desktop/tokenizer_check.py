@@ -129,10 +129,20 @@ def differences(base: TokenizerFacts, other: TokenizerFacts) -> list[str]:
     return found
 
 
+def _read(files: Mapping[str, bytes], what: str) -> TokenizerFacts:
+    try:
+        return read_facts(files)
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+        if isinstance(exc, TokenizerMismatch):
+            raise
+        raise TokenizerMismatch(f"The tokenizer files of {what} are not laid out as tokenizers are "
+                                f"({type(exc).__name__}: {exc}), so they cannot be compared; it is not used.") from None
+
+
 def check_same_tokenizer(base_files: Mapping[str, bytes], other_files: Mapping[str, bytes], what: str,
                          base_what: str) -> None:
     """Raise :class:`TokenizerMismatch` naming the differences when ``other`` would give other ids."""
-    found = differences(read_facts(base_files), read_facts(other_files))
+    found = differences(_read(base_files, base_what), _read(other_files, what))
     if found:
         raise TokenizerMismatch(
             f"{what} comes with a tokenizer that differs from {base_what}'s: " + "; ".join(found) + ". "

@@ -380,3 +380,14 @@ def test_the_plan_sizes_both_ways_before_anything_is_downloaded(real_hub, tmp_pa
     assert plan.download[Way.MERGED] == plan.download[Way.ADDON] >= weights + adapter
     assert plan.result[Way.ADDON] > plan.result[Way.MERGED]
     assert not [p for p in fetched if p.endswith(".safetensors")]
+
+
+def test_malformed_tokenizer_files_get_a_plain_refusal():
+    """Found in review: an added token without an id escaped as a bare KeyError: 'id'."""
+    from muse_desktop.tokenizer_check import TokenizerMismatch, check_same_tokenizer
+
+    good = {"tokenizer.json": json.dumps({"model": {"vocab": {"a": 0}}, "added_tokens": []}).encode()}
+    bad = {"tokenizer.json": json.dumps({"model": {"vocab": {"a": 0}}, "added_tokens": [{"content": "x"}]}).encode()}
+    with pytest.raises(TokenizerMismatch, match="not laid out as tokenizers are"):
+        check_same_tokenizer(good, bad, "'seohyunqkr/MUsE'", "the base")
+    check_same_tokenizer(good, good, "'seohyunqkr/MUsE'", "the base")
