@@ -224,3 +224,30 @@ def listen(source, recognizer, finish: threading.Event, cancel: CancelToken | No
         recognizer = recognizer()  # loaded only now: the microphone is already listening meanwhile
     text = recognizer.transcribe(audio, cancel)
     yield Done("heard" if text else "nothing heard", data={"text": text})
+
+
+def download_size(name: str, endpoint: str | None = None) -> int:
+    """The exact size of one recognition model on the hub, to show before downloading."""
+    from muse_desktop.download import list_repo
+
+    listing = list_repo(MODEL_REPO, endpoint=endpoint)
+    files = listing.select([name])
+    if not files:
+        from muse_desktop.download import DownloadError
+
+        raise DownloadError(f"'{MODEL_REPO}' has no file {name}.")
+    return files[0].size
+
+
+def download_model(name: str, folder: Path, endpoint: str | None = None,
+                   cancel: CancelToken | None = None) -> Iterator[Event]:
+    """Fetch one recognition model into ``folder`` (checked and resumable)."""
+    from muse_desktop.download import download_repo
+
+    yield from download_repo(MODEL_REPO, folder, [name], endpoint=endpoint, cancel=cancel)
+
+
+def models_folder() -> Path:
+    from muse_desktop.paths import user_dirs
+
+    return user_dirs().models / "speech"

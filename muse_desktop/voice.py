@@ -224,3 +224,28 @@ def read_aloud(voice: NaturalVoice, text: str, sink, speed: float = 1.0, pause: 
         yield Log("Stopped reading.")
     yield Done("Stopped reading." if stopped else "Finished reading.",
                data={"stopped": stopped, "sentences": len(sentences)})
+
+
+SYSTEM_VOICE = "system"  # the voice_id setting that means the computer's own voice
+SLOWER_FOR = ("young-child", "child", "older-adult", "grandparent")
+
+
+def reading_speed(setting: float, user_type_id: str) -> float:
+    """The speed to read at: the setting, or (when it is 0) slower for young children and older adults."""
+    if setting > 0:
+        return setting
+    return 0.8 if user_type_id in SLOWER_FOR else 1.0
+
+
+def download_voice(voice_id: str, folder: Path, endpoint: str | None = None,
+                   cancel: CancelToken | None = None) -> Iterator[Event]:
+    """Fetch one voice from VOICE_REPO into ``folder`` (checked and resumable)."""
+    from muse_desktop.download import download_repo
+
+    yield from download_repo(VOICE_REPO, folder, voice_patterns(voice_id), endpoint=endpoint, cancel=cancel)
+
+
+def voices_folder() -> Path:
+    from muse_desktop.paths import user_dirs
+
+    return user_dirs().models / "voices"
