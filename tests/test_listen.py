@@ -109,3 +109,26 @@ def test_no_microphone_is_said_plainly(monkeypatch):
     with pytest.raises(RuntimeError, match="No microphone was found"):
         MicrophoneSource().__enter__()
     assert "type your question" in NO_MICROPHONE
+
+
+def test_the_listening_model_is_fetched_once_checked_and_its_size_known_first(tmp_path, tiny_model):
+    import shutil
+
+    from hub_server import FakeHub
+
+    from muse_desktop.listen import MODEL_REPO, download_model, download_size, find_model
+
+    root = tmp_path / "hub"
+    (root / MODEL_REPO).mkdir(parents=True)
+    shutil.copy(tiny_model, root / MODEL_REPO / "ggml-base.en.bin")
+    dest = tmp_path / "speech"
+    with FakeHub(root) as hub:
+        assert download_size("ggml-base.en.bin", hub.endpoint) == tiny_model.stat().st_size
+        events = list(download_model("ggml-base.en.bin", dest, hub.endpoint))
+        assert isinstance(events[-1], Done)
+        fetched = len([p for p, _ in hub.requests if "/resolve/" in p])
+        list(download_model("ggml-base.en.bin", dest, hub.endpoint))  # a second time: nothing is fetched
+        assert len([p for p, _ in hub.requests if "/resolve/" in p]) == fetched
+    model = find_model(dest, "ggml-base.en.bin")
+    assert model is not None and model.read_bytes() == tiny_model.read_bytes()
+    assert Recognizer(model, threads=1).transcribe(np.zeros(SAMPLE_RATE, np.float32), max_tokens=2)

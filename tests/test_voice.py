@@ -86,3 +86,24 @@ def test_reading_pauses_resumes_and_stops(voice, tmp_path):
     assert not thread.is_alive()
     done = [e for e in seen if isinstance(e, Done)][0]
     assert done.data["stopped"] is True
+
+
+@needs_voice
+def test_a_voice_downloads_from_the_hub_layout_and_speaks(tmp_path):
+    import shutil
+
+    from hub_server import FakeHub
+
+    from muse_desktop.voice import VOICE_REPO, download_voice
+
+    folder = tmp_path / "hub" / VOICE_REPO / "en/en_US/joe/medium"
+    folder.mkdir(parents=True)
+    shutil.copy(VOICE_PATH, folder)
+    shutil.copy(VOICE_PATH.with_suffix(".onnx.json"), folder)
+    dest = tmp_path / "voices"
+    with FakeHub(tmp_path / "hub") as hub:
+        events = list(download_voice(PACKAGED_VOICE, dest, hub.endpoint))
+    assert isinstance(events[-1], Done)
+    found = find_voice(PACKAGED_VOICE, dest)
+    assert found is not None and found.parent == dest / "en/en_US/joe/medium"  # the downloaded copy, not the package
+    assert len(NaturalVoice(found).synthesize("Hello.")) > 5000
