@@ -196,7 +196,8 @@ class Recognizer:
         self._model = Model(str(model_path), redirect_whispercpp_logs_to=None, n_threads=threads,
                             print_progress=False, print_realtime=False, print_timestamps=False)
 
-    def transcribe(self, audio: np.ndarray, cancel: CancelToken | None = None, max_tokens: int = 0) -> str:
+    def transcribe(self, audio: np.ndarray, cancel: CancelToken | None = None, max_tokens: int = 0,
+                   **options) -> str:
         """The words in ``audio``; raises Cancelled when ``cancel`` was set (even mid-way)."""
         if cancel is not None and cancel.cancelled:
             raise Cancelled("cancelled")
@@ -204,7 +205,8 @@ class Recognizer:
             audio = np.concatenate([audio, np.zeros(SAMPLE_RATE - len(audio), np.float32)])
         segments = self._model.transcribe(
             audio.astype(np.float32), language=self.language, no_timestamps=True, single_segment=True,
-            max_tokens=max_tokens, abort_callback=(lambda: cancel.cancelled) if cancel is not None else None)
+            max_tokens=max_tokens, abort_callback=(lambda: cancel.cancelled) if cancel is not None else None,
+            **options)
         if cancel is not None and cancel.cancelled:
             raise Cancelled("cancelled")
         return " ".join(s.text.strip() for s in segments).strip()
