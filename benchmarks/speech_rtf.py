@@ -60,13 +60,15 @@ def run_whispercpp(args, work: Path) -> dict:
     clip = audio(args.seconds)
     recognizer.transcribe(clip[:16000], max_tokens=2)  # warm-up
     start = time.perf_counter()
-    text = recognizer.transcribe(clip, max_tokens=args.tokens, temperature_inc=0.0)  # no fallback re-runs
+    extra = {"audio_ctx": args.audio_ctx} if args.audio_ctx else {}
+    text = recognizer.transcribe(clip, max_tokens=args.tokens, temperature_inc=0.0, **extra)  # no fallback re-runs
     took = time.perf_counter() - start
-    return {"engine": "whisper.cpp (pywhispercpp)", "seconds": took, "words": len(text.split()),
+    return {"engine": "whisper.cpp (pywhispercpp" + (f", audio_ctx {args.audio_ctx})" if args.audio_ctx else ")"), "seconds": took, "words": len(text.split()),
             "model_mb": model.stat().st_size / 2**20}
 
 
-def run_faster_whisper(args, work: Path) -> dict:
+def convert_random(args, work: Path) -> dict:
+    """A random transformers Whisper at the shape, converted by CTranslate2 (needs torch)."""
     import ctranslate2.converters
     import torch
     from transformers import WhisperConfig, WhisperForConditionalGeneration
@@ -82,23 +84,38 @@ def run_faster_whisper(args, work: Path) -> dict:
     WhisperForConditionalGeneration(config).half().save_pretrained(hf)
     from tokenizers import Tokenizer, models
 
-    tok = Tokenizer(models.WordLevel({f"t{i}": i for i in range(51864)} | {"<unk>": 51864}, unk_token="<unk>"))
+    # Whisper's English-only ids: faster-whisper finds its special tokens by these names.
+    vocab = {f"t{i}": i for i in range(50256)}
+    specials = ["<|endoftext|>", "<|startoftranscript|>"] + [f"<|lang{i}|>" for i in range(99)] + [
+        "<|translate|>", "<|transcribe|>", "<|startoflm|>", "<|startofprev|>", "<|nocaptions|>", "<|notimestamps|>"]
+    specials += [f"<|{i * 0.02:.2f}|>" for i in range(51864 - 50256 - len(specials))]
+    vocab |= {name: 50256 + i for i, name in enumerate(specials)}
+    tok = Tokenizer(models.WordLevel(vocab | {"<unk>": 51864}, unk_token="<unk>"))
     tok.save(str(hf / "tokenizer.json"))
-    out = work / "ct2"
     ctranslate2.converters.TransformersConverter(str(hf), copy_files=["tokenizer.json"]).convert(
-        str(out), quantization="float16" if False else None, force=True)
+        str(work / "ct2"), force=True)
+    return {}
+
+
+def run_faster_whisper(args, work: Path) -> dict:
+    out = work / "ct2"
+    if not (out / "model.bin").is_file():  # converted in its own process: torch stays out of the measurement
+        subprocess.run([sys.executable, __file__, "--engine", "convert", "--shape", args.shape, "--work", str(work)],
+                       check=True, capture_output=True)
     from faster_whisper import WhisperModel
 
-    model = WhisperModel(str(out), device="cpu", compute_type="float32", cpu_threads=args.threads)
+    model = WhisperModel(str(out), device="cpu", compute_type=args.compute, cpu_threads=args.threads)
     clip = audio(args.seconds)
-    list(model.transcribe(clip[:16000], language="en", max_new_tokens=2, without_timestamps=True)[0])
+    list(model.transcribe(clip[:16000], language="en", max_new_tokens=2, without_timestamps=True,
+                          suppress_tokens=[])[0])
     start = time.perf_counter()
     segments, _info = model.transcribe(clip, language="en", max_new_tokens=args.tokens, without_timestamps=True,
-                                       beam_size=1, temperature=0.0, condition_on_previous_text=False)
+                                       beam_size=1, temperature=0.0, condition_on_previous_text=False,
+                                       suppress_tokens=[], vad_filter=False)
     words = sum(len(s.text.split()) for s in segments)
     took = time.perf_counter() - start
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
-    return {"engine": "faster-whisper (CTranslate2)", "seconds": took, "words": words, "model_mb": size / 2**20}
+    return {"engine": f"faster-whisper (CTranslate2, {args.compute})", "seconds": took, "words": words, "model_mb": size / 2**20}
 
 
 def main() -> None:
@@ -107,12 +124,17 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--tokens", type=int, default=24)
     parser.add_argument("--shape", choices=sorted(SHAPES), default="base.en")
-    parser.add_argument("--engine", choices=["whispercpp", "faster-whisper"])
+    parser.add_argument("--engine", choices=["whispercpp", "faster-whisper", "convert"])
     parser.add_argument("--work", default="/tmp/muse-speech-bench")
+    parser.add_argument("--audio-ctx", type=int, default=0, help="whisper.cpp: encode only this many frames")
+    parser.add_argument("--compute", default="float32", help="faster-whisper's compute type (float32, int8)")
     args = parser.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     if args.engine:
+        if args.engine == "convert":
+            convert_random(args, work)
+            return
         result = (run_whispercpp if args.engine == "whispercpp" else run_faster_whisper)(args, work)
         result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(json.dumps(result))
@@ -120,10 +142,16 @@ def main() -> None:
     print(f"Machine: {platform.processor() or platform.machine()}, {platform.system()}, "
           f"threads {args.threads}, shape {args.shape}, {args.seconds:.0f} s of audio, {args.tokens} tokens")
     print(f"Anchor: float32 1024x1024 matmul {anchor():.1f} GFLOP/s")
-    for engine in ("whispercpp", "faster-whisper"):
-        proc = subprocess.run([sys.executable, __file__, "--engine", engine, "--seconds", str(args.seconds),
+    # audio_ctx: whisper.cpp can encode only the part of the 30 s window the clip fills (50 frames a second).
+    runs = (("whispercpp", "-", 0), ("whispercpp", "-", int(args.seconds * 50) + 64),
+            ("faster-whisper", "float32", 0), ("faster-whisper", "int8", 0))
+    for engine, compute, audio_ctx in runs:
+        proc = subprocess.run([sys.executable, __file__, "--engine", engine, "--compute", compute,
+                               "--audio-ctx", str(audio_ctx),
+                               "--seconds", str(args.seconds),
                                "--threads", str(args.threads), "--tokens", str(args.tokens), "--shape", args.shape,
-                               "--work", str(work / engine)], capture_output=True, text=True)
+                               "--work", str(work / engine)],
+                              capture_output=True, text=True)
         if proc.returncode != 0:
             print(f"{engine}: failed: {proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else '?'}")
             continue
