@@ -51,9 +51,10 @@ NO_MICROPHONE = ("No microphone was found. Plug one in (or switch it on), then p
 
 
 def engine_missing_reason() -> str | None:
-    try:
-        import pywhispercpp.model  # noqa: F401
-    except ImportError:
+    import importlib.util
+
+    # Found, not imported: importing it would slow the window's start.
+    if importlib.util.find_spec("pywhispercpp") is None:
         return "Speaking your question is not installed with this copy of MUsE."
     return None
 

