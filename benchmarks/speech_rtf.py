@@ -48,7 +48,7 @@ def audio(seconds: float):
 
 
 def run_whispercpp(args, work: Path) -> dict:
-    from ggml_whisper import Shape, write_model
+    from muse_desktop.whisper_demo import Shape, write_model
 
     from muse_desktop.listen import Recognizer
 

@@ -57,7 +57,7 @@ def speak_button_states(window, settle) -> None:
     so "writing down" lasts long enough to be seen; its words would be nonsense.
     """
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-    from ggml_whisper import BASE_EN, write_model
+    from muse_desktop.whisper_demo import BASE_EN, write_model
     from test_listen import write_wav
 
     from muse_desktop import listen

@@ -7,7 +7,7 @@ import wave
 
 import numpy as np
 import pytest
-from ggml_whisper import write_model
+from muse_desktop.whisper_demo import write_model
 
 from muse_desktop.events import CancelToken, Cancelled, Done, Log, Metric
 from muse_desktop.listen import (LISTENING, NO_MICROPHONE, SAMPLE_RATE, WRITING, MicrophoneSource, Recognizer,

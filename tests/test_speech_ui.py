@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from ggml_whisper import write_model
+from muse_desktop.whisper_demo import write_model
 from PySide6.QtCore import Qt
 from test_listen import write_wav
 

@@ -1,4 +1,4 @@
-"""Write whisper.cpp models with random weights at any shape (for tests and benchmarks).
+"""Write whisper.cpp models with random weights at any shape (self-test, tests, benchmarks).
 
 The file is whisper.cpp's own format (the one its converter writes from OpenAI's
 checkpoints): a header of hyper-parameters, the mel filter bank, the vocabulary, then
