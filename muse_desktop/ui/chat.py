@@ -186,8 +186,9 @@ class ChatPage(QWidget):
         for control in (self.regenerate_button, self.copy_button, self.history_toggle, self.preference_toggle):
             control.setVisible(not on)
         self.side.setVisible(not on and self.history_toggle.isChecked())
+        self.speech.set_simple(on)
         for control in (self.send_button, self.stop_button, self.read_button, self.new_button,
-                        self.speech.speak_button, self.speech.pause_button):
+                        self.speech.pause_button):
             control.setMinimumHeight(80 if on else 0)
             control.setMinimumWidth(160 if on else 0)
 

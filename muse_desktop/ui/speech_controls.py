@@ -23,6 +23,7 @@ from muse_desktop.ui.workers import start_worker
 SPEAK_KEY = "Ctrl+Space"
 SPEEDS = (("Chosen for who is asking", 0.0), ("Slower", 0.8), ("Normal", 1.0), ("Faster", 1.2))
 HIGHLIGHT = "background-color:#ffe066;color:#000000;"
+STATE_LABELS = {"idle": "Speak", "listening": "Done speaking", "writing": "Cancel"}
 
 
 class SpeechControls(QObject):
@@ -48,8 +49,8 @@ class SpeechControls(QObject):
         self.speak_button.setAccessibleDescription(
             f"Press, then say your question; press again or pause to finish. Key: {SPEAK_KEY}.")
         self.speak_button.setToolTip(f"Press to talk ({SPEAK_KEY})")
-        self.speak_button.setMinimumHeight(48)
-        self.speak_button.setMinimumWidth(120)
+        self.speak_button.setObjectName("primary")  # big and in the accent colour, like Send
+        self.set_simple(False)
         self.shortcut = QShortcut(QKeySequence(SPEAK_KEY), page)
         self.shortcut.activated.connect(self.toggle_listening)
         self.meter = QProgressBar()
@@ -61,6 +62,16 @@ class SpeechControls(QObject):
         self.pause_button = widgets.button("Pause reading", "Pause reading", self.toggle_pause)
         self.pause_button.hide()
 
+    def set_simple(self, on: bool) -> None:
+        """Always big; bigger still in simple mode. Wide enough for its longest label, so the
+        question box does not jump between states."""
+        metrics = self.speak_button.fontMetrics()
+        widest = max(metrics.horizontalAdvance(t) for t in STATE_LABELS.values()) + 56
+        self.speak_button.setMinimumHeight(80 if on else 56)
+        self.speak_button.setMinimumWidth(max(200 if on else 160, widest))
+        # The window's style sheet sets every button's min-width, which wins over setMinimumWidth.
+        self.speak_button.setStyleSheet(f"min-width: {self.speak_button.minimumWidth() - 36}px;")
+
     # -- speaking a question ------------------------------------------------------------------
 
     @property
@@ -69,7 +80,7 @@ class SpeechControls(QObject):
 
     def _set_state(self, state: str) -> None:
         self._state = state
-        text = {"idle": "Speak", "listening": "Done speaking", "writing": "Cancel"}[state]
+        text = STATE_LABELS[state]
         self.speak_button.setText(text)
         self.speak_button.setAccessibleName(text)  # the name always matches the visible label
         self.meter.setVisible(state == "listening")
