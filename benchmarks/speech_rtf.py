@@ -55,7 +55,7 @@ def run_whispercpp(args, work: Path) -> dict:
     s = SHAPES[args.shape]
     shape = Shape(n_audio_state=s["d"], n_audio_head=s["heads"], n_audio_layer=s["layers"], n_text_state=s["d"],
                   n_text_head=s["heads"], n_text_layer=s["layers"])
-    model = write_model(work / f"ggml-{args.shape}-random.bin", shape)
+    model = write_model(work / f"ggml-{args.shape}-random.bin", shape, words=args.tokens)
     recognizer = Recognizer(model, threads=args.threads)
     clip = audio(args.seconds)
     recognizer.transcribe(clip[:16000], max_tokens=2)  # warm-up

@@ -5,8 +5,8 @@ checkpoints): a header of hyper-parameters, the mel filter bank, the vocabulary,
 every tensor by name. Only the weights are random; shapes, names and the filter bank
 are the real ones, so the engine runs exactly as it would on a downloaded model.
 
-To make the output checkable, the decoder's final norm is set so that every step
-favours one word (``word``): what comes out is that word, repeated.
+To make the output checkable, the decoder's position embeddings are set so that it
+writes one word a few times and then ends the text (see ``_tensors``).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import numpy as np
 
 GGML_MAGIC = 0x67676D6C
 ENGLISH_VOCAB = 51864  # base.en, small.en ...; 51865 and up is multilingual
+EOT = 50256  # end of text in the English-only vocabulary
 
 
 @dataclass(frozen=True)
@@ -65,7 +66,7 @@ def mel_filters(n_mels: int = 80, n_fft: int = 400, sample_rate: int = 16000) ->
     return weights.astype(np.float32)
 
 
-def _tensors(shape: Shape, rng: np.random.Generator, word_id: int):
+def _tensors(shape: Shape, rng: np.random.Generator, word_id: int, words: int):
     def r(*dims, scale=0.02):
         return (rng.standard_normal(dims, dtype=np.float32) * scale).astype(np.float32)
 
@@ -77,15 +78,19 @@ def _tensors(shape: Shape, rng: np.random.Generator, word_id: int):
     yield "encoder.conv2.bias", r(a, 1)
     yield "encoder.ln_post.weight", np.ones(a, np.float32)
     yield "encoder.ln_post.bias", np.zeros(a, np.float32)
-    # The final norm ignores its input (weight 0) and returns one fixed direction,
-    # which the chosen word's embedding matches best: every step picks that word.
-    direction = np.abs(r(t, scale=1.0)) + 0.5
+    # Each decoder position carries one strong, zero-mean direction (far above what the random
+    # blocks add): up to position ``words`` it is the chosen word's, then the end-of-text
+    # token's. So the model writes the word ``words`` times, then stops, as a real one would.
+    half = np.where(np.arange(t) < t // 2, 1.0, -1.0).astype(np.float32)
+    alternating = np.where(np.arange(t) % 2 == 0, 1.0, -1.0).astype(np.float32)
+    positions = np.stack([half if p <= words else alternating for p in range(shape.n_text_ctx)]) * 40.0
     embedding = r(shape.n_vocab, t)
-    embedding[word_id] = direction / np.linalg.norm(direction) * 2.0
-    yield "decoder.positional_embedding", r(shape.n_text_ctx, t)
+    embedding[word_id] = half * 0.1
+    embedding[EOT] = alternating * 0.1
+    yield "decoder.positional_embedding", positions
     yield "decoder.token_embedding.weight", embedding
-    yield "decoder.ln.weight", np.zeros(t, np.float32)
-    yield "decoder.ln.bias", direction
+    yield "decoder.ln.weight", np.ones(t, np.float32)
+    yield "decoder.ln.bias", np.zeros(t, np.float32)
     for prefix, n_layer, width, cross in (("encoder", shape.n_audio_layer, a, False),
                                           ("decoder", shape.n_text_layer, t, True)):
         for i in range(n_layer):
@@ -108,8 +113,9 @@ def _tensors(shape: Shape, rng: np.random.Generator, word_id: int):
                 yield block + f"{attn}.out.bias", r(width)
 
 
-def write_model(path: Path, shape: Shape = TINY, word: str = " hello", seed: int = 0, f16: bool = True) -> Path:
-    """Write a random-weight whisper.cpp model to ``path``; its words all come out as ``word``."""
+def write_model(path: Path, shape: Shape = TINY, word: str = " hello", seed: int = 0, f16: bool = True,
+                words: int = 2) -> Path:
+    """Write a random-weight whisper.cpp model to ``path`` that writes ``word`` ``words`` times, whatever it hears."""
     rng = np.random.default_rng(seed)
     word_id = 100
     # Byte-level tokens as in GPT-2's vocabulary: real ids, short placeholder texts.
@@ -128,7 +134,7 @@ def write_model(path: Path, shape: Shape = TINY, word: str = " hello", seed: int
         for token in tokens:
             out.write(struct.pack("i", len(token)))
             out.write(token)
-        for name, data in _tensors(shape, rng, word_id):
+        for name, data in _tensors(shape, rng, word_id, words):
             keep_f32 = data.ndim < 2 or name.endswith(("conv1.bias", "conv2.bias", "positional_embedding"))
             if f16 and not keep_f32:
                 data, ftype = data.astype(np.float16), 1

@@ -67,10 +67,10 @@ class SpeechControls(QObject):
         question box does not jump between states."""
         metrics = self.speak_button.fontMetrics()
         widest = max(metrics.horizontalAdvance(t) for t in STATE_LABELS.values()) + 56
-        self.speak_button.setMinimumHeight(80 if on else 56)
-        self.speak_button.setMinimumWidth(max(200 if on else 160, widest))
-        # The window's style sheet sets every button's min-width, which wins over setMinimumWidth.
-        self.speak_button.setStyleSheet(f"min-width: {self.speak_button.minimumWidth() - 36}px;")
+        height, width = (80 if on else 56), max(200 if on else 160, widest)
+        # The window's style sheet sets every button's min-width and min-height, which win over
+        # setMinimumSize; these are the content sizes (its padding is 10 px by 18 px, border 2 px).
+        self.speak_button.setStyleSheet(f"min-width: {width - 40}px; min-height: {height - 24}px;")
 
     # -- speaking a question ------------------------------------------------------------------
 
