@@ -39,6 +39,7 @@ class SpeechControls(QObject):
         self._finish = threading.Event()
         self._state = "idle"  # idle, listening, writing
         self._voice = None  # the loaded natural voice (kept: loading takes a moment)
+        self._recognizer: dict = {}  # the loaded listening model and its path
         self._pause = voice.Pause()
         self._marked = None  # (bubble, its plain text, its text format) while a sentence is marked
         # Where sound comes from and goes to; a WAV file can stand in for either (tests, screenshots).
@@ -109,11 +110,12 @@ class SpeechControls(QObject):
     def _start_listening(self, model) -> None:
         self._finish = threading.Event()
         finish, source = self._finish, self.source_factory()
-        recognizer = {}
+        cache = self._recognizer  # kept between presses: loading a model takes a moment
 
         def load():
-            recognizer.setdefault("r", listen.Recognizer(model, self.settings.threads))
-            return recognizer["r"]
+            if cache.get("path") != model:
+                cache.update(path=model, recognizer=listen.Recognizer(model, self.settings.threads))
+            return cache["recognizer"]
 
         def events(token):
             yield from listen.listen(source, load, finish, token)
@@ -232,8 +234,11 @@ class SpeechControls(QObject):
         index = int(value)
         parts = [f'<span style="{HIGHLIGHT}">{html.escape(s)}</span>' if i == index else html.escape(s)
                  for i, s in enumerate(sentences)]
-        bubble.setTextFormat(Qt.RichText)
-        bubble.setText(" ".join(parts))
+        try:
+            bubble.setTextFormat(Qt.RichText)
+            bubble.setText(" ".join(parts))
+        except RuntimeError:  # the conversation was cleared while it was being read
+            self._marked = None
         self.pause_button.show()
         self.page.status.setText(f"Reading aloud (sentence {index + 1} of {len(sentences)}). "
                                  "Press “Stop reading” to stop.")
@@ -263,9 +268,12 @@ class SpeechControls(QObject):
     def _reading_finished(self) -> None:
         if self._marked is not None:
             bubble, plain, text_format = self._marked
-            bubble.setTextFormat(text_format)
-            bubble.setText(plain)
             self._marked = None
+            try:
+                bubble.setTextFormat(text_format)
+                bubble.setText(plain)
+            except RuntimeError:  # the conversation was cleared while it was being read
+                pass
         self.pause_button.hide()
         self.pause_button.setText("Pause reading")
         self.page.read_button.setText("Read aloud")
