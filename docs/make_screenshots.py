@@ -50,7 +50,66 @@ def _get_muse_choice(window, settle) -> None:
     settle()
 
 
+def speak_button_states(window, settle) -> None:
+    """The Speak button idle, listening (a recording played as the microphone) and writing down.
+
+    The listening model is whisper.cpp's base.en shape with random weights, written here,
+    so "writing down" lasts long enough to be seen; its words would be nonsense.
+    """
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    from muse_desktop.whisper_demo import BASE_EN, write_model
+    from test_listen import write_wav
+
+    from muse_desktop import listen
+
+    chat = window.chat
+    model = listen.models_folder() / "ggml-base-random.bin"
+    model.parent.mkdir(parents=True, exist_ok=True)
+    write_model(model, BASE_EN)
+    window.settings.listen_model = model.name
+    chat.speech.source_factory = lambda: listen.WavFileSource(
+        write_wav(Path(os.environ["MUSE_HOME"]) / "said.wav", seconds_loud=3.0), realtime=True)
+    window.resize(1366, 768)
+    window.pages.setCurrentWidget(chat)
+    settle()
+    window.grab().save(str(OUT / "speak-idle.png"))
+    chat.speech.speak_button.click()
+    settle(lambda: chat.speech.meter.value() > 60)
+    window.grab().save(str(OUT / "speak-listening.png"))
+    settle(lambda: chat.speech.state == "writing")
+    time.sleep(0.3)
+    settle()
+    window.grab().save(str(OUT / "speak-writing-down.png"))
+    chat.speech.speak_button.click()  # "Cancel"
+    settle(lambda: chat.speech.state == "idle")
+
+
 def main() -> int:
+    if sys.argv[1:2] == ["--speech"]:  # only the Speak button's screenshots (no chat model needed)
+        os.environ["MUSE_HOME"] = tempfile.mkdtemp(prefix="muse-shots-")
+        os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+        sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+        from PySide6.QtWidgets import QApplication
+
+        from muse_desktop.settings import Settings
+        from muse_desktop.store import Store
+        from muse_desktop.ui.app import MainWindow
+
+        app = QApplication([])
+
+        def settle(condition=lambda: True):
+            while not condition():
+                app.processEvents()
+                time.sleep(0.01)
+            for _ in range(5):
+                app.processEvents()
+
+        window = MainWindow(Settings(user_type_id="older-adult"), store=Store())
+        window.show()
+        window.chat.set_user_type(window.page.current(), open_saved_model=False)
+        speak_button_states(window, settle)
+        window.close()
+        return 0
     model = sys.argv[1]
     os.environ["MUSE_HOME"] = tempfile.mkdtemp(prefix="muse-shots-")
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")

@@ -116,6 +116,18 @@ def run_self_test(model: str | None = None, out=None) -> int:
             raise RuntimeError("the training child process saved no adapter")
         return "3 LoRA steps in a child process, adapter saved"
 
+    def speech_input() -> str:
+        import numpy as np
+
+        from muse_desktop.listen import Recognizer
+        from muse_desktop.whisper_demo import write_model
+
+        model = write_model(work / "whisper-random.bin")
+        text = Recognizer(model, threads=2).transcribe(np.zeros(16000, np.float32), max_tokens=3)
+        if not text.startswith("hello"):
+            raise RuntimeError(f"whisper.cpp wrote {text!r}, not the model's one word")
+        return f"whisper.cpp wrote down {text.split()[0]!r} with a random-weight model"
+
     def contents() -> str:
         heavy = [name for name in ("torch", "transformers", "peft") if importlib.util.find_spec(name) is not None]
         return "training stack present: " + ", ".join(heavy) if heavy else "chat only: no torch, transformers or peft"
@@ -123,6 +135,8 @@ def run_self_test(model: str | None = None, out=None) -> int:
     checks = [("resources", resources), ("database", database), ("chat", chat), ("quantizer", quantizer)]
     if importlib.util.find_spec("torch") is not None:  # MUsE Studio, or a development install
         checks.append(("trainer", trainer))
+    if importlib.util.find_spec("pywhispercpp") is not None:  # speech input, in the bundles and the [speech] extra
+        checks.append(("speech input", speech_input))
     checks.append(("contents", contents))
     try:
         ok = all([_check(name, fn, lines) for name, fn in checks])

@@ -67,6 +67,11 @@ class Settings:
     preference_grid: str = ""  # e.g. "muse:1.0, muse:0.1, plain:1.0, plain:0.1" (empty: that research grid)
     kiosk_mode: bool = False  # off-topic questions get a kind refusal (muse_desktop.scope)
     locked_user: dict[str, str] = field(default_factory=dict)  # who the chat opens for while locked
+    # Speech (muse_desktop.voice, muse_desktop.listen); read_aloud above means "read every answer aloud".
+    voice_id: str = "en_US-joe-medium"  # a natural voice, or "system" for the computer's own voice
+    reading_speed: float = 0.0  # 0: chosen by who is asking (slower for young children and older adults)
+    speech_sends: bool = False  # a spoken question is sent at once instead of waiting in the question box
+    listen_model: str = "ggml-base.en.bin"
     extra: dict[str, Any] = field(default_factory=dict)  # keys from newer versions
 
     def validated(self) -> "Settings":
@@ -80,6 +85,7 @@ class Settings:
         copy.gpu_layers = max(int(copy.gpu_layers), -1)
         copy.adapter_scale = min(max(float(copy.adapter_scale), 0.0), 2.0)
         copy.base_revision = str(copy.base_revision).strip() or "main"
+        copy.reading_speed = 0.0 if float(copy.reading_speed) <= 0 else min(max(float(copy.reading_speed), 0.5), 2.0)
         return copy
 
 

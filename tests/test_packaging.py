@@ -37,6 +37,7 @@ def test_the_frozen_chat_bundle_passes_its_self_test_without_torch(chat_bundle, 
     assert "(frozen bundle" in result.stdout and "PASSED" in result.stdout
     assert "OK   contents: chat only: no torch, transformers or peft" in result.stdout
     assert "OK   quantizer: Q8_0 written by a child process" in result.stdout  # --run-module works frozen
+    assert "OK   speech input: whisper.cpp wrote down 'hello'" in result.stdout  # the engine ships inside
 
 
 def test_the_frozen_window_opens_offscreen(chat_bundle, tmp_path):

@@ -298,7 +298,8 @@ def test_read_aloud_speaks_or_says_why_not(qtbot, tiny_gguf, tmp_path, monkeypat
     # let the rest of the test write into the real user folders (it once did).
     with monkeypatch.context() as local:
         local.setenv("PATH", str(tmp_path))  # no speech engine on this PATH
-        silent = MainWindow(Settings(user_type_id="older-adult"))
+        # The computer's own voice is what this test is about (the natural voice: test_speech_ui.py).
+        silent = MainWindow(Settings(user_type_id="older-adult", voice_id="system"))
         qtbot.addWidget(silent)
         silent.show_chat()
         assert silent.chat.read_button.text() == "Read aloud (not available)"
@@ -308,7 +309,7 @@ def test_read_aloud_speaks_or_says_why_not(qtbot, tiny_gguf, tmp_path, monkeypat
     assert os.environ["MUSE_HOME"].startswith(str(tmp_path))
     if find_backend() is None:
         return  # the rest needs a real engine (espeak-ng or speech-dispatcher)
-    win = MainWindow(Settings(user_type_id="older-adult"))
+    win = MainWindow(Settings(user_type_id="older-adult", voice_id="system"))
     qtbot.addWidget(win)
     win.show()
     win.show_chat()

@@ -300,6 +300,7 @@ class MainWindow(QMainWindow):
         self.contrast.setChecked(self.settings.theme == Theme.HIGH_CONTRAST)
         self.contrast.toggled.connect(self.set_high_contrast)
         view.addAction(self.contrast)
+        self.chat.speech.build_menu(self.menuBar(), self)
         caregiver = self.menuBar().addMenu("&Caregiver")
         self.set_pin_action = QAction("Set or change the PIN…", self)
         self.lock_action = QAction("Lock now", self)

@@ -138,7 +138,14 @@ class ChatPage(QWidget):
         self.input.setAccessibleName("Your question")
         self.input.setMinimumHeight(48)
         self.input.returnPressed.connect(self.send)
-        layout.addWidget(self.input)
+        from muse_desktop.ui.speech_controls import SpeechControls
+
+        self.speech = SpeechControls(self)  # the Speak button sits beside the question box
+        question_row = QHBoxLayout()
+        question_row.addWidget(self.input, 1)
+        question_row.addWidget(self.speech.speak_button)
+        layout.addLayout(question_row)
+        layout.addWidget(self.speech.meter)
         self.send_button = widgets.button("Send", "Send the question", self.send, primary=True)
         self.stop_button = widgets.button("Stop", "Stop the answer", self.stop)
         self.stop_button.setEnabled(False)
@@ -146,7 +153,7 @@ class ChatPage(QWidget):
         self.copy_button = widgets.button("Copy", "Copy the last answer", self.copy_answer)
         self.speaker = Speaker.from_system()
         self.read_button = widgets.button("Read aloud", "Read the last answer aloud", self.read_aloud)
-        if not self.speaker.available:
+        if not self.speaker.available and not self.speech.natural_available():
             self.read_button.setText("Read aloud (not available)")
             self.read_button.setToolTip(self.speaker.unavailable_reason)
         self.new_button = widgets.button("New chat", "Start a new conversation", self.new_conversation)
@@ -173,10 +180,11 @@ class ChatPage(QWidget):
         flow = widgets.FlowLayout(buttons)
         flow.setContentsMargins(0, 0, 0, 0)
         for widget in (self.send_button, self.stop_button, self.regenerate_button, self.copy_button,
-                       self.read_button, self.new_button, self.preference_toggle, self.history_toggle,
+                       self.read_button, self.speech.pause_button, self.new_button, self.preference_toggle, self.history_toggle,
                        self.addon_strength):
             flow.addWidget(widget)
         layout.addWidget(buttons)
+        self.answer_done.connect(self._read_if_wanted)
 
     def set_simple(self, on: bool) -> None:
         """Simple mode: the conversation, the question box and big Send / Stop / Read aloud / New chat."""
@@ -184,7 +192,9 @@ class ChatPage(QWidget):
         for control in (self.regenerate_button, self.copy_button, self.history_toggle, self.preference_toggle):
             control.setVisible(not on)
         self.side.setVisible(not on and self.history_toggle.isChecked())
-        for control in (self.send_button, self.stop_button, self.read_button, self.new_button):
+        self.speech.set_simple(on)
+        for control in (self.send_button, self.stop_button, self.read_button, self.new_button,
+                        self.speech.pause_button):
             control.setMinimumHeight(80 if on else 0)
             control.setMinimumWidth(160 if on else 0)
 
@@ -579,6 +589,12 @@ class ChatPage(QWidget):
 
     def read_aloud(self) -> None:
         """Read the last answer aloud; pressed again while reading, stop."""
+        if self.speech.is_reading:
+            self.speech.stop_reading()
+            return
+        last = [b for b in self._bubbles() if b.role == "assistant" and b.text().strip()]
+        if last and self.speech.read(last[-1]):  # the natural voice; the system's own is the fallback
+            return
         if not self.speaker.available:
             self.status.setText(self.speaker.unavailable_reason)
             return
@@ -590,6 +606,10 @@ class ChatPage(QWidget):
         if answers:
             self.speaker.speak(answers[-1].text().strip())
             self.status.setText("Reading the answer aloud. Press “Read aloud” again to stop.")
+
+    def _read_if_wanted(self) -> None:
+        if self.settings.read_aloud and not self.speech.is_reading and not self.speaker.speaking:
+            self.read_aloud()
 
     def regenerate(self) -> None:
         """Answer the last question again (the previous answer is replaced)."""
@@ -660,6 +680,7 @@ class ChatPage(QWidget):
 
     def shutdown(self) -> None:
         self.speaker.stop()
+        self.speech.shutdown()
         if self.worker is not None:
             self.worker.cancel()  # the engine's abort callback ends even a long prompt's evaluation
             self.worker.thread.wait(30000)
