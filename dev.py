@@ -69,12 +69,12 @@ def install(extras: str) -> Path:
 
 
 def cmd_app(argv: list[str]) -> int:
-    python = install("")
+    python = install("speech")  # the chat, with speech input and the natural voice
     return subprocess.call([str(python), "-m", "muse_desktop", *argv], cwd=ROOT)
 
 
 def cmd_test(argv: list[str]) -> int:
-    python = install("train,dev")
+    python = install("train,dev,speech")  # every test runs: none is skipped for a missing extra
     env = dict(os.environ, QT_QPA_PLATFORM=os.environ.get("QT_QPA_PLATFORM", "offscreen"))
     bindir = python.parent
     print("+ lint-imports", flush=True)
