@@ -9,6 +9,7 @@ from pathlib import Path
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QGuiApplication
 from PySide6.QtWidgets import (
+    QApplication,
     QComboBox,
     QFileDialog,
     QHBoxLayout,
@@ -40,7 +41,8 @@ NOTE = "note"  # a bubble that is not a message: the mark of a question without 
 
 
 class Bubble(QLabel):
-    """One message; selectable text, named for screen readers."""
+    """One message; selectable text. Its accessible name is its text (what a screen reader
+    reads); who said it is the description, so a fixed name never hides the words."""
 
     def __init__(self, role: str, text: str):
         super().__init__(text)
@@ -49,7 +51,7 @@ class Bubble(QLabel):
         self.setWordWrap(True)
         self.setTextInteractionFlags(Qt.TextSelectableByMouse | Qt.TextSelectableByKeyboard)
         self.setFocusPolicy(Qt.StrongFocus)
-        self.setAccessibleName({"user": "You said", NOTE: "No answer"}.get(role, "MUsE said"))
+        self.setAccessibleDescription({"user": "You said", NOTE: "No answer"}.get(role, "MUsE said"))
 
     def append(self, text: str) -> None:
         self.setText(self.text() + text)
@@ -75,6 +77,7 @@ class ChatPage(QWidget):
         self._pending_model: str | None = None  # opened once the current work has finished
         self._question_id: int | None = None  # the stored question being answered now
         self._choosing = False  # preference mode's four answers are being written
+        self._focus_after = None  # where focus goes back when the current work ends
         self.closed_controls: tuple = ()  # closed by the caregiver's lock: the end of a job must not reopen them
 
         layout = QVBoxLayout(self)
@@ -235,7 +238,7 @@ class ChatPage(QWidget):
         if adapters:
             label += " + " + ", ".join(Path(a).name for a in adapters)
         self.model_label.setText(label)
-        self.status.setText("Ready. Type a question and press Enter.")
+        self.say("Ready. Type a question and press Enter.")
         adapter = (adapters or [""])[0]
         if self.settings.model_path != path or self.settings.adapter_path != adapter:
             self.settings.model_path = path
@@ -272,6 +275,11 @@ class ChatPage(QWidget):
 
     # -- asking ----------------------------------------------------------------------------
 
+    def say(self, text: str, assertive: bool = False) -> None:
+        """Show a status that matters and have screen readers announce it (thinking, stopped, failed)."""
+        self.status.setText(text)
+        widgets.announce(self.status, text, assertive)
+
     @property
     def busy(self) -> bool:
         return self.worker is not None
@@ -288,7 +296,7 @@ class ChatPage(QWidget):
         if not question or self.busy or self.user_type is None:
             return
         if self.engine is None:
-            self.status.setText("There is no model yet: press “Change model” to choose one.")
+            self.say("There is no model yet: press “Change model” to choose one.")
             return
         if self.conversation_id is None:
             title = question if len(question) <= 48 else question[:47] + "…"
@@ -315,7 +323,7 @@ class ChatPage(QWidget):
                                settings={"refused": "no guard" if verdict.problem else "off-topic"})
         self._question_id = None
         self.add_bubble("assistant", verdict.refusal)
-        self.status.setText(verdict.problem or "That question is outside what this kiosk is for.")
+        self.say(verdict.problem or "That question is outside what this kiosk is for.")
         if verdict.problem:
             self.problem.emit(verdict.problem)
         self.answer_done.emit()
@@ -328,7 +336,7 @@ class ChatPage(QWidget):
             self._question_id = None
         if self.answer_bubble is not None and not self.answer_bubble.text().strip():
             self.answer_bubble.role = NOTE
-            self.answer_bubble.setAccessibleName("No answer")
+            self.answer_bubble.setAccessibleDescription("No answer")
             self.answer_bubble.setText(NO_ANSWER)
         else:
             self.add_bubble(NOTE, NO_ANSWER)
@@ -349,7 +357,7 @@ class ChatPage(QWidget):
         self._choosing = True
         self._make_room_for_candidates(True)
         self.preference_panel.start([spec.label() for spec in self._specs])
-        self.status.setText("Writing four answers…")
+        self.say("Writing four answers…")
         self._next_candidate()
 
     def _next_candidate(self) -> None:
@@ -359,7 +367,7 @@ class ChatPage(QWidget):
         index = len(self._candidates)
         if index == len(self._specs):
             self.preference_panel.ready()
-            self.status.setText("Mark the best and the worst answer.")
+            self.say("The four answers are ready. Mark the best and the worst answer.")
             return
         spec = self._specs[index]
         conversation = self.store.conversation(self.conversation_id)
@@ -372,7 +380,7 @@ class ChatPage(QWidget):
         def done(event: Done) -> None:
             if event.data.get("stopped") == "cancelled":  # Stop ends the whole round
                 self._end_candidates()
-                self.status.setText("Stopped. Ask again to get four new answers.")
+                self.say("Stopped. Ask again to get four new answers.")
                 return
             self._candidates.append({"text": event.data["text"].strip(), "framing": spec.framing,
                                      "temperature": spec.temperature, "seed": sampling.seed})
@@ -409,7 +417,7 @@ class ChatPage(QWidget):
                                settings={"preference": preference, "framing": chosen["framing"],
                                          "temperature": chosen["temperature"], "seed": chosen["seed"]})
         self.add_bubble("assistant", chosen["text"])
-        self.status.setText("Thank you. The best answer is kept; the conversation goes on from there.")
+        self.say("Thank you. The best answer is kept; the conversation goes on from there.")
         self.refresh_history()
         self.answer_done.emit()
 
@@ -423,7 +431,7 @@ class ChatPage(QWidget):
         template = self.settings.instruction_template or None
         engine = self.engine
         self.answer_bubble = self.add_bubble("assistant", "")
-        self.status.setText("Thinking…")
+        self.say("Thinking…")
         self._run(lambda token: engine.generate(prompt_name, turns, template, sampling, cancel=token),
                   on_done=self._answered, on_text=self.answer_bubble.append)
 
@@ -431,13 +439,18 @@ class ChatPage(QWidget):
         data = event.data
         text = data["text"].strip()
         if text:
+            # Once, when the whole answer is there: token by token would be noise.
+            widgets.announce(self.answer_bubble or self, f"MUsE said: {text}")
             self.store.add_message(self.conversation_id, "assistant", text, model=Path(self.settings.model_path).name,
                                    settings=dict(data["sampling"], stopped=data["stopped"]))
             self._question_id = None
             self.answer_bubble = None
         else:  # stopped before any text, or an empty answer
             self._no_answer("stopped before any text" if data["stopped"] == "cancelled" else "the answer was empty")
-        self.status.setText("Stopped." if data["stopped"] == "cancelled" else "Ready.")
+        if data["stopped"] == "cancelled":
+            self.say("Stopped.")
+        else:
+            self.status.setText("Ready.")
         self.refresh_history()
         self.answer_done.emit()
 
@@ -556,21 +569,21 @@ class ChatPage(QWidget):
         answers = [b for b in self._bubbles() if b.role == "assistant" and b.text().strip()]
         if answers:
             QGuiApplication.clipboard().setText(answers[-1].text().strip())
-            self.status.setText("The answer was copied.")
+            self.say("The answer was copied.")
 
     def read_aloud(self) -> None:
         """Read the last answer aloud; pressed again while reading, stop."""
         if not self.speaker.available:
-            self.status.setText(self.speaker.unavailable_reason)
+            self.say(self.speaker.unavailable_reason)
             return
         if self.speaker.speaking:
             self.speaker.stop()
-            self.status.setText("Stopped reading.")
+            self.say("Stopped reading.")
             return
         answers = [b for b in self._bubbles() if b.role == "assistant" and b.text().strip()]
         if answers:
             self.speaker.speak(answers[-1].text().strip())
-            self.status.setText("Reading the answer aloud. Press “Read aloud” again to stop.")
+            self.say("Reading the answer aloud. Press “Read aloud” again to stop.")
 
     def regenerate(self) -> None:
         """Answer the last question again (the previous answer is replaced)."""
@@ -601,6 +614,12 @@ class ChatPage(QWidget):
 
     def _run(self, make_events, on_done, on_text=None) -> None:
         self.stop_button.setEnabled(on_text is not None)
+        focused = QApplication.focusWidget()
+        self._focus_after = focused if focused is not None and self.isAncestorOf(focused) else None
+        if focused in self._locked_while_busy():
+            # Disabling the pressed button would throw focus on to whatever is next (e.g. "Copy"):
+            # put it where the person can act now, on Stop while an answer is written.
+            (self.stop_button if self.stop_button.isEnabled() else self.input).setFocus(Qt.OtherFocusReason)
         for control in self._locked_while_busy():
             control.setEnabled(False)
         slots = {"text": on_text} if on_text is not None else {}
@@ -616,13 +635,22 @@ class ChatPage(QWidget):
             self._end_candidates()
         elif self._question_id is not None:
             self._no_answer(message)
-        self.status.setText(message)
+        self.say(message, assertive=True)
         self.problem.emit(message)
 
     def _finished(self) -> None:
+        on_stop = QApplication.focusWidget() is self.stop_button
         self.stop_button.setEnabled(False)
         for control in self._locked_while_busy():
             control.setEnabled(control not in self.closed_controls)
+        back, self._focus_after = self._focus_after, None
+        if back is self.send_button:
+            back = self.input  # after Send, the next question
+        if on_stop or QApplication.focusWidget() is None:
+            # Back where the work was started ("Try again" stays on "Try again"), else the question box.
+            target = back if back is not None and back.isVisible() and back.isEnabled() else self.input
+            if self.isVisible():
+                target.setFocus(Qt.OtherFocusReason)
         pending, self._pending_model = self._pending_model, None
         if pending:
             self.load_model(pending)
