@@ -312,7 +312,7 @@ class MainWindow(QMainWindow):
         if (event.type() == QEvent.KeyPress and event.key() in (Qt.Key_Return, Qt.Key_Enter)
                 and isinstance(watched, QAbstractButton) and watched.window() is self
                 and watched.isEnabled() and watched.hasFocus() and not event.isAutoRepeat()):
-            watched.animateClick()
+            watched.click()  # at once: animateClick would press it 100 ms later, after the next key
             return True
         return super().eventFilter(watched, event)
 
