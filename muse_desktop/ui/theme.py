@@ -88,6 +88,10 @@ QPushButton#primary:disabled {{ background: {p['field']}; color: {p['disabled']}
 QMenuBar, QMenu {{ background: {p['window']}; color: {p['text']}; }}
 QMenu::item:selected, QMenuBar::item:selected {{ background: {p['accent']}; color: {p['accent_text']}; }}
 QMenu::item:disabled {{ color: {p['disabled']}; font-style: italic; }}
+QCheckBox::indicator, QListWidget::indicator {{ width: 22px; height: 22px; border: 2px solid {p['border']};
+    border-radius: 4px; background: {p['field']}; }}
+QCheckBox::indicator:checked, QListWidget::indicator:checked {{ background: {p['accent']}; border-color: {p['text']}; }}
+QCheckBox:focus {{ border: 4px solid {p['focus']}; border-radius: 6px; }}
 """
 
 
