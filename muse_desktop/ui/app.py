@@ -24,6 +24,7 @@ from PySide6.QtWidgets import (
     QScrollArea,
     QStackedWidget,
     QTabWidget,
+    QToolButton,
     QVBoxLayout,
     QWidget,
 )
@@ -95,8 +96,8 @@ class UserTypePage(QWidget):
         self.search.setPlaceholderText("Type to search, for example nurse or farmer")
         self.search.setAccessibleName("Search user types")
         self.search.setClearButtonEnabled(True)
-        for action in self.search.findChildren(QAction):  # the × in the box: named, or it is just "button"
-            action.setText("Clear the search")
+        for clear in self.search.findChildren(QToolButton):  # the × in the box: named, or it is just "button"
+            clear.setAccessibleName("Clear the search")
         search_label.setBuddy(self.search)
         self.search.textChanged.connect(self.refresh_list)
         layout.addWidget(self.search)

@@ -18,6 +18,7 @@ from PySide6.QtWidgets import (
     QLineEdit,
     QListWidget,
     QListWidgetItem,
+    QMenu,
     QMessageBox,
     QScrollArea,
     QVBoxLayout,
@@ -170,13 +171,31 @@ class ChatPage(QWidget):
         self.preference_toggle = widgets.button("Choose from 4", "Preference mode: four answers to choose from")
         self.preference_toggle.setCheckable(True)
         self.preference_toggle.setToolTip("Each question gets four answers; you mark the best and the worst.")
+        # At large text the row keeps Send, Stop, Read aloud and More; the rest moves under More.
+        self.more_button = widgets.button("More", "More things to do: try again, copy, new chat, conversations")
+        self.more_menu = QMenu(self.more_button)
+        self.more_button.setMenu(self.more_menu)
+        self.model_info = self.more_menu.addAction(self.model_label.text())
+        self.model_info.triggered.connect(lambda: self.say(self.model_label.text()))  # reachable by arrows
+        self._more_actions = []
+        for control in (self.regenerate_button, self.copy_button, self.new_button, self.preference_toggle,
+                        self.history_toggle, self.change_model, self.change):
+            action = self.more_menu.addAction(control.text())
+            action.setCheckable(control.isCheckable())
+            action.triggered.connect(lambda _=False, c=control: c.click())
+            if control.isCheckable():
+                control.toggled.connect(action.setChecked)
+                action.setChecked(control.isChecked())
+            self._more_actions.append((control, action))
+        self.more_button.hide()
+        self.compact = False
         # One flowing row that wraps: every label stays whole at 200 % zoom and in narrow windows.
         buttons = QWidget()
         flow = widgets.FlowLayout(buttons)
         flow.setContentsMargins(0, 0, 0, 0)
         for widget in (self.send_button, self.stop_button, self.regenerate_button, self.copy_button,
                        self.read_button, self.new_button, self.preference_toggle, self.history_toggle,
-                       self.addon_strength):
+                       self.addon_strength, self.more_button):
             flow.addWidget(widget)
         layout.addWidget(buttons)
 
@@ -186,13 +205,36 @@ class ChatPage(QWidget):
         for control in (self.regenerate_button, self.copy_button, self.history_toggle, self.preference_toggle):
             control.setVisible(not on)
         self.side.setVisible(not on and self.history_toggle.isChecked())
+        self._show_compact()
         for control in (self.send_button, self.stop_button, self.read_button, self.new_button):
             control.setMinimumHeight(80 if on else 0)
             control.setMinimumWidth(160 if on else 0)
 
     def fit_zoom(self, zoom_percent: int) -> None:
-        """At large zoom the conversation gets the whole width; the list stays one button away."""
-        self.history_toggle.setChecked(zoom_percent < 175)
+        """From 150 % the conversation gets the room: the list folds away and one row of big
+        buttons stays (Send, Stop, Read aloud, More); everything else is under More."""
+        self.compact = zoom_percent >= 150
+        self.history_toggle.setChecked(not self.compact)
+        self._show_compact()
+
+    def _show_compact(self) -> None:
+        for control, action in self._more_actions:
+            # Under More in the compact row; the lock's closed controls stay closed there too.
+            shown = not (self.simple and control in (self.regenerate_button, self.copy_button, self.history_toggle,
+                                                     self.preference_toggle, self.change, self.change_model))
+            shown = shown and control not in self.closed_controls
+            action.setVisible(shown and self.compact)
+            control.setVisible(shown and not self.compact)
+        self.more_button.setVisible(self.compact)
+        # The model line folds under More too (as its first, read-only entry); the heading is
+        # set in the body size: at 200 % the two took a fifth of a laptop screen.
+        self.model_label.setVisible(not self.compact)
+        self.model_info.setVisible(self.compact)
+        self.who.setObjectName("" if self.compact else "heading")
+        self.who.setStyleSheet(self.who.styleSheet())  # the new object name takes effect now
+        self.layout().setSpacing(2 if self.compact else -1)
+        margin = 2 if self.compact else 9
+        self.layout().setContentsMargins(margin, margin, margin, margin)
 
     # -- who and which model ---------------------------------------------------------------
 
@@ -238,6 +280,7 @@ class ChatPage(QWidget):
         if adapters:
             label += " + " + ", ".join(Path(a).name for a in adapters)
         self.model_label.setText(label)
+        self.model_info.setText(label)
         self.say("Ready. Type a question and press Enter.")
         adapter = (adapters or [""])[0]
         if self.settings.model_path != path or self.settings.adapter_path != adapter:
