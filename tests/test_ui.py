@@ -278,18 +278,18 @@ def test_regenerate_copy_and_history_after_reopening(qtbot, tiny_gguf, isolated_
 
 
 def test_the_demo_is_a_usable_default_with_no_model(qtbot, isolated_home):
-    from muse_desktop.demo_model import DEMO_NOTICE
+    from muse_desktop.ui.chat import PRACTICE_MODEL
 
     win = MainWindow(Settings(user_type_id="child"))
     qtbot.addWidget(win)
     win.show()
     win.show_chat()
     assert win.pages.currentWidget() is win._model_scroll
-    assert "random weights" in win.model_page.demo_button.accessibleDescription()
+    assert "has not learnt anything" in win.model_page.demo_button.accessibleDescription()
     with qtbot.waitSignal(win.chat.model_ready, timeout=60000):
         qtbot.mouseClick(win.model_page.demo_button, Qt.LeftButton)
     qtbot.waitUntil(lambda: win.chat.worker is None)
-    assert win.chat.model_label.text() == DEMO_NOTICE and "random weights" in DEMO_NOTICE
+    assert win.chat.model_label.text() == PRACTICE_MODEL and "nonsense" in PRACTICE_MODEL
     demo = load_settings().settings.model_path
     assert demo.startswith(str(isolated_home)) and demo.endswith(".gguf")
     win.chat.input.setText("Hello!")

@@ -133,8 +133,15 @@ class UserTypePage(QWidget):
         footer = QVBoxLayout(self.footer)
         self.chosen = widgets.label(name="Chosen user type")
         footer.addWidget(self.chosen)
-        self.preview = widgets.label(style="muted", name="What the assistant is told")
+        # The raw instruction is for the curious, not the first thing a child reads: behind a detail.
+        self.preview_toggle = widgets.button("What MUsE is told", "Show or hide the instruction MUsE gets")
+        self.preview_toggle.setObjectName("compact")
+        self.preview_toggle.setCheckable(True)
+        footer.addWidget(self.preview_toggle, 0, Qt.AlignLeft)
+        self.preview = widgets.label(style="muted", name="What MUsE is told")
         self.preview.setTextInteractionFlags(Qt.TextSelectableByMouse)
+        self.preview.setVisible(False)
+        self.preview_toggle.toggled.connect(self.preview.setVisible)
         footer.addWidget(self.preview)
         self.start = widgets.button("Start talking", "Start talking", primary=True)
         self.start.setMinimumHeight(64)
@@ -218,7 +225,7 @@ class UserTypePage(QWidget):
             template = InstructionTemplate(self.settings.instruction_template or InstructionTemplate().text)
         except TemplateError:
             template = InstructionTemplate()
-        self.preview.setText(f"The assistant is told: “{template.render(user_type.prompt_name)}”")
+        self.preview.setText(f"MUsE is told: “{template.render(user_type.prompt_name)}”")
 
 
 class MainWindow(QMainWindow):

@@ -38,6 +38,8 @@ from muse_desktop.usertypes import UserType
 # What the add-on control offers: words, and the scale llama.cpp applies (0 is the base alone).
 ADDON_STRENGTHS = (("Add-on: full", 1.0), ("Add-on: half", 0.5), ("Add-on: off", 0.0))
 NO_ANSWER = "No answer came to this question. Press “Try again”, or ask it again."
+# The demo model in plain words (the terminal's notice says "random weights" to developers).
+PRACTICE_MODEL = "Practice model: it has not learnt anything, so its answers are nonsense."
 NOTE = "note"  # a bubble that is not a message: the mark of a question without an answer
 
 
@@ -270,13 +272,11 @@ class ChatPage(QWidget):
         self._run(events, on_done=lambda event: self._loaded(path, event.data["engine"], adapters or []))
 
     def _loaded(self, path: str, engine, adapters: list[str] | None = None) -> None:
-        from muse_desktop.demo_model import DEMO_NOTICE
-
         if self.engine is not None:
             self.engine.close()
         self.engine = engine
         is_demo = Path(path).name.startswith("muse-demo-")
-        label = DEMO_NOTICE if is_demo else f"Model: {Path(path).name}"
+        label = PRACTICE_MODEL if is_demo else f"Model: {Path(path).name}"
         if adapters:
             label += " + " + ", ".join(Path(a).name for a in adapters)
         self.model_label.setText(label)
