@@ -72,7 +72,6 @@ QPushButton {{ background: {p['field']}; color: {p['text']}; border: 2px solid {
 QPushButton#compact {{ padding: 4px 12px; }}
 QPushButton:checked, QPushButton#primary {{ background: {p['accent']}; color: {p['accent_text']};
     border-color: {p['accent']}; }}
-QPushButton:checked {{ font-weight: bold; }}
 QLabel#userBubble {{ background: {p['field']}; border: 2px solid {p['border']}; border-radius: 10px;
     padding: 10px; margin-left: 60px; }}
 QLabel#assistantBubble {{ background: {p['window']}; border: 2px solid {p['accent']}; border-radius: 10px;
