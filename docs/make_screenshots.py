@@ -1,7 +1,10 @@
 #!/usr/bin/env python3
 """Render the real windows offscreen and save the screenshots in docs/screenshots/.
 
-    QT_QPA_PLATFORM=offscreen .venv/bin/python docs/make_screenshots.py MODEL.gguf
+    QT_QPA_PLATFORM=offscreen .venv/bin/python docs/make_screenshots.py MODEL.gguf [--only-laptop]
+
+``--only-laptop`` makes just the four laptop shots (1366×768: 100 %, 200 %, high contrast,
+keyboard focus on Send).
 
 Uses a throwaway MUSE_HOME, so your own settings and conversations are untouched.
 With the tiny demo model the answers are nonsense (random weights).
@@ -147,6 +150,10 @@ def main() -> int:
         window.chat.input.setText(question)
         window.chat.send()
         settle(lambda: window.chat.worker is None)
+    laptop(window, settle)
+    if "--only-laptop" in sys.argv:
+        window.close()
+        return 0
     window.grab().save(str(OUT / "chat-default-zoom.png"))
     window.contrast.setChecked(True)
     settle()
@@ -166,6 +173,30 @@ def main() -> int:
     trainer_mid_run(window, settle)
     window.close()
     return 0
+
+
+def laptop(window, settle) -> None:
+    """The chat on a 1366×768 laptop: normal text, 200 %, high contrast, and keyboard focus on Send."""
+    window.resize(1366, 768)
+    settle()
+    window.grab().save(str(OUT / "laptop-100-percent.png"))
+    for _ in range(4):
+        window.zoom(+1)
+    settle()
+    window.grab().save(str(OUT / "laptop-200-percent.png"))
+    window.zoom(0)
+    window.contrast.setChecked(True)
+    settle()
+    window.grab().save(str(OUT / "laptop-high-contrast.png"))
+    window.contrast.setChecked(False)
+    window.activateWindow()
+    window.chat.input.setText("What should I cook tonight?")
+    window.chat.send_button.setFocus()
+    settle()
+    window.grab().save(str(OUT / "laptop-focus-on-send.png"))
+    window.chat.input.clear()
+    window.resize(1000, 800)
+    settle()
 
 
 def personalisation(window, settle) -> None:

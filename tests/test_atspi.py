@@ -58,9 +58,10 @@ def atspi_python() -> str:
     return python
 
 
-def run_and_walk(python: str, press: list[str], home: Path) -> dict:
+def run_and_walk(python: str, press: list[str], home: Path, extra_env: dict | None = None) -> dict:
     env = dict(os.environ, QT_QPA_PLATFORM="xcb", QT_LINUX_ACCESSIBILITY_ALWAYS_ON="1", MUSE_HOME=str(home),
-               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH", "")])))
+               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH", "")])),
+               **(extra_env or {}))
     app = subprocess.Popen([sys.executable, str(HERE / "atspi_app.py")], cwd=ROOT, env=env,
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
@@ -77,10 +78,10 @@ def run_and_walk(python: str, press: list[str], home: Path) -> dict:
             app.wait()
 
 
-CLOSED_BY_THE_LOCK = ["Trainer", "Compare", "Change who I am", "Choose another model", "Start talking",
-                      "I am: Adult", "I am: Child", "Set or change the PIN…", "Remove the PIN…", "Kiosk mode…",
-                      "Simple mode", "Lock now", "Use my own user type", "Search user types"]
-CONTROL = "Show or hide earlier conversations"  # open while locked: proves the presses really arrive
+CLOSED_BY_THE_LOCK = ["Trainer", "Compare", "Change who I am", "Change model", "Start talking",
+                      "Adult", "Child", "Set or change the PIN…", "Remove the PIN…", "Kiosk mode…",
+                      "Simple mode", "Lock now", "Use this", "Search user types"]
+CONTROL = "Conversations"  # open while locked: proves the presses really arrive
 
 
 def test_a_locked_app_after_a_restart_offers_nothing_the_lock_closes_to_a_screen_reader(atspi_python,
@@ -120,3 +121,79 @@ def test_a_locked_app_after_a_restart_offers_nothing_the_lock_closes_to_a_screen
         assert heading == ["Answers for: Child"], heading  # the locked person's chat, not the edited one
     reloaded = load_settings().settings
     assert lock.is_locked(reloaded) and reloaded.user_type_id == "child"
+
+
+# -- every page as a screen reader meets it, with an answer -----------------------------------
+
+INTERACTIVE_ROLES = {"push button", "toggle button", "check box", "radio button", "combo box", "page tab",
+                     "menu item", "check menu item", "radio menu item", "spin button", "text", "entry",
+                     "password text", "list", "menu"}
+PRESSABLE_ROLES = {"push button", "toggle button", "check box", "radio button", "page tab", "menu item",
+                   "check menu item", "radio menu item"}
+QUESTION = "Why do birds sing in the morning?"
+JOURNEY = [{"walk": "who"}, {"press": "Start talking"}, {"sleep": 2}, {"type": ["Your question", QUESTION]},
+           {"press": "Send"}, {"wait": "MUsE said", "seconds": 90}, {"sleep": 1}, {"walk": "chat"},
+           {"press": "Trainer"}, {"walk": "trainer"}, {"press": "Compare"}, {"walk": "compare"},
+           {"press": "Chat"}, {"press": "Set or change the PIN…", "hidden": True}, {"sleep": 1.5}, {"walk": "pin"},
+           {"press": "Cancel"}]
+
+
+@pytest.fixture
+def answered(atspi_python, isolated_home, tiny_gguf, tmp_path):
+    """The app with a model, walked through the pages after one question and its answer."""
+    from muse_desktop.demo_model import Variant
+
+    save_settings(Settings(user_type_id="adult", model_path=str(tiny_gguf[Variant.MINI_4K])))
+    labels = tmp_path / "labels.json"
+    result = run_and_walk(atspi_python, ["--script", json.dumps(JOURNEY)], isolated_home,
+                          {"MUSE_ATSPI_LABELS": str(labels)})
+    result["labels"] = json.loads(labels.read_text())
+    (tmp_path / "heard.json").write_text(json.dumps(result, indent=1))  # to read when a test fails
+    return result
+
+
+def test_every_page_names_its_controls_by_their_visible_words_through_atspi(answered):
+    walks, labels = answered["walks"], set(answered["labels"])
+    assert set(walks) == {"who", "chat", "trainer", "compare", "pin"}, set(walks)
+    for page, tree in walks.items():
+        shown = [n for n in tree if n["showing"] and n["role"] in INTERACTIVE_ROLES]
+        assert len(shown) >= 3, page
+        unnamed = [n["role"] for n in shown if not n["name"].strip() and n["role"] not in ("menu",)]
+        assert not unnamed, (page, unnamed)
+        for node in shown:
+            if node["role"] in PRESSABLE_ROLES:
+                # Voice control says the words it sees: the name is exactly a label on screen.
+                assert node["name"] in labels, (page, node["role"], node["name"])
+            if node["role"] == "combo box":
+                assert node["name"] != (node["text"] or ""), (page, "named by its value", node["name"])
+        pressable = [(n["name"], n["description"]) for n in shown if n["role"] in PRESSABLE_ROLES]
+        twins = {p for p in pressable if pressable.count(p) > 1}
+        assert not twins, (page, twins)
+    menu_items = [n["name"] for n in walks["chat"] if n["role"].endswith("menu item")]
+    assert menu_items.count("High contrast") == 1, menu_items
+    who = walks["who"]
+    tiles = [n for n in who if n["role"] in ("check box", "toggle button", "push button")
+             and n["name"] in ("Child", "Teenager", "Adult", "Older adult")]
+    assert len(tiles) == 4 and all(n["description"].startswith("I am:") for n in tiles)
+    assert any(n["name"] == "Chosen: Adult" and n["showing"] for n in who)  # the choice is read, not "Chosen user type"
+    assert any(n["role"] == "dialog" and n["showing"] for n in walks["pin"])
+    assert any(n["role"] == "password text" or "PIN" in n["name"] for n in walks["pin"] if n["showing"])
+
+
+def test_the_answer_is_readable_and_announced_once_when_it_is_complete(answered):
+    chat = answered["walks"]["chat"]
+    said = [n for n in chat if n["description"] == "MUsE said" and n["showing"]]
+    assert len(said) == 1, [n["name"] for n in chat if n["description"]]
+    answer = said[0]["name"]
+    assert answer.strip() and answer == (said[0]["text"] if said[0]["text"] is not None else answer)
+    asked = [n for n in chat if n["description"] == "You said"]
+    assert [n["name"] for n in asked] == [QUESTION]
+    # The status line and the model line are read by their words.
+    assert any(n["name"] == "Ready." and n["description"] == "Status" for n in chat)
+    assert any(n["name"].startswith("Model: ") for n in chat)
+    announcements = [e for e in answered["events"] if e["type"].startswith("object:announcement")]
+    finished = [e for e in announcements if e["value"].startswith("MUsE said:")]
+    # Orca hears it once, whole, politely: not token by token.
+    assert len(finished) == 1, announcements
+    assert finished[0]["value"] == f"MUsE said: {answer.strip()}"
+    assert any(e["value"] == "Thinking…" for e in announcements), announcements

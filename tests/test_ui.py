@@ -24,6 +24,13 @@ def window(qtbot):
     return win
 
 
+def exposed_name(widget) -> str:
+    """The name Qt gives assistive technology (for a button with no set name: its text)."""
+    from PySide6.QtGui import QAccessible
+
+    return QAccessible.queryAccessibleInterface(widget).text(QAccessible.Name)
+
+
 def interactive_widgets(window):
     return [w for w in window.findChildren(QAbstractButton) + window.findChildren(QLineEdit) + window.findChildren(QAbstractItemView) if w.isVisible()]
 
@@ -271,18 +278,18 @@ def test_regenerate_copy_and_history_after_reopening(qtbot, tiny_gguf, isolated_
 
 
 def test_the_demo_is_a_usable_default_with_no_model(qtbot, isolated_home):
-    from muse_desktop.demo_model import DEMO_NOTICE
+    from muse_desktop.ui.chat import PRACTICE_MODEL
 
     win = MainWindow(Settings(user_type_id="child"))
     qtbot.addWidget(win)
     win.show()
     win.show_chat()
     assert win.pages.currentWidget() is win._model_scroll
-    assert "random weights" in win.model_page.demo_button.accessibleDescription()
+    assert "has not learnt anything" in win.model_page.demo_button.accessibleDescription()
     with qtbot.waitSignal(win.chat.model_ready, timeout=60000):
         qtbot.mouseClick(win.model_page.demo_button, Qt.LeftButton)
     qtbot.waitUntil(lambda: win.chat.worker is None)
-    assert win.chat.model_label.text() == DEMO_NOTICE and "random weights" in DEMO_NOTICE
+    assert win.chat.model_label.text() == PRACTICE_MODEL and "nonsense" in PRACTICE_MODEL
     demo = load_settings().settings.model_path
     assert demo.startswith(str(isolated_home)) and demo.endswith(".gguf")
     win.chat.input.setText("Hello!")
@@ -336,13 +343,18 @@ def test_chat_controls_keep_their_whole_labels_at_200_percent(qtbot):
     qtbot.wait(20)
     assert win.settings.zoom_percent == 200
     shown = [b for b in win.chat.findChildren(QAbstractButton) if b.isVisible()]
-    assert len(shown) >= 9
+    # One row of big buttons; everything else is one press away under More.
+    assert [b.text() for b in shown if b.parentWidget() is win.chat.send_button.parentWidget()] == [
+        "Send", "Stop", "Read aloud" if win.chat.speaker.available else "Read aloud (not available)", "More"]
     for button in shown:
         assert button.width() >= button.sizeHint().width(), button.text()
         assert button.height() >= MIN_TARGET_PX
     assert win.chat.input.width() >= 600
-    assert not win.chat.side.isVisible()  # the list gives way at large zoom, one button away
-    qtbot.mouseClick(win.chat.history_toggle, Qt.LeftButton)
+    under_more = [a.text() for a in win.chat.more_menu.actions() if a.isVisible()]
+    assert {"Try again", "Copy", "New chat", "Choose from 4", "Conversations", "Change model",
+            "Change who I am"} <= set(under_more), under_more
+    assert not win.chat.side.isVisible()  # the list gives way at large zoom, one press away
+    next(a for a in win.chat.more_menu.actions() if a.text() == "Conversations").trigger()
     assert win.chat.side.isVisible()
     win.show_model_page()
     qtbot.wait(20)
@@ -350,7 +362,7 @@ def test_chat_controls_keep_their_whole_labels_at_200_percent(qtbot):
     for button in page.findChildren(QAbstractButton):
         if button.isVisible():
             assert button.width() >= button.sizeHint().width(), button.text()
-            assert button.height() >= MIN_TARGET_PX and button.accessibleName()
+            assert button.height() >= MIN_TARGET_PX and exposed_name(button)
             assert button.mapTo(page, button.rect().topRight()).x() <= page.width()
     win.close()
 
@@ -537,9 +549,15 @@ def test_every_control_on_every_page_is_reachable_with_the_tab_key(qtbot):
         qtbot.wait(10)
         controls = [w for w in interactive_widgets(win) if page.isAncestorOf(w)]
         assert controls
+        # The four tiles are one group: Tab reaches one of them, the arrow keys the others
+        # (tests/test_keyboard.py presses them).
+        tiles = list(win.page.tiles.values())
+        if page.isAncestorOf(tiles[0]):
+            assert sum(bool(t.focusPolicy() & Qt.TabFocus) for t in tiles) == 1
+            controls = [c for c in controls if c not in tiles or c.focusPolicy() & Qt.TabFocus]
         for control in controls:
-            assert control.focusPolicy() & Qt.TabFocus, control.accessibleName() or control.text()
-            assert control.accessibleName() or control.text()
+            assert control.focusPolicy() & Qt.TabFocus, exposed_name(control)
+            assert exposed_name(control)
         # Walk the real focus chain from the first control: every control comes up.
         start = controls[0]
         reached, widget = set(), start

@@ -6,9 +6,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from PySide6.QtCore import Qt
-from PySide6.QtGui import QAction, QActionGroup, QGuiApplication, QKeySequence
+from PySide6.QtCore import QEvent, Qt
+from PySide6.QtGui import QAction, QActionGroup, QColor, QGuiApplication, QKeySequence, QPalette
 from PySide6.QtWidgets import (
+    QAbstractButton,
     QApplication,
     QButtonGroup,
     QGridLayout,
@@ -23,6 +24,7 @@ from PySide6.QtWidgets import (
     QScrollArea,
     QStackedWidget,
     QTabWidget,
+    QToolButton,
     QVBoxLayout,
     QWidget,
 )
@@ -33,13 +35,21 @@ from muse_desktop.settings import Settings, Theme, load_settings, save_settings
 from muse_desktop.store import Store
 from muse_desktop.ui.chat import ChatPage
 from muse_desktop.ui.model_page import ModelPage
-from muse_desktop.ui.theme import stylesheet
+from muse_desktop.ui.theme import placeholder_colour, stylesheet
 from muse_desktop.ui import widgets
 from muse_desktop.usertypes import Catalog, InvalidUserType, UserType, custom_user_type, load_catalog
 
 # The four big tiles: the age groups most people pick.
 TILES = (("child", "Child"), ("teenager", "Teenager"), ("adult", "Adult"), ("older-adult", "Older adult"))
 ZOOM_STEPS = (100, 125, 150, 175, 200, 250, 300)
+SHORTCUTS = """Tab and Shift+Tab: go to the next or the previous control.
+Enter or Space: press the button you are on.
+Arrow keys: move between the four big buttons (Child, Teenager, Adult, Older adult).
+Enter in the question box: send the question.
+Ctrl and +, Ctrl and −, Ctrl and 0: larger text, smaller text, normal size.
+Ctrl+Shift+H: high contrast on or off.
+Alt and the underlined letter: open a menu (View, Caregiver, Help).
+F1: this list."""
 
 
 class UserTypePage(QWidget):
@@ -68,15 +78,17 @@ class UserTypePage(QWidget):
             button.setCheckable(True)
             button.setMinimumHeight(88)
             user_type = catalog.get(type_id)
-            button.setAccessibleName(f"I am: {label}")
+            # Named by its word, as seen (voice control says "Child"); the rest is the description.
+            button.setAccessibleDescription(f"I am: {label}. {user_type.description}" if user_type else f"I am: {label}")
             if user_type:
-                button.setAccessibleDescription(user_type.description)
                 button.setToolTip(user_type.description)
+            button.installEventFilter(self)
             button.clicked.connect(lambda _=False, t=type_id: self.choose(self.catalog.get(t)))
             self.tile_group.addButton(button)
             self.tiles[type_id] = button
             tiles.addWidget(button, index // 2, index % 2)
         layout.addLayout(tiles)
+        self._tile_order = list(self.tiles.values())
 
         search_label = QLabel("Or find your job or situation:")
         layout.addWidget(search_label)
@@ -84,6 +96,8 @@ class UserTypePage(QWidget):
         self.search.setPlaceholderText("Type to search, for example nurse or farmer")
         self.search.setAccessibleName("Search user types")
         self.search.setClearButtonEnabled(True)
+        for clear in self.search.findChildren(QToolButton):  # the × in the box: named, or it is just "button"
+            clear.setAccessibleName("Clear the search")
         search_label.setBuddy(self.search)
         self.search.textChanged.connect(self.refresh_list)
         layout.addWidget(self.search)
@@ -119,8 +133,15 @@ class UserTypePage(QWidget):
         footer = QVBoxLayout(self.footer)
         self.chosen = widgets.label(name="Chosen user type")
         footer.addWidget(self.chosen)
-        self.preview = widgets.label(style="muted", name="What the assistant is told")
+        # The raw instruction is for the curious, not the first thing a child reads: behind a detail.
+        self.preview_toggle = widgets.button("What MUsE is told", "Show or hide the instruction MUsE gets")
+        self.preview_toggle.setObjectName("compact")
+        self.preview_toggle.setCheckable(True)
+        footer.addWidget(self.preview_toggle, 0, Qt.AlignLeft)
+        self.preview = widgets.label(style="muted", name="What MUsE is told")
         self.preview.setTextInteractionFlags(Qt.TextSelectableByMouse)
+        self.preview.setVisible(False)
+        self.preview_toggle.toggled.connect(self.preview.setVisible)
         footer.addWidget(self.preview)
         self.start = widgets.button("Start talking", "Start talking", primary=True)
         self.start.setMinimumHeight(64)
@@ -128,6 +149,22 @@ class UserTypePage(QWidget):
 
         self.refresh_list("")
         self.show_current()
+
+    def eventFilter(self, watched, event) -> bool:  # noqa: N802 (Qt's name)
+        """The four tiles are one group: arrow keys move between them, Tab enters and leaves it."""
+        if event.type() == QEvent.KeyPress and watched in self._tile_order:
+            step = {Qt.Key_Right: 1, Qt.Key_Down: 1, Qt.Key_Left: -1, Qt.Key_Up: -1}.get(event.key())
+            if step is not None:
+                index = (self._tile_order.index(watched) + step) % len(self._tile_order)
+                self._tile_order[index].setFocus(Qt.TabFocusReason)
+                self._rove(self._tile_order[index])
+                return True
+        return super().eventFilter(watched, event)
+
+    def _rove(self, entry: QPushButton) -> None:
+        """Only one tile is in the Tab order (the chosen one, or the one last moved to)."""
+        for tile in self._tile_order:
+            tile.setFocusPolicy(Qt.StrongFocus if tile is entry else Qt.ClickFocus)
 
     def current(self) -> UserType | None:
         if self.settings.custom_user_type:
@@ -177,6 +214,7 @@ class UserTypePage(QWidget):
         user_type = self.current()
         for type_id, button in self.tiles.items():
             button.setChecked(user_type is not None and user_type.id == type_id)
+        self._rove(self.tiles.get(user_type.id if user_type is not None else "", self._tile_order[0]))
         self.start.setEnabled(user_type is not None)
         if user_type is None:
             self.chosen.setText("Nobody chosen yet.")
@@ -187,7 +225,7 @@ class UserTypePage(QWidget):
             template = InstructionTemplate(self.settings.instruction_template or InstructionTemplate().text)
         except TemplateError:
             template = InstructionTemplate()
-        self.preview.setText(f"The assistant is told: “{template.render(user_type.prompt_name)}”")
+        self.preview.setText(f"MUsE is told: “{template.render(user_type.prompt_name)}”")
 
 
 class MainWindow(QMainWindow):
@@ -271,7 +309,20 @@ class MainWindow(QMainWindow):
             self.open_locked_chat()
         self.chat.fit_zoom(self.settings.zoom_percent)
         self.apply_look()
-        self.resize(900, 820)
+        # Fits a 1280×720 or 1366×768 laptop screen with its task bar (820 px cut "Start talking" off).
+        self.resize(900, 640)
+        QApplication.instance().installEventFilter(self)
+        if not lock.is_locked(self.settings) and self.page.start.isEnabled():
+            self.page.start.setFocus()  # a returning person: Enter starts the conversation
+
+    def eventFilter(self, watched, event) -> bool:  # noqa: N802 (Qt's name)
+        """Enter presses the focused button, as Space does (Qt's buttons only take Space)."""
+        if (event.type() == QEvent.KeyPress and event.key() in (Qt.Key_Return, Qt.Key_Enter)
+                and isinstance(watched, QAbstractButton) and watched.window() is self
+                and watched.isEnabled() and watched.hasFocus() and not event.isAutoRepeat()):
+            watched.click()  # at once: animateClick would press it 100 ms later, after the next key
+            return True
+        return super().eventFilter(watched, event)
 
     def _build_menu(self) -> None:
         view = self.menuBar().addMenu("&View")
@@ -295,11 +346,14 @@ class MainWindow(QMainWindow):
             group.addAction(action)
             colours.addAction(action)
             self.theme_actions[theme] = action
-        # A shortcut straight to high contrast and back, for people who cannot read the menu.
-        self.contrast = QAction("High contrast", self, checkable=True, shortcut=QKeySequence("Ctrl+Shift+H"))
+        # A shortcut straight to high contrast and back, for people who cannot read the menu. It
+        # lives on the window, not as a second "High contrast" menu item (two items, one name).
+        self.contrast = QAction("High contrast on or off", self, checkable=True, shortcut=QKeySequence("Ctrl+Shift+H"))
         self.contrast.setChecked(self.settings.theme == Theme.HIGH_CONTRAST)
         self.contrast.toggled.connect(self.set_high_contrast)
-        view.addAction(self.contrast)
+        self.addAction(self.contrast)
+        self.theme_actions[Theme.HIGH_CONTRAST].setShortcut(QKeySequence("Ctrl+Shift+H"))
+        self.theme_actions[Theme.HIGH_CONTRAST].setShortcutContext(Qt.WidgetShortcut)  # shown; the window's acts
         self.chat.speech.build_menu(self.menuBar(), self)
         caregiver = self.menuBar().addMenu("&Caregiver")
         self.set_pin_action = QAction("Set or change the PIN…", self)
@@ -330,6 +384,9 @@ class MainWindow(QMainWindow):
         about.triggered.connect(
             lambda: QMessageBox.about(self, APP_NAME, f"{APP_NAME} {__version__}\nEverything runs on this computer.")
         )
+        keys = QAction("Keyboard shortcuts", self, shortcut=QKeySequence("F1"))
+        keys.triggered.connect(lambda: QMessageBox.information(self, "Keyboard shortcuts", SHORTCUTS))
+        help_menu.addAction(keys)
         help_menu.addAction(about)
 
     def zoom(self, step: int) -> None:
@@ -369,6 +426,9 @@ class MainWindow(QMainWindow):
 
     def apply_look(self) -> None:
         self.setStyleSheet(stylesheet(self.effective_theme(), self.settings.zoom_percent))
+        palette = QApplication.palette()  # the style sheet has no word for the placeholder's colour
+        palette.setColor(QPalette.PlaceholderText, QColor(placeholder_colour(self.effective_theme())))
+        QApplication.setPalette(palette)
 
     def show_chat(self) -> None:
         """After "Start talking": the chat, or first the model step when there is no model yet."""

@@ -9,6 +9,7 @@ from pathlib import Path
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QGuiApplication
 from PySide6.QtWidgets import (
+    QApplication,
     QComboBox,
     QFileDialog,
     QHBoxLayout,
@@ -17,6 +18,7 @@ from PySide6.QtWidgets import (
     QLineEdit,
     QListWidget,
     QListWidgetItem,
+    QMenu,
     QMessageBox,
     QScrollArea,
     QVBoxLayout,
@@ -36,11 +38,14 @@ from muse_desktop.usertypes import UserType
 # What the add-on control offers: words, and the scale llama.cpp applies (0 is the base alone).
 ADDON_STRENGTHS = (("Add-on: full", 1.0), ("Add-on: half", 0.5), ("Add-on: off", 0.0))
 NO_ANSWER = "No answer came to this question. Press “Try again”, or ask it again."
+# The demo model in plain words (the terminal's notice says "random weights" to developers).
+PRACTICE_MODEL = "Practice model: it has not learnt anything, so its answers are nonsense."
 NOTE = "note"  # a bubble that is not a message: the mark of a question without an answer
 
 
 class Bubble(QLabel):
-    """One message; selectable text, named for screen readers."""
+    """One message; selectable text. Its accessible name is its text (what a screen reader
+    reads); who said it is the description, so a fixed name never hides the words."""
 
     def __init__(self, role: str, text: str):
         super().__init__(text)
@@ -49,7 +54,7 @@ class Bubble(QLabel):
         self.setWordWrap(True)
         self.setTextInteractionFlags(Qt.TextSelectableByMouse | Qt.TextSelectableByKeyboard)
         self.setFocusPolicy(Qt.StrongFocus)
-        self.setAccessibleName({"user": "You said", NOTE: "No answer"}.get(role, "MUsE said"))
+        self.setAccessibleDescription({"user": "You said", NOTE: "No answer"}.get(role, "MUsE said"))
 
     def append(self, text: str) -> None:
         self.setText(self.text() + text)
@@ -76,6 +81,7 @@ class ChatPage(QWidget):
         self._pending_model: tuple[str, list[str]] | None = None
         self._question_id: int | None = None  # the stored question being answered now
         self._choosing = False  # preference mode's four answers are being written
+        self._focus_after = None  # where focus goes back when the current work ends
         self.closed_controls: tuple = ()  # closed by the caregiver's lock: the end of a job must not reopen them
 
         layout = QVBoxLayout(self)
@@ -175,13 +181,31 @@ class ChatPage(QWidget):
         self.preference_toggle = widgets.button("Choose from 4", "Preference mode: four answers to choose from")
         self.preference_toggle.setCheckable(True)
         self.preference_toggle.setToolTip("Each question gets four answers; you mark the best and the worst.")
+        # At large text the row keeps Send, Stop, Read aloud and More; the rest moves under More.
+        self.more_button = widgets.button("More", "More things to do: try again, copy, new chat, conversations")
+        self.more_menu = QMenu(self.more_button)
+        self.more_button.setMenu(self.more_menu)
+        self.model_info = self.more_menu.addAction(self.model_label.text())
+        self.model_info.triggered.connect(lambda: self.say(self.model_label.text()))  # reachable by arrows
+        self._more_actions = []
+        for control in (self.regenerate_button, self.copy_button, self.new_button, self.preference_toggle,
+                        self.history_toggle, self.change_model, self.change):
+            action = self.more_menu.addAction(control.text())
+            action.setCheckable(control.isCheckable())
+            action.triggered.connect(lambda _=False, c=control: c.click())
+            if control.isCheckable():
+                control.toggled.connect(action.setChecked)
+                action.setChecked(control.isChecked())
+            self._more_actions.append((control, action))
+        self.more_button.hide()
+        self.compact = False
         # One flowing row that wraps: every label stays whole at 200 % zoom and in narrow windows.
         buttons = QWidget()
         flow = widgets.FlowLayout(buttons)
         flow.setContentsMargins(0, 0, 0, 0)
         for widget in (self.send_button, self.stop_button, self.regenerate_button, self.copy_button,
-                       self.read_button, self.speech.pause_button, self.new_button, self.preference_toggle, self.history_toggle,
-                       self.addon_strength):
+                       self.read_button, self.speech.pause_button, self.new_button, self.preference_toggle,
+                       self.history_toggle, self.addon_strength, self.more_button):
             flow.addWidget(widget)
         layout.addWidget(buttons)
         self.answer_done.connect(self._read_if_wanted)
@@ -193,14 +217,37 @@ class ChatPage(QWidget):
             control.setVisible(not on)
         self.side.setVisible(not on and self.history_toggle.isChecked())
         self.speech.set_simple(on)
+        self._show_compact()
         for control in (self.send_button, self.stop_button, self.read_button, self.new_button,
                         self.speech.pause_button):
             control.setMinimumHeight(80 if on else 0)
             control.setMinimumWidth(160 if on else 0)
 
     def fit_zoom(self, zoom_percent: int) -> None:
-        """At large zoom the conversation gets the whole width; the list stays one button away."""
-        self.history_toggle.setChecked(zoom_percent < 175)
+        """From 150 % the conversation gets the room: the list folds away and one row of big
+        buttons stays (Send, Stop, Read aloud, More); everything else is under More."""
+        self.compact = zoom_percent >= 150
+        self.history_toggle.setChecked(not self.compact)
+        self._show_compact()
+
+    def _show_compact(self) -> None:
+        for control, action in self._more_actions:
+            # Under More in the compact row; the lock's closed controls stay closed there too.
+            shown = not (self.simple and control in (self.regenerate_button, self.copy_button, self.history_toggle,
+                                                     self.preference_toggle, self.change, self.change_model))
+            shown = shown and control not in self.closed_controls
+            action.setVisible(shown and self.compact)
+            control.setVisible(shown and not self.compact)
+        self.more_button.setVisible(self.compact)
+        # The model line folds under More too (as its first, read-only entry); the heading is
+        # set in the body size: at 200 % the two took a fifth of a laptop screen.
+        self.model_label.setVisible(not self.compact)
+        self.model_info.setVisible(self.compact)
+        self.who.setObjectName("" if self.compact else "heading")
+        self.who.setStyleSheet(self.who.styleSheet())  # the new object name takes effect now
+        self.layout().setSpacing(2 if self.compact else -1)
+        margin = 2 if self.compact else 9
+        self.layout().setContentsMargins(margin, margin, margin, margin)
 
     # -- who and which model ---------------------------------------------------------------
 
@@ -242,18 +289,17 @@ class ChatPage(QWidget):
             self.load_model(self.settings.model_path, adapters)
 
     def _loaded(self, path: str, engine, adapters: list[str] | None = None) -> None:
-        from muse_desktop.demo_model import DEMO_NOTICE
-
         if self.engine is not None:
             self.engine.close()
         self.engine = engine
         is_demo = Path(path).name.startswith("muse-demo-")
-        label = DEMO_NOTICE if is_demo else f"Model: {Path(path).name}"
+        label = PRACTICE_MODEL if is_demo else f"Model: {Path(path).name}"
         if adapters:
             label += " + " + ", ".join(Path(a).name for a in adapters)
         self.model_label.setText(label)
+        self.model_info.setText(label)
         ready = "Ready. Type a question and press Enter."
-        self.status.setText(f"{engine.context_note} {ready}" if engine.context_note else ready)
+        self.say(f"{engine.context_note} {ready}" if engine.context_note else ready)
         adapter = (adapters or [""])[0]
         if self.settings.model_path != path or self.settings.adapter_path != adapter:
             self.settings.model_path = path
@@ -290,6 +336,11 @@ class ChatPage(QWidget):
 
     # -- asking ----------------------------------------------------------------------------
 
+    def say(self, text: str, assertive: bool = False) -> None:
+        """Show a status that matters and have screen readers announce it (thinking, stopped, failed)."""
+        self.status.setText(text)
+        widgets.announce(self.status, text, assertive)
+
     @property
     def busy(self) -> bool:
         """An answer is being written, or four answers wait for the person's choice."""
@@ -307,7 +358,7 @@ class ChatPage(QWidget):
         if not question or self.busy or self.user_type is None:
             return
         if self.engine is None:
-            self.status.setText("There is no model yet: press “Change model” to choose one.")
+            self.say("There is no model yet: press “Change model” to choose one.")
             return
         if self.conversation_id is None:
             title = question if len(question) <= 48 else question[:47] + "…"
@@ -334,7 +385,7 @@ class ChatPage(QWidget):
                                settings={"refused": "no guard" if verdict.problem else "off-topic"})
         self._question_id = None
         self.add_bubble("assistant", verdict.refusal)
-        self.status.setText(verdict.problem or "That question is outside what this kiosk is for.")
+        self.say(verdict.problem or "That question is outside what this kiosk is for.")
         if verdict.problem:
             self.problem.emit(verdict.problem)
         self.answer_done.emit()
@@ -347,7 +398,7 @@ class ChatPage(QWidget):
             self._question_id = None
         if self.answer_bubble is not None and not self.answer_bubble.text().strip():
             self.answer_bubble.role = NOTE
-            self.answer_bubble.setAccessibleName("No answer")
+            self.answer_bubble.setAccessibleDescription("No answer")
             self.answer_bubble.setText(NO_ANSWER)
         else:
             self.add_bubble(NOTE, NO_ANSWER)
@@ -368,7 +419,7 @@ class ChatPage(QWidget):
         self._choosing = True
         self._make_room_for_candidates(True)
         self.preference_panel.start([spec.label() for spec in self._specs])
-        self.status.setText("Writing four answers…")
+        self.say("Writing four answers…")
         self._next_candidate()
 
     def _next_candidate(self) -> None:
@@ -378,7 +429,7 @@ class ChatPage(QWidget):
         index = len(self._candidates)
         if index == len(self._specs):
             self.preference_panel.ready()
-            self.status.setText("Mark the best and the worst answer.")
+            self.say("The four answers are ready. Mark the best and the worst answer.")
             return
         spec = self._specs[index]
         conversation = self.store.conversation(self.conversation_id)
@@ -391,7 +442,7 @@ class ChatPage(QWidget):
         def done(event: Done) -> None:
             if event.data.get("stopped") == "cancelled":  # Stop ends the whole round
                 self._end_candidates()
-                self.status.setText("Stopped. Ask again to get four new answers.")
+                self.say("Stopped. Ask again to get four new answers.")
                 return
             self._candidates.append({"text": event.data["text"].strip(), "framing": spec.framing,
                                      "temperature": spec.temperature, "seed": sampling.seed})
@@ -434,7 +485,7 @@ class ChatPage(QWidget):
                                settings={"preference": preference, "framing": chosen["framing"],
                                          "temperature": chosen["temperature"], "seed": chosen["seed"]})
         self.add_bubble("assistant", chosen["text"])
-        self.status.setText("Thank you. The best answer is kept; the conversation goes on from there.")
+        self.say("Thank you. The best answer is kept; the conversation goes on from there.")
         self.refresh_history()
         self._open_pending_model()
         self.answer_done.emit()
@@ -449,7 +500,7 @@ class ChatPage(QWidget):
         template = self.settings.instruction_template or None
         engine = self.engine
         self.answer_bubble = self.add_bubble("assistant", "")
-        self.status.setText("Thinking…")
+        self.say("Thinking…")
         self._run(lambda token: engine.generate(prompt_name, turns, template, sampling, cancel=token),
                   on_done=self._answered, on_text=self.answer_bubble.append)
 
@@ -457,13 +508,18 @@ class ChatPage(QWidget):
         data = event.data
         text = data["text"].strip()
         if text:
+            # Once, when the whole answer is there: token by token would be noise.
+            widgets.announce(self.answer_bubble or self, f"MUsE said: {text}")
             self.store.add_message(self.conversation_id, "assistant", text, model=Path(self.settings.model_path).name,
                                    settings=dict(data["sampling"], stopped=data["stopped"]))
             self._question_id = None
             self.answer_bubble = None
         else:  # stopped before any text, or an empty answer
             self._no_answer("stopped before any text" if data["stopped"] == "cancelled" else "the answer was empty")
-        self.status.setText("Stopped." if data["stopped"] == "cancelled" else "Ready.")
+        if data["stopped"] == "cancelled":
+            self.say("Stopped.")
+        else:
+            self.status.setText("Ready.")
         self.refresh_history()
         self.answer_done.emit()
 
@@ -585,7 +641,7 @@ class ChatPage(QWidget):
         answers = [b for b in self._bubbles() if b.role == "assistant" and b.text().strip()]
         if answers:
             QGuiApplication.clipboard().setText(answers[-1].text().strip())
-            self.status.setText("The answer was copied.")
+            self.say("The answer was copied.")
 
     def read_aloud(self) -> None:
         """Read the last answer aloud; pressed again while reading, stop."""
@@ -596,16 +652,16 @@ class ChatPage(QWidget):
         if last and self.speech.read(last[-1]):  # the natural voice; the system's own is the fallback
             return
         if not self.speaker.available:
-            self.status.setText(self.speaker.unavailable_reason)
+            self.say(self.speaker.unavailable_reason)
             return
         if self.speaker.speaking:
             self.speaker.stop()
-            self.status.setText("Stopped reading.")
+            self.say("Stopped reading.")
             return
         answers = [b for b in self._bubbles() if b.role == "assistant" and b.text().strip()]
         if answers:
             self.speaker.speak(answers[-1].text().strip())
-            self.status.setText("Reading the answer aloud. Press “Read aloud” again to stop.")
+            self.say("Reading the answer aloud. Press “Read aloud” again to stop.")
 
     def _read_if_wanted(self) -> None:
         if self.settings.read_aloud and not self.speech.is_reading and not self.speaker.speaking:
@@ -640,6 +696,12 @@ class ChatPage(QWidget):
 
     def _run(self, make_events, on_done, on_text=None) -> None:
         self.stop_button.setEnabled(on_text is not None)
+        focused = QApplication.focusWidget()
+        self._focus_after = focused if focused is not None and self.isAncestorOf(focused) else None
+        if focused in self._locked_while_busy():
+            # Disabling the pressed button would throw focus on to whatever is next (e.g. "Copy"):
+            # put it where the person can act now, on Stop while an answer is written.
+            (self.stop_button if self.stop_button.isEnabled() else self.input).setFocus(Qt.OtherFocusReason)
         for control in self._locked_while_busy():
             control.setEnabled(False)
         slots = {"text": on_text} if on_text is not None else {}
@@ -655,7 +717,7 @@ class ChatPage(QWidget):
             self._end_candidates()
         elif self._question_id is not None:
             self._no_answer(message)
-        self.status.setText(message)
+        self.say(message, assertive=True)
         self.problem.emit(message)
 
     def _release_controls(self) -> None:
@@ -671,7 +733,16 @@ class ChatPage(QWidget):
             self.load_model(*pending)
 
     def _finished(self) -> None:
+        on_stop = QApplication.focusWidget() is self.stop_button
         self._release_controls()
+        back, self._focus_after = self._focus_after, None
+        if back is self.send_button:
+            back = self.input  # after Send, the next question
+        if on_stop or QApplication.focusWidget() is None:
+            # Back where the work was started ("Try again" stays on "Try again"), else the question box.
+            target = back if back is not None and back.isVisible() and back.isEnabled() else self.input
+            if self.isVisible():
+                target.setFocus(Qt.OtherFocusReason)
         if not self._choosing:
             self._open_pending_model()
         then, self._then = self._then, None

@@ -175,7 +175,7 @@ class ComparePage(QWidget):
         self.rating.hide()
         layout.addWidget(self.rating)
 
-        results = QGroupBox("3. Results: mean ± standard deviation")
+        results = QGroupBox("3. Results: the average score, and how far the scores spread")
         box = QVBoxLayout(results)
         self.chart = BarChart()
         box.addWidget(self.chart)

@@ -73,11 +73,12 @@ class ModelPage(QWidget):
             ways, "As a small add-on", "Set up MUsE as a small add-on", "add-on")
         layout.addWidget(self.ways)
         self.ways.hide()
-        self.open_button = self._choice(layout, "Open a model file…", "Open a GGUF model file",
-                                        "If you already have a model file (.gguf) on this computer.", self.choose_file)
-        self.demo_button = self._choice(layout, "Try it offline", "Try the demo model, which has random weights",
-                                        "Ready in seconds, no download. It has random weights: its answers are "
-                                        "nonsense. It only shows how the app works.", self.use_demo)
+        self.open_button = self._choice(layout, "Open a model file…", "Open a model file that is already on this computer",
+                                        "If a model was already put on this computer as a file.", self.choose_file)
+        self.demo_button = self._choice(layout, "Try it offline", "Try the practice model",
+                                        "Ready in seconds, no download. This practice model has not learnt "
+                                        "anything, so its answers are nonsense. It only shows how the app works.",
+                                        self.use_demo)
 
         # Models made by the Trainer (or registered otherwise): one click to use again.
         self.library_label = widgets.label("Models made on this computer:")

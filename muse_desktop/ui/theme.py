@@ -18,6 +18,7 @@ PALETTES = {
         "border": "#6B6B6B",
         "focus": "#B34700",
         "error": "#A4000F",
+        "disabled": "#5C5C5C",
     },
     Theme.DARK: {
         "window": "#1C1C1E",
@@ -29,6 +30,7 @@ PALETTES = {
         "border": "#A0A0A0",
         "focus": "#FFB86B",
         "error": "#FF9A8F",
+        "disabled": "#A8A8A8",
     },
     Theme.HIGH_CONTRAST: {
         "window": "#000000",
@@ -40,6 +42,7 @@ PALETTES = {
         "border": "#FFFFFF",
         "focus": "#00E5FF",
         "error": "#FF8A80",
+        "disabled": "#B0B0B0",
     },
 }
 
@@ -69,16 +72,31 @@ QPushButton {{ background: {p['field']}; color: {p['text']}; border: 2px solid {
 QPushButton#compact {{ padding: 4px 12px; }}
 QPushButton:checked, QPushButton#primary {{ background: {p['accent']}; color: {p['accent_text']};
     border-color: {p['accent']}; }}
-*:focus {{ outline: none; border: 4px solid {p['focus']}; }}
 QLabel#userBubble {{ background: {p['field']}; border: 2px solid {p['border']}; border-radius: 10px;
     padding: 10px; margin-left: 60px; }}
 QLabel#assistantBubble {{ background: {p['window']}; border: 2px solid {p['accent']}; border-radius: 10px;
     padding: 10px; margin-right: 60px; }}
-QPushButton:disabled {{ color: {p['muted']}; border-style: dashed; }}
-QPushButton#primary:disabled {{ background: {p['field']}; color: {p['muted']}; border-color: {p['border']}; }}
+*:focus {{ outline: none; border: 4px solid {p['focus']}; }}
+/* Focus must win over the styles above (their object names outrank "*"), and a ring is
+   not seen against the accent: a focused accent button turns to the field colour. */
+QPushButton:focus, QPushButton#primary:focus, QPushButton#compact:focus, QPushButton:checked:focus,
+QLabel#userBubble:focus, QLabel#assistantBubble:focus {{ border: 4px solid {p['focus']}; }}
+QPushButton#primary:focus, QPushButton:checked:focus {{ background: {p['field']}; color: {p['text']}; }}
+QPushButton:disabled {{ color: {p['disabled']}; border-style: dashed; font-style: italic; }}
+QPushButton#primary:disabled {{ background: {p['field']}; color: {p['disabled']}; border-color: {p['border']}; }}
 QMenuBar, QMenu {{ background: {p['window']}; color: {p['text']}; }}
 QMenu::item:selected, QMenuBar::item:selected {{ background: {p['accent']}; color: {p['accent_text']}; }}
+QMenu::item:disabled {{ color: {p['disabled']}; font-style: italic; }}
+QCheckBox::indicator, QListWidget::indicator {{ width: 22px; height: 22px; border: 2px solid {p['border']};
+    border-radius: 4px; background: {p['field']}; }}
+QCheckBox::indicator:checked, QListWidget::indicator:checked {{ background: {p['accent']}; border-color: {p['text']}; }}
+QCheckBox:focus {{ border: 4px solid {p['focus']}; border-radius: 6px; }}
 """
+
+
+def placeholder_colour(theme: str) -> str:
+    """Placeholder text ("Type your question here"): Qt's default grey is 3.4:1; the muted colour is not."""
+    return PALETTES.get(theme, PALETTES[Theme.NORMAL])["muted"]
 
 
 def _luminance(hex_colour: str) -> float:

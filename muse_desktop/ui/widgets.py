@@ -8,10 +8,15 @@ from PySide6.QtCore import QPoint, QRect, QSize, Qt
 from PySide6.QtWidgets import QLabel, QLayout, QPushButton
 
 
-def button(text: str, name: str, on_click: Callable | None = None, primary: bool = False) -> QPushButton:
-    """A push button with an accessible name (and the accent colour when ``primary``)."""
+def button(text: str, detail: str = "", on_click: Callable | None = None, primary: bool = False) -> QPushButton:
+    """A push button named by its visible words; ``detail`` is its accessible description (and tooltip).
+
+    The accessible name is left to Qt, which takes it from the text, so what a screen
+    reader says and what voice control listens for are the words on the button (WCAG 2.5.3).
+    """
     widget = QPushButton(text)
-    widget.setAccessibleName(name)
+    if detail and detail != text:
+        widget.setAccessibleDescription(detail)
     if primary:
         widget.setObjectName("primary")
     if on_click is not None:
@@ -20,13 +25,17 @@ def button(text: str, name: str, on_click: Callable | None = None, primary: bool
 
 
 def label(text: str = "", style: str = "", name: str = "") -> QLabel:
-    """A word-wrapping label; ``style`` is its object name in the stylesheet (heading, muted, error)."""
+    """A word-wrapping label; ``style`` is its object name in the stylesheet (heading, muted, error).
+
+    ``name`` says what the label is for and goes in the accessible description: a fixed
+    accessible name would hide the label's changing text from screen readers.
+    """
     widget = QLabel(text)
     widget.setWordWrap(True)
     if style:
         widget.setObjectName(style)
     if name:
-        widget.setAccessibleName(name)
+        widget.setAccessibleDescription(name)
     return widget
 
 
@@ -93,3 +102,25 @@ class FlowLayout(QLayout):
             x += hint.width() + self._spacing
             line_height = max(line_height, hint.height())
         return y + line_height - rect.y() + margins.bottom()
+
+
+def announce(widget, message: str, assertive: bool = False) -> str:
+    """Have screen readers say ``message`` once (politely unless ``assertive``); returns the way used.
+
+    Qt ≥ 6.8 has an announcement event, which its AT-SPI bridge sends as the
+    ``object:announcement`` signal Orca speaks. Older Qt gets the nearest working
+    equivalent: the widget's description changes, which Orca reads for a focused widget.
+    """
+    from PySide6 import QtGui
+
+    if not message:
+        return ""
+    event_type = getattr(QtGui, "QAccessibleAnnouncementEvent", None)
+    if event_type is not None:
+        event = event_type(widget, message)
+        politeness = QtGui.QAccessible.AnnouncementPoliteness
+        event.setPoliteness(politeness.Assertive if assertive else politeness.Polite)
+        QtGui.QAccessible.updateAccessibility(event)
+        return "announcement"
+    widget.setAccessibleDescription(message)  # pragma: no cover (Qt < 6.8)
+    return "description"
