@@ -239,6 +239,8 @@ class ChatPage(QWidget):
             action.setVisible(shown and self.compact)
             control.setVisible(shown and not self.compact)
         self.more_button.setVisible(self.compact)
+        # Speak no taller than the question box beside it: at 200 % the conversation needs the room.
+        self.speech.speak_button.setMaximumHeight(self.input.sizeHint().height() if self.compact else 16777215)
         # The model line folds under More too (as its first, read-only entry); the heading is
         # set in the body size: at 200 % the two took a fifth of a laptop screen.
         self.model_label.setVisible(not self.compact)

@@ -47,6 +47,7 @@ class SpeechControls(QObject):
         self.sink_factory = voice.SpeakerSink
 
         self.speak_button = widgets.button("Speak", "Speak", self.toggle_listening)
+        self.speak_button.setAccessibleName("Speak")  # the visible label, kept in step by _set_state
         self.speak_button.setAccessibleDescription(
             f"Press, then say your question; press again or pause to finish. Key: {SPEAK_KEY}.")
         self.speak_button.setToolTip(f"Press to talk ({SPEAK_KEY})")
