@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Chat speed through the app's engine, side by side with raw llama.cpp (DESIGN.md §5).
+"""Chat speed through the app's engine, side by side with raw llama.cpp.
 
     python benchmarks/chat_decode.py MODEL.gguf [--threads 2] [--tokens 64]
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Merge + convert benchmark at Phi-3-mini's exact size (DESIGN.md §5; issue "converters/").
+"""Merge + convert benchmark at Phi-3-mini's exact size (issue "converters/").
 
     python benchmarks/merge_convert.py WORK_DIR [--keep]
 

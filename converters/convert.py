@@ -1,6 +1,6 @@
 """Hugging Face Phi-3 checkpoint (+ optional PEFT LoRA) -> GGUF, and PEFT LoRA -> GGUF LoRA.
 
-Both are generators of events (DESIGN.md §2) that stream one tensor at a time.
+Both are generators of events (muse_desktop.events) that stream one tensor at a time.
 """
 
 from __future__ import annotations

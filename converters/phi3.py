@@ -1,6 +1,6 @@
 """What a Phi-3 family checkpoint is, and how it is described in GGUF.
 
-Facts checked against llama.cpp's own converter (DESIGN.md §3): HF's fused layout
+Facts checked against llama.cpp's own converter: HF's fused layout
 is kept (qkv_proj -> attn_qkv, gate_up_proj -> ffn_up), 1-D tensors are F32,
 LongRoPE checkpoints get two rope-factor tensors and an attention factor.
 """

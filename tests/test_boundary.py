@@ -1,4 +1,4 @@
-"""The architecture rules of DESIGN.md §2, checked in ways that fail when broken."""
+"""The architecture rules (UI-free core, lazy heavy imports), checked in ways that fail when broken."""
 
 from __future__ import annotations
 

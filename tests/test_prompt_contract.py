@@ -23,7 +23,7 @@ from muse_desktop.prompting.hf import HFTokenizer
 QUESTION = "Why is a balanced diet important?"
 ANSWER = "Food is like fuel for a car: with the right mix, everything runs smoothly."
 
-# Written out by hand from DESIGN.md §3 (the public MUsE inference code), not built
+# Written out by hand from the public MUsE inference code, not built
 # from the module's own constants, so that a change to either is caught.
 MUSE_ELDERLY = (
     "<|user|>You should adaptively use proper words and sentences to make Elderly understand. "
