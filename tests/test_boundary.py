@@ -24,6 +24,8 @@ HEAVY = ("torch", "transformers", "peft", "bitsandbytes", "accelerate", "pyarrow
 # trainer arrives later and must be listed here deliberately).
 # The modules that need torch the moment they are imported (the trainer's own process).
 TRAINING_MODULES = {"muse_desktop.training.recipe", "muse_desktop.training.evaluate", "muse_desktop.training.dpo"}
+QT = "Only muse_desktop.ui imports Qt"
+LAYERS = "Layers: each part imports only the layers below it"
 LINT_IMPORTS = Path(sys.executable).parent / ("lint-imports.exe" if os.name == "nt" else "lint-imports")
 
 
@@ -74,6 +76,7 @@ def test_import_contracts_are_kept():
     result = run_lint_imports(REPO)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "2 kept, 0 broken" in result.stdout
+    assert f"{LAYERS} KEPT" in result.stdout
 
 
 def copy_tree(tmp_path: Path) -> Path:
@@ -87,28 +90,52 @@ def copy_tree(tmp_path: Path) -> Path:
 @pytest.mark.parametrize(
     "module, source, contract",
     [
-        ("muse_desktop/prompting/leak.py", "from PySide6 import QtCore\n", "Only muse_desktop.ui imports Qt"),
-        ("converters/leak.py", "import PySide6.QtWidgets\n", "Only muse_desktop.ui imports Qt"),
-        ("muse_desktop/usertypes_extra.py", "import shiboken6\n", "Only muse_desktop.ui imports Qt"),
-        ("muse_desktop/prompting/leak.py", "from muse_desktop.ui import app\n", "The core never imports the UI"),
+        ("muse_desktop/prompting/leak.py", "from PySide6 import QtCore\n", QT),
+        ("converters/leak.py", "import PySide6.QtWidgets\n", QT),
+        ("muse_desktop/usertypes_extra.py", "import shiboken6\n", QT),
+        # Every boundary of the layers, crossed upwards once:
+        ("muse_desktop/prompting/leak.py", "from muse_desktop.ui import app\n", LAYERS),  # ground floor -> UI
+        ("muse_desktop/training/leak.py", "import muse_desktop.ui.trainer\n", LAYERS),  # feature -> UI
+        ("muse_desktop/ui/leak.py", "from muse_desktop import cli\n", LAYERS),  # UI -> CLI
+        ("muse_desktop/store.py", "import muse_desktop.selftest\n", LAYERS),  # feature -> self-test
+        ("converters/leak.py", "from muse_desktop.chat.engine import ChatEngine\n", LAYERS),  # converters -> feature
+        ("muse_desktop/events.py", "import converters.verify\n", LAYERS),  # ground floor -> converters
+        ("muse_desktop/fileio.py", "from muse_desktop.events import Done\n", LAYERS),  # ground floor siblings
     ],
 )
 def test_import_contracts_fail_when_broken(tmp_path, module, source, contract):
     root = copy_tree(tmp_path)
-    (root / module).write_text(source)
+    target = root / module
+    # An existing module gets one more line; a new one holds only the forbidden import.
+    target.write_text((target.read_text() + "\n" if target.exists() else "") + source)
     result = run_lint_imports(root)
     assert result.returncode != 0
     assert f"{contract} BROKEN" in result.stdout
 
 
-def test_every_core_module_is_covered_by_the_ui_contract():
-    """New top-level modules must be listed in the 'core never imports the UI' contract."""
+def layer_modules() -> set[str]:
     config = tomllib.loads((REPO / "pyproject.toml").read_text())
     contracts = {c["name"]: c for c in config["tool"]["importlinter"]["contracts"]}
-    covered = set(contracts["The core never imports the UI"]["source_modules"])
-    entry_points = {"muse_desktop.ui", "muse_desktop.cli", "muse_desktop.__main__"}
-    top_level = {m for m in all_modules() if m.count(".") == 1} - entry_points
-    assert top_level <= covered, sorted(top_level - covered)
+    names = set()
+    for layer in contracts[LAYERS]["layers"]:
+        names.update(part.strip() for part in layer.replace("|", ":").split(":"))
+    return names
+
+
+def test_every_module_has_a_layer():
+    """A new top-level module or package must be placed in the layers, or nothing guards it."""
+    import converters
+
+    top_level = {m for m in all_modules() if m.count(".") == 1} | {converters.__name__}
+    assert top_level <= layer_modules(), sorted(top_level - layer_modules())
+
+
+def test_the_layer_check_sees_a_module_without_a_layer(tmp_path, monkeypatch):
+    """Guards the guard above: a layer list missing one module is caught."""
+    original = layer_modules()
+    monkeypatch.setattr(sys.modules[__name__], "layer_modules", lambda: original - {"muse_desktop.store"})
+    with pytest.raises(AssertionError, match="muse_desktop.store"):
+        test_every_module_has_a_layer()
 
 
 def test_every_package_is_listed_for_the_distribution():

@@ -28,6 +28,7 @@ from converters.errors import ConversionError
 from converters.gguf_check import inspect_gguf
 from muse_desktop.events import CancelToken, Done, Event, Log, Text
 from muse_desktop.prompting import InstructionTemplate, PromptError, Special, Turn, build_pieces, encode
+from muse_desktop.prompting.llama import LlamaCppTokenizer
 
 
 class ModelError(ValueError):
@@ -111,33 +112,6 @@ class AdapterSpec:
 def default_threads() -> int:
     count = os.cpu_count() or 2
     return max(1, count // 2 if count > 4 else count)
-
-
-class LlamaCppTokenizer:
-    """The prompt contract's tokenizer adapter over llama.cpp's own tokenizer."""
-
-    def __init__(self, llm):
-        self.llm = llm
-        self.bos_id = llm.token_bos()
-        self.add_bos = bool(_vocab_flag(llm, "llama_vocab_get_add_bos", True))
-
-    def special_id(self, token: str) -> int:
-        ids = self.llm.tokenize(token.encode("utf-8"), add_bos=False, special=True)
-        if len(ids) != 1:
-            raise KeyError(token)
-        return ids[0]
-
-    def encode_text(self, text: str) -> list[int]:
-        return self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=False)
-
-
-def _vocab_flag(llm, name: str, default):
-    import llama_cpp
-
-    function = getattr(llama_cpp, name, None)
-    if function is None:
-        return default
-    return function(llama_cpp.llama_model_get_vocab(llm.model))
 
 
 @dataclass
