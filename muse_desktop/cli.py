@@ -7,13 +7,15 @@ import sys
 from pathlib import Path
 from collections.abc import Sequence
 
-from converters.errors import ConversionError  # a plain exception module, nothing heavy
 from muse_desktop import APP_NAME, __version__
+from muse_desktop.errors import MuseError
 from muse_desktop.events import Cancelled
 
 
-class CliError(Exception):
-    """A failure reported to the user as one line, without a traceback."""
+class CliError(MuseError):
+    """A command that cannot be run as given, reported as one line without a traceback."""
+
+    exit_code = 2
 
 
 def _cmd_user_types(args: argparse.Namespace) -> int:
@@ -133,7 +135,7 @@ def _cmd_get_muse(args: argparse.Namespace) -> int:
 
 
 def _cmd_get_dataset(args: argparse.Namespace) -> int:
-    from muse_desktop.datasets import DatasetError, load_dataset
+    from muse_desktop.datasets import load_dataset
     from muse_desktop.getdataset import get_dataset
     from muse_desktop.settings import load_settings
 
@@ -141,10 +143,7 @@ def _cmd_get_dataset(args: argparse.Namespace) -> int:
     done = run_events(get_dataset(args.repo, args.out, args.endpoint or loaded.hub_endpoint or None, args.revision))
     if done is None:
         return 1
-    try:
-        report = load_dataset(done.path)
-    except DatasetError as exc:
-        raise CliError(str(exc)) from None
+    report = load_dataset(done.path)
     print(report.summary())
     for problem in report.problems[:20]:
         print(f"  {problem}")
@@ -164,40 +163,32 @@ def _training_imports():
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from muse_desktop.datasets import DatasetError
-    from muse_desktop.training.child import TrainingFailed, default_run_dir, run_training
-    from muse_desktop.training.config import ConfigError, load_config
+    from muse_desktop.training.child import default_run_dir, run_training
+    from muse_desktop.training.config import load_config
 
     if not args.resume and not args.config:
         raise CliError("give a CONFIG.yaml to start a run, or --resume RUN_DIR to continue one")
     _training_imports()
-    try:
-        if args.resume:
-            config, run_dir = None, args.resume
-            print(f"Resuming {run_dir}", file=sys.stderr)
-        else:
-            config = load_config(args.config)
-            run_dir = args.run_dir or default_run_dir(config)
-            print(f"Run folder: {run_dir}", file=sys.stderr)
-        run_events(run_training(config, run_dir))
-    except (ConfigError, DatasetError) as exc:
-        raise CliError(str(exc)) from None
-    except TrainingFailed as exc:
-        raise CliError(str(exc)) from None
+    if args.resume:
+        config, run_dir = None, args.resume
+        print(f"Resuming {run_dir}", file=sys.stderr)
+    else:
+        config = load_config(args.config)
+        run_dir = args.run_dir or default_run_dir(config)
+        print(f"Run folder: {run_dir}", file=sys.stderr)
+    run_events(run_training(config, run_dir))
     return 0
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
     from muse_desktop.store import Store
-    from muse_desktop.training.export import ExportError, export_run
+    from muse_desktop.training.export import export_run
 
     _training_imports()
     store = Store()
     try:
         run_events(export_run(args.run_dir, "adapter" if args.adapter else "merge", args.type, store=store,
                               verify=not args.no_verify))
-    except ExportError as exc:
-        raise CliError(str(exc)) from None
     finally:
         store.close()
     return 0
@@ -252,7 +243,7 @@ def _cmd_lock(args: argparse.Namespace) -> int:
 
 
 def _cmd_kiosk(args: argparse.Namespace) -> int:
-    from muse_desktop.scope import MIN_F1, ScopeError, ScopeGuard, train_scope_guard
+    from muse_desktop.scope import MIN_F1, ScopeGuard, train_scope_guard
     from muse_desktop.settings import load_settings, save_settings
 
     settings = load_settings().settings
@@ -260,19 +251,16 @@ def _cmd_kiosk(args: argparse.Namespace) -> int:
         _caregiver_check(settings, {"train": "train the kiosk guard", "on": "switch kiosk mode on",
                                     "off": "switch kiosk mode off"}[args.action])
     if args.action == "train":
-        from muse_desktop.datasets import DatasetError, load_dataset
+        from muse_desktop.datasets import load_dataset
 
         if not args.dataset:
             raise CliError("kiosk train needs the dataset whose questions are in scope")
-        try:
-            report = load_dataset(args.dataset)
-            questions = [e.turns[0].content if e.turns else e.text for e in report.examples]
-            outside = None
-            if args.out_of_scope:
-                outside = Path(args.out_of_scope).read_text(encoding="utf-8").splitlines()
-            result = train_scope_guard(questions, outside, topic=args.topic)
-        except (DatasetError, ScopeError) as exc:
-            raise CliError(str(exc)) from None
+        report = load_dataset(args.dataset)
+        questions = [e.turns[0].content if e.turns else e.text for e in report.examples]
+        outside = None
+        if args.out_of_scope:
+            outside = Path(args.out_of_scope).read_text(encoding="utf-8").splitlines()
+        result = train_scope_guard(questions, outside, topic=args.topic)
         print(result.summary())
         if not result.good_enough:  # the same gate as the window: a weak guard never replaces the live one
             raise CliError("not good enough to switch on (F1 below 0.8), so it was not saved: add more questions")
@@ -305,24 +293,19 @@ def _teacher(args: argparse.Namespace):
     from muse_desktop.docbuilder import DEFAULT_SERVER, engine_teacher, server_teacher
 
     if args.model:
-        from muse_desktop.chat.engine import ChatEngine, EngineSettings, ModelError
+        from muse_desktop.chat.engine import ChatEngine, EngineSettings
 
-        try:
-            engine = ChatEngine(args.model, EngineSettings(context_length=4096))
-        except ModelError as exc:
-            raise CliError(str(exc)) from None
+        engine = ChatEngine(args.model, EngineSettings(context_length=4096))
         return engine_teacher(engine), engine.close
     return server_teacher(args.server or DEFAULT_SERVER, args.server_model), lambda: None
 
 
 def _cmd_build_data(args: argparse.Namespace) -> int:
-    from muse_desktop.docbuilder import BuilderError, build_dataset
+    from muse_desktop.docbuilder import build_dataset
 
     ask, close = _teacher(args)
     try:
         run_events(build_dataset(args.folder, args.user_types.split(","), args.out, ask, args.chunk_chars))
-    except BuilderError as exc:
-        raise CliError(str(exc)) from None
     finally:
         close()
     return 0
@@ -332,20 +315,19 @@ def _cmd_augment(args: argparse.Namespace) -> int:
     import json
 
     from muse_desktop.augment import self_instruct
-    from muse_desktop.datasets import DatasetError, load_dataset
+    from muse_desktop.datasets import load_dataset
     from muse_desktop.fileio import atomic_write_text
 
-    try:
-        report = load_dataset(args.seeds)
-    except DatasetError as exc:
-        raise CliError(str(exc)) from None
+    report = load_dataset(args.seeds)
     seeds = [{"user_type": e.user_type or "Adult", "question": e.turns[0].content, "answer": e.turns[-1].content}
              for e in report.examples if e.turns]
     ask, close = _teacher(args)
     try:
         done = run_events(self_instruct(seeds, ask, args.count, args.threshold))
     except ValueError as exc:
-        raise CliError(str(exc)) from None
+        if isinstance(exc, MuseError):
+            raise
+        raise CliError(str(exc)) from None  # too few seeds: what was given cannot be used
     finally:
         close()
     kept = done.data["kept"] if done is not None else []
@@ -388,7 +370,7 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
 
 def resolve_user_type(text: str):
     """A catalog type by id, prompt form or name; otherwise a checked custom type."""
-    from muse_desktop.usertypes import InvalidUserType, custom_user_type, fold, load_catalog
+    from muse_desktop.usertypes import custom_user_type, fold, load_catalog
 
     catalog = load_catalog()
     found = catalog.get(text) or catalog.by_prompt_name(text)
@@ -397,16 +379,13 @@ def resolve_user_type(text: str):
         found = matches[0] if matches else None
     if found is not None:
         return found
-    try:
-        return custom_user_type(text)
-    except InvalidUserType as exc:
-        raise CliError(str(exc)) from None
+    return custom_user_type(text)
 
 
 def _cmd_chat(args: argparse.Namespace) -> int:
-    from muse_desktop.chat.engine import AdapterSpec, ChatEngine, EngineSettings, ModelError, default_sampling
+    from muse_desktop.chat.engine import AdapterSpec, ChatEngine, EngineSettings, default_sampling
     from muse_desktop.events import Done, Log, Text
-    from muse_desktop.prompting import PromptError, Turn, prompt_text
+    from muse_desktop.prompting import Turn, prompt_text
     from muse_desktop.settings import load_settings
 
     user_type = resolve_user_type(args.user_type)
@@ -422,31 +401,28 @@ def _cmd_chat(args: argparse.Namespace) -> int:
                 print(verdict.problem, file=sys.stderr)
             print(verdict.refusal)
             return 0
-    try:
-        if args.prompt_only:
-            sys.stdout.write(prompt_text(user_type.prompt_name, turns, template, add_generation_prompt=True))
-            return 0
-        sampling = default_sampling(user_type.prompt_name)
-        for name in ("max_tokens", "temperature", "seed"):
-            value = getattr(args, name)
-            if value is not None:
-                setattr(sampling, "max_new_tokens" if name == "max_tokens" else name, value)
-        engine = ChatEngine(args.model, EngineSettings(threads=args.threads or 0, context_length=args.context,
-                                                       long_context=args.long_context),
-                            [AdapterSpec.parse(a) for a in args.adapter])
-        if engine.context_note:
-            print(engine.context_note, file=sys.stderr)
-        for event in engine.generate(user_type.prompt_name, turns, template, sampling):
-            if isinstance(event, Text):
-                sys.stdout.write(event.delta)
-                sys.stdout.flush()
-            elif isinstance(event, Log):
-                print(event.message, file=sys.stderr)
-            elif isinstance(event, Done):
-                print()
-        engine.close()
-    except (ModelError, PromptError) as exc:
-        raise CliError(str(exc)) from None
+    if args.prompt_only:
+        sys.stdout.write(prompt_text(user_type.prompt_name, turns, template, add_generation_prompt=True))
+        return 0
+    sampling = default_sampling(user_type.prompt_name)
+    for name in ("max_tokens", "temperature", "seed"):
+        value = getattr(args, name)
+        if value is not None:
+            setattr(sampling, "max_new_tokens" if name == "max_tokens" else name, value)
+    engine = ChatEngine(args.model, EngineSettings(threads=args.threads or 0, context_length=args.context,
+                                                   long_context=args.long_context),
+                        [AdapterSpec.parse(a) for a in args.adapter])
+    if engine.context_note:
+        print(engine.context_note, file=sys.stderr)
+    for event in engine.generate(user_type.prompt_name, turns, template, sampling):
+        if isinstance(event, Text):
+            sys.stdout.write(event.delta)
+            sys.stdout.flush()
+        elif isinstance(event, Log):
+            print(event.message, file=sys.stderr)
+        elif isinstance(event, Done):
+            print()
+    engine.close()
     return 0
 
 
@@ -629,22 +605,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command is None:
             return _open_app(args.screenshot)
         return args.func(args)
-    except CliError as exc:
-        print(f"muse-desktop: {exc}", file=sys.stderr)
-        return 2
-    except ConversionError as exc:
-        print(f"muse-desktop: {exc}", file=sys.stderr)
-        return 1
+    except MuseError as exc:  # every error the app raises on purpose
+        print(f"muse-desktop: {exc.for_person()}", file=sys.stderr)
+        return exc.exit_code
     except Cancelled:
         print("muse-desktop: cancelled", file=sys.stderr)
         return 130
-    except RuntimeError as exc:
-        from muse_desktop.download import DownloadError  # imported late: urllib is slow to load
-
-        if not isinstance(exc, DownloadError):
-            raise
-        print(f"muse-desktop: {exc}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         print("muse-desktop: interrupted", file=sys.stderr)
         return 130

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from muse_desktop.errors import MuseError
 from muse_desktop.events import CancelToken, Cancelled, Done, Event, Progress
 from muse_desktop.fileio import atomic_write_text
 
@@ -26,8 +27,8 @@ MEASURES = ("understandability", "geniality", "applicability")
 MIN_MODELS, MAX_MODELS = 2, 5
 
 
-class CompareError(ValueError):
-    pass
+class CompareError(MuseError, ValueError):
+    """A comparison that cannot be run as asked; the message says why."""
 
 
 @dataclass(frozen=True)

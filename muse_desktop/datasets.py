@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from muse_desktop.errors import MuseError
 from muse_desktop.prompting.contract import (
     IGNORE_INDEX,
     Encoded,
@@ -51,8 +52,10 @@ class Format:
     ALL = (MUSE, ALPACA, MESSAGES, TEXT)
 
 
-class DatasetError(ValueError):
+class DatasetError(MuseError, ValueError):
     """The file cannot be used at all (missing, unreadable, no valid rows)."""
+
+    exit_code = 2  # the command line: what was given cannot be used
 
 
 TABLE_SUFFIXES = (".parquet", ".pkl", ".pickle")  # read as a whole, rows numbered from 1

@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from muse_desktop.errors import MuseError
 from muse_desktop.events import CancelToken, Done, Event, Log, Progress
 from muse_desktop.fileio import atomic_write_text
 
@@ -37,8 +38,10 @@ TEACHER_PROMPT = (
 PAIR = re.compile(r"Question:\s*(?P<q>.+?)\s*\n\s*Answer:\s*(?P<a>.+)", re.S | re.I)
 
 
-class BuilderError(RuntimeError):
-    pass
+class BuilderError(MuseError, RuntimeError):
+    """A dataset that cannot be built from the documents; the message says why."""
+
+    exit_code = 2  # the command line: what was given cannot be used
 
 
 class _TextOnly(html.parser.HTMLParser):

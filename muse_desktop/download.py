@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from muse_desktop import __version__
+from muse_desktop.errors import MuseError
 from muse_desktop.events import CancelToken, Cancelled, Done, Event, Log, Progress
 from muse_desktop.fileio import atomic_write_text
 
@@ -48,7 +49,7 @@ PARTIAL_DIR = ".downloads"
 MANIFEST = ".muse-download.json"  # which files were checked, by repo and commit
 
 
-class DownloadError(RuntimeError):
+class DownloadError(MuseError, RuntimeError):
     """A download that cannot go on; the message is meant for the person using the app."""
 
 

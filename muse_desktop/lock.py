@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from muse_desktop.errors import MuseError
 from muse_desktop.fileio import atomic_write_text
 from muse_desktop.paths import user_dirs
 
@@ -64,8 +65,8 @@ LOCKED_USER_FIELDS = ("user_type_id", "custom_user_type", "model_path", "adapter
 LOCKED_MARK = "Locked by the caregiver"
 
 
-class PinError(ValueError):
-    pass
+class PinError(MuseError, ValueError):
+    """A PIN that cannot be used or does not match; the message says why."""
 
 
 def _derive(pin: str, salt: bytes, n: int = N, r: int = R, p: int = P) -> bytes:

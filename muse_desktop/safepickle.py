@@ -12,10 +12,12 @@ from __future__ import annotations
 import io
 import pickle
 
+from muse_desktop.errors import MuseError
+
 PLAIN = (str, int, float, bool, type(None))
 
 
-class PickleRefused(ValueError):
+class PickleRefused(MuseError, ValueError):
     """The pickle holds more than plain data; the message says what and why it is not opened."""
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from muse_desktop.errors import MuseError
 from muse_desktop.fileio import atomic_write_text
 from muse_desktop.paths import resource, user_dirs
 
@@ -34,8 +35,10 @@ REFUSAL = ("I'm sorry, I can only help with questions about {topic} here. "
 NO_GUARD_REFUSAL = "I'm sorry, I can't answer questions right now. Please ask the person who looks after me."
 
 
-class ScopeError(ValueError):
-    pass
+class ScopeError(MuseError, ValueError):
+    """The scope guard cannot be trained or read; the message says why."""
+
+    exit_code = 2  # the command line: what was given cannot be used
 
 
 def guard_path() -> Path:

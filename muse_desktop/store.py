@@ -19,6 +19,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from muse_desktop.errors import MuseError
 from muse_desktop.paths import user_dirs
 from muse_desktop.prompting import Turn
 
@@ -158,7 +159,7 @@ def write_app_state(key: str, value: str, path: str | Path | None = None) -> Non
         store.close()
 
 
-class StoreError(RuntimeError):
+class StoreError(MuseError, RuntimeError):
     """The database cannot be used; the message says why, for the user."""
 
 

@@ -16,13 +16,15 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from muse_desktop.errors import MuseError
+
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
                    "tokenizer.model")
 ROLES = ("bos_token", "eos_token", "pad_token")
 SHOWN = 3  # differences named in a message
 
 
-class TokenizerMismatch(ValueError):
+class TokenizerMismatch(MuseError, ValueError):
     """The two tokenizers differ; the message names how."""
 
 

@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from muse_desktop.errors import MuseError
 from muse_desktop.paths import resource
 
 CATALOG_FILE = "user_types.tsv"
@@ -22,12 +23,14 @@ CUSTOM_GROUP = "Custom"
 CUSTOM_MAX_CHARS = 60
 
 
-class CatalogError(ValueError):
+class CatalogError(MuseError, ValueError):
     """The catalog file is malformed."""
 
 
-class InvalidUserType(ValueError):
+class InvalidUserType(MuseError, ValueError):
     """A user type typed by the person cannot be used; the message says why."""
+
+    exit_code = 2  # the command line: what was given cannot be used
 
 
 @dataclass(frozen=True)

@@ -244,7 +244,8 @@ def test_a_killed_or_cancelled_run_resumes_to_the_same_adapter(tmp_path, tiny_mo
     import torch
 
     from muse_desktop.events import CancelToken
-    from muse_desktop.training.child import TrainingFailed, read_events, run_training
+    from muse_desktop.training.child import read_events, run_training
+    from muse_desktop.training.config import TrainingError
 
     data = write_triples(tmp_path / "d.jsonl")
     # Dropout on, so that a resume that lost the random state would differ.
@@ -254,14 +255,14 @@ def test_a_killed_or_cancelled_run_resumes_to_the_same_adapter(tmp_path, tiny_mo
 
     run = tmp_path / "interrupted"
     token = CancelToken()
-    with pytest.raises(TrainingFailed) as stopped:
+    with pytest.raises(TrainingError) as stopped:
         for event in run_training(config, run, token):
             if isinstance(event, Progress) and event.done >= 6:
                 token.cancel()
     assert stopped.value.kind == "cancelled"
     # SIGKILL: no chance to save anything; the run continues from its last checkpoint.
     children = []
-    with pytest.raises(TrainingFailed, match="killed by signal 9") as killed:
+    with pytest.raises(TrainingError, match="killed by signal 9") as killed:
         for event in run_training(None, run, on_start=children.append):
             if isinstance(event, Progress) and event.done >= 14:
                 os.kill(children[0].pid, signal.SIGKILL)

@@ -11,7 +11,8 @@ from test_training import tiny_config, write_triples
 
 
 def test_cancel_asks_the_child_without_a_signal_and_it_checkpoints(tmp_path, tiny_model, monkeypatch):
-    from muse_desktop.training.child import CANCEL, TrainingFailed, run_training
+    from muse_desktop.training.child import CANCEL, run_training
+    from muse_desktop.training.config import TrainingError
     from muse_desktop.training.recipe import latest_checkpoint
 
     signals = []
@@ -21,7 +22,7 @@ def test_cancel_asks_the_child_without_a_signal_and_it_checkpoints(tmp_path, tin
     config = tiny_config(tiny_model, write_triples(tmp_path / "d.jsonl"), max_steps=400, save_steps=1000)
     run = tmp_path / "run"
     token = CancelToken()
-    with pytest.raises(TrainingFailed) as stopped:
+    with pytest.raises(TrainingError) as stopped:
         for event in run_training(config, run, token):
             if isinstance(event, Progress) and event.done >= 3:
                 token.cancel()

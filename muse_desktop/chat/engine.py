@@ -26,13 +26,16 @@ from pathlib import Path
 
 from converters.errors import ConversionError
 from converters.gguf_check import inspect_gguf
+from muse_desktop.errors import MuseError
 from muse_desktop.events import CancelToken, Done, Event, Log, Text
 from muse_desktop.prompting import InstructionTemplate, PromptError, Special, Turn, build_pieces, encode
 from muse_desktop.prompting.llama import LlamaCppTokenizer
 
 
-class ModelError(ValueError):
+class ModelError(MuseError, ValueError):
     """The model (or adapter) cannot be used; the message says why, for the user."""
+
+    exit_code = 2  # the command line: what was given cannot be used
 
 
 @dataclass

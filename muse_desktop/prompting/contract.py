@@ -42,6 +42,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from muse_desktop.errors import MuseError
+
 DEFAULT_INSTRUCTION_TEMPLATE = (
     "You should adaptively use proper words and sentences to make {user_type} understand. "
     "Please include contexts familiar with {user_type}"
@@ -95,8 +97,10 @@ class TrainOn:
     CHOICES = (ASSISTANT, LAST, ALL)
 
 
-class PromptError(ValueError):
+class PromptError(MuseError, ValueError):
     """The conversation cannot be turned into a prompt; the message says why."""
+
+    exit_code = 2  # the command line: what was given cannot be used
 
 
 class TemplateError(PromptError):

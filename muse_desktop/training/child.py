@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from muse_desktop.events import CancelToken, Error, Event, from_json, to_json
-from muse_desktop.training.config import ConfigError, TrainConfig, config_from_dict
+from muse_desktop.training.config import ConfigError, TrainConfig, TrainingError, config_from_dict
 
 REQUEST = "request.json"
 EVENTS = "events.jsonl"
@@ -34,14 +34,6 @@ LOG = "train.log"
 CANCEL = "cancel.request"
 EXIT_CANCELLED = 3
 POLL_S = 0.2
-
-
-class TrainingFailed(RuntimeError):
-    """The child ended with an error; ``kind`` says which (error, out-of-memory, nan, cancelled, crashed)."""
-
-    def __init__(self, message: str, kind: str = "error"):
-        super().__init__(message)
-        self.kind = kind
 
 
 def default_run_dir(config: TrainConfig) -> Path:
@@ -67,7 +59,7 @@ def run_training(config: TrainConfig | None, run_dir: str | Path, cancel: Cancel
         config.validate()
         (run_dir / REQUEST).write_text(json.dumps(config.to_dict(), indent=1), encoding="utf-8")
     elif not (run_dir / REQUEST).is_file():
-        raise TrainingFailed(f"{run_dir} is not a training run (it has no {REQUEST}).")
+        raise TrainingError(f"{run_dir} is not a training run (it has no {REQUEST}).")
     (run_dir / CANCEL).unlink(missing_ok=True)  # an earlier run's cancel must not stop this one
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     options = {}
@@ -119,11 +111,11 @@ def run_training(config: TrainConfig | None, run_dir: str | Path, cancel: Cancel
                 process.kill()
                 process.wait()
     if failure is not None:
-        raise TrainingFailed(failure.message, failure.kind)
+        raise TrainingError(failure.message, failure.kind)
     if code != 0:
         how = f"was killed by signal {-code}" if code < 0 else f"ended with exit code {code}"
         tail = _last_log_line(run_dir / LOG)
-        raise TrainingFailed(f"The training process {how}" + (f" ({tail})" if tail else "") +
+        raise TrainingError(f"The training process {how}" + (f" ({tail})" if tail else "") +
                              ". Resume continues from the last checkpoint.", "crashed")
 
 
@@ -184,7 +176,7 @@ def _main(argv: list[str]) -> int:
 
     try:
         config = config_from_dict(json.loads((run_dir / REQUEST).read_text(encoding="utf-8")))
-        from muse_desktop.training.recipe import TrainingError, train
+        from muse_desktop.training.recipe import train
 
         if config.dpo_pairs:
             from muse_desktop.training.dpo import train_dpo as train

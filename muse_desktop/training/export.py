@@ -18,14 +18,17 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+from muse_desktop.errors import MuseError
 from muse_desktop.events import CancelToken, Done, Event, Log
 from muse_desktop.training.config import ADAPTER, CONFIG_FILE
 
 EXPORT_DIR = "export"
 
 
-class ExportError(RuntimeError):
-    pass
+class ExportError(MuseError, RuntimeError):
+    """A finished run that cannot be turned into a model file; the message says why."""
+
+    exit_code = 2  # what the command line has always returned for it
 
 
 def _run_info(run_dir: Path) -> tuple[dict, Path]:

@@ -29,15 +29,8 @@ from muse_desktop.events import CancelToken, Done, Event, Log, Metric, Progress
 from muse_desktop.fileio import atomic_write_text
 from muse_desktop.prompting.contract import IGNORE_INDEX, Role
 from muse_desktop.prompting.hf import HFTokenizer
-from muse_desktop.training.config import ADAPTER, BEST, CHECKPOINTS, CONFIG_FILE, RESULTS, Method, TrainConfig
-
-
-class TrainingError(RuntimeError):
-    """A run that cannot go on; ``kind`` is error, out-of-memory, nan or cancelled."""
-
-    def __init__(self, message: str, kind: str = "error"):
-        super().__init__(message)
-        self.kind = kind
+from muse_desktop.training.config import (ADAPTER, BEST, CHECKPOINTS, CONFIG_FILE, RESULTS, Method, TrainConfig,
+                                          TrainingError)
 
 
 # --- data ----------------------------------------------------------------------------------
