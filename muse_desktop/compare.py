@@ -5,14 +5,14 @@ sees the answers shuffled and unnamed, scores understandability, geniality and
 applicability from 1 to 5 and may pick the best. Results are mean ± standard
 deviation per model, measure and user type (the shape of MUsE's Figure 3), plus how
 often each model's answer was picked as best, and a CSV for further analysis.
-Raters, sessions and every score live in the SQLite store.
+Raters, sessions and every score live in the SQLite store (:class:`muse_desktop.store.Store`
+owns the tables; this module owns the method).
 """
 
 from __future__ import annotations
 
 import csv
 import io
-import json
 import random
 import statistics
 from collections.abc import Iterator
@@ -45,19 +45,13 @@ def new_session(store, rater: str, contenders: list[Contender], seed: int | None
         raise CompareError(f"Choose {MIN_MODELS} to {MAX_MODELS} models to compare.")
     if not rater.strip():
         raise CompareError("Who is rating? Type a name.")
-    with store.transaction() as db:
-        db.execute("INSERT OR IGNORE INTO raters (name, created_at) VALUES (?, datetime('now'))", (rater.strip(),))
-        rater_id = db.execute("SELECT id FROM raters WHERE name = ?", (rater.strip(),)).fetchone()[0]
-        cursor = db.execute(
-            "INSERT INTO comparison_sessions (rater_id, models_json, seed, created_at) VALUES (?, ?, ?, datetime('now'))",
-            (rater_id, json.dumps([c.__dict__ for c in contenders]),
-             seed if seed is not None else random.randrange(2**31)))
-    return cursor.lastrowid
+    return store.add_comparison_session(rater.strip(), [c.__dict__ for c in contenders],
+                                        seed if seed is not None else random.randrange(2**31))
 
 
 def session_contenders(store, session_id: int) -> list[Contender]:
-    row = store.db.execute("SELECT models_json FROM comparison_sessions WHERE id = ?", (session_id,)).fetchone()
-    return [Contender(**c) for c in json.loads(row[0])]
+    models, _seed = store.comparison_session(session_id)
+    return [Contender(**c) for c in models]
 
 
 def generate_answers(store_path: str | Path, session_id: int, questions: list[str], user_types: list[str],
@@ -77,8 +71,8 @@ def generate_answers(store_path: str | Path, session_id: int, questions: list[st
         raise CompareError("Give at least one question and one user type.")
     store = Store(store_path)
     try:
-        contenders = session_contenders(store, session_id)
-        seed = store.db.execute("SELECT seed FROM comparison_sessions WHERE id = ?", (session_id,)).fetchone()[0]
+        models, seed = store.comparison_session(session_id)
+        contenders = [Contender(**c) for c in models]
         rounds = [(u, q) for u in user_types for q in questions]
         answers: dict[tuple[int, int], str] = {}
         total, done = len(rounds) * len(contenders), 0
@@ -100,15 +94,13 @@ def generate_answers(store_path: str | Path, session_id: int, questions: list[st
             finally:
                 engine.close()
         shuffler = random.Random(seed)
-        with store.transaction() as db:
-            for number, (user_type, question) in enumerate(rounds):
-                order = list(range(len(contenders)))
-                shuffler.shuffle(order)
-                for position, index in enumerate(order):
-                    db.execute(
-                        "INSERT INTO comparison_answers (session_id, round, position, model_index, user_type, "
-                        "question, answer) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                        (session_id, number, position, index, user_type, question, answers[(number, index)]))
+        shown = []
+        for number, (user_type, question) in enumerate(rounds):
+            order = list(range(len(contenders)))
+            shuffler.shuffle(order)
+            shown += [(number, position, index, user_type, question, answers[(number, index)])
+                      for position, index in enumerate(order)]
+        store.add_comparison_answers(session_id, shown)
     finally:
         store.close()
     yield Done(f"{total} answers ready to rate", data={"session": session_id, "rounds": len(rounds)})
@@ -116,12 +108,9 @@ def generate_answers(store_path: str | Path, session_id: int, questions: list[st
 
 def rounds(store, session_id: int) -> list[list[dict]]:
     """The answers of each round in the order the rater sees them (model names left out)."""
-    rows = store.db.execute(
-        "SELECT id, round, position, user_type, question, answer, understandability, geniality, applicability, "
-        "best FROM comparison_answers WHERE session_id = ? ORDER BY round, position", (session_id,)).fetchall()
     grouped: dict[int, list[dict]] = {}
-    for row in rows:
-        grouped.setdefault(row["round"], []).append(dict(row))
+    for row in store.comparison_answers(session_id):
+        grouped.setdefault(row["round"], []).append(row)
     return [grouped[key] for key in sorted(grouped)]
 
 
@@ -130,13 +119,7 @@ def rate(store, answer_id: int, understandability: int, geniality: int, applicab
     for value in (understandability, geniality, applicability):
         if not 1 <= int(value) <= 5:
             raise CompareError("Scores go from 1 to 5.")
-    with store.transaction() as db:
-        if best:  # one best per round
-            db.execute("UPDATE comparison_answers SET best = 0 WHERE (session_id, round) = "
-                       "(SELECT session_id, round FROM comparison_answers WHERE id = ?)", (answer_id,))
-        db.execute("UPDATE comparison_answers SET understandability = ?, geniality = ?, applicability = ?, "
-                   "best = ?, rated_at = datetime('now') WHERE id = ?",
-                   (understandability, geniality, applicability, int(best), answer_id))
+    store.rate_comparison_answer(answer_id, understandability, geniality, applicability, best)
 
 
 @dataclass
@@ -159,16 +142,9 @@ class Summary:
 
 def summarize(store, session_ids: list[int] | None = None) -> Summary:
     """Mean ± standard deviation per model, measure and user type over the rated answers."""
-    query = ("SELECT a.*, s.models_json, r.name AS rater FROM comparison_answers a "
-             "JOIN comparison_sessions s ON s.id = a.session_id JOIN raters r ON r.id = s.rater_id "
-             "WHERE a.understandability IS NOT NULL")
-    params: list = []
-    if session_ids:
-        query += f" AND a.session_id IN ({', '.join('?' * len(session_ids))})"
-        params = list(session_ids)
     rows = []
-    for row in store.db.execute(query + " ORDER BY a.session_id, a.round, a.position", params):
-        names = [c["name"] for c in json.loads(row["models_json"])]
+    for row in store.rated_comparison_answers(session_ids):
+        names = [c["name"] for c in row["models"]]
         rows.append({"session": row["session_id"], "rater": row["rater"], "model": names[row["model_index"]],
                      "user_type": row["user_type"], "question": row["question"], "best": row["best"],
                      **{m: row[m] for m in MEASURES}})

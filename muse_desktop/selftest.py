@@ -59,7 +59,7 @@ def run_self_test(model: str | None = None, out=None) -> int:
         store = Store(path)
         try:
             messages = store.messages(conversation.id)
-            verdict = store.db.execute("PRAGMA integrity_check").fetchone()[0]
+            verdict = store.integrity()
         finally:
             store.close()
         if [m.content for m in messages] != ["Hello"] or verdict != "ok":

@@ -287,6 +287,10 @@ class Store:
     def close(self) -> None:
         self.db.close()
 
+    def integrity(self) -> str:
+        """SQLite's own check of the database file: "ok" when it is sound."""
+        return self.db.execute("PRAGMA integrity_check").fetchone()[0]
+
     # -- profiles ----------------------------------------------------------------------
 
     def create_profile(self, name: str, **fields: Any) -> Profile:
@@ -373,6 +377,70 @@ class Store:
             data = dict(row)
             data["context"] = json.loads(data.pop("context_json"))
             data["candidates"] = json.loads(data.pop("candidates_json"))
+            out.append(data)
+        return out
+
+    # -- blind comparisons (the Compare tab; the method is in muse_desktop.compare) --------
+
+    def add_comparison_session(self, rater: str, models: list[dict[str, Any]], seed: int) -> int:
+        """A new session for ``rater`` (added on first use) comparing ``models``; its id."""
+        with self.transaction() as db:
+            db.execute("INSERT OR IGNORE INTO raters (name, created_at) VALUES (?, datetime('now'))", (rater,))
+            rater_id = db.execute("SELECT id FROM raters WHERE name = ?", (rater,)).fetchone()[0]
+            cursor = db.execute(
+                "INSERT INTO comparison_sessions (rater_id, models_json, seed, created_at) "
+                "VALUES (?, ?, ?, datetime('now'))", (rater_id, json.dumps(models), seed))
+        return cursor.lastrowid
+
+    def comparison_session(self, session_id: int) -> tuple[list[dict[str, Any]], int]:
+        """A session's models (as stored) and its shuffling seed."""
+        row = self.db.execute("SELECT models_json, seed FROM comparison_sessions WHERE id = ?",
+                              (session_id,)).fetchone()
+        if row is None:
+            raise StoreError(f"There is no comparison number {session_id}.")
+        return json.loads(row["models_json"]), row["seed"]
+
+    def add_comparison_answers(self, session_id: int, answers: list[tuple[int, int, int, str, str, str]]) -> None:
+        """All of a session's answers at once: (round, position, model index, user type, question, answer)."""
+        with self.transaction() as db:
+            db.executemany(
+                "INSERT INTO comparison_answers (session_id, round, position, model_index, user_type, "
+                "question, answer) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(session_id, *answer) for answer in answers])
+
+    def comparison_answers(self, session_id: int) -> list[dict[str, Any]]:
+        """A session's answers in the order the rater sees them, without the model behind each."""
+        rows = self.db.execute(
+            "SELECT id, round, position, user_type, question, answer, understandability, geniality, "
+            "applicability, best FROM comparison_answers WHERE session_id = ? ORDER BY round, position",
+            (session_id,)).fetchall()
+        return [dict(row) for row in rows]
+
+    def rate_comparison_answer(self, answer_id: int, understandability: int, geniality: int, applicability: int,
+                               best: bool) -> None:
+        """Store one answer's scores; ``best`` takes the mark from the other answers of its round."""
+        with self.transaction() as db:
+            if best:  # one best per round
+                db.execute("UPDATE comparison_answers SET best = 0 WHERE (session_id, round) = "
+                           "(SELECT session_id, round FROM comparison_answers WHERE id = ?)", (answer_id,))
+            db.execute("UPDATE comparison_answers SET understandability = ?, geniality = ?, applicability = ?, "
+                       "best = ?, rated_at = datetime('now') WHERE id = ?",
+                       (understandability, geniality, applicability, int(best), answer_id))
+
+    def rated_comparison_answers(self, session_ids: list[int] | None = None) -> list[dict[str, Any]]:
+        """Every rated answer (of the given sessions, or of all), with its session's models and rater."""
+        query = ("SELECT a.*, s.models_json, r.name AS rater FROM comparison_answers a "
+                 "JOIN comparison_sessions s ON s.id = a.session_id JOIN raters r ON r.id = s.rater_id "
+                 "WHERE a.understandability IS NOT NULL")
+        params: list[int] = []
+        if session_ids:
+            query += f" AND a.session_id IN ({', '.join('?' * len(session_ids))})"
+            params = list(session_ids)
+        rows = self.db.execute(query + " ORDER BY a.session_id, a.round, a.position", params).fetchall()
+        out = []
+        for row in rows:
+            data = dict(row)
+            data["models"] = json.loads(data.pop("models_json"))
             out.append(data)
         return out
 

@@ -148,3 +148,28 @@ def test_every_package_is_listed_for_the_distribution():
             found.add(".".join(init.parent.relative_to(REPO).parts))
     assert listed == found
     assert config["tool"]["setuptools"]["package-dir"] == {"muse_resources": "resources"}
+
+
+def sql_outside_the_store(base: Path = REPO) -> list[str]:
+    """Every call of execute/executemany/executescript outside muse_desktop/store.py."""
+    import ast
+
+    found = []
+    for root in ("muse_desktop", "converters"):
+        for path in sorted((base / root).rglob("*.py")):
+            if path.relative_to(base).as_posix() == "muse_desktop/store.py":
+                continue
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                        and node.func.attr in ("execute", "executemany", "executescript")):
+                    found.append(f"{path.relative_to(base).as_posix()}:{node.lineno}")
+    return found
+
+
+def test_only_the_store_speaks_sql(tmp_path):
+    """The store owns its tables: the rest of the app asks it, never the database."""
+    assert sql_outside_the_store() == []
+    root = copy_tree(tmp_path)
+    (root / "muse_desktop" / "compare.py").write_text(
+        (root / "muse_desktop" / "compare.py").read_text() + "\n\ndef f(store):\n    store.db.execute('SELECT 1')\n")
+    assert [hit.split(":")[0] for hit in sql_outside_the_store(root)] == ["muse_desktop/compare.py"]
