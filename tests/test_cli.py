@@ -182,3 +182,28 @@ def test_run_module_only_starts_the_child_modules(capsys):
     assert "takes one of" in capsys.readouterr().err
     with pytest.raises(ValueError):
         module_command("shutil")
+
+
+def test_each_domain_holds_its_parsers_beside_their_handlers():
+    """Every command is registered by the domain module whose function handles it."""
+    import argparse
+
+    from muse_desktop import cli
+
+    parser = cli.build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    where = {name: sub.get_default("func").__module__ for name, sub in commands.choices.items()}
+    assert where == {
+        "user-types": "muse_desktop.cli.chat", "chat": "muse_desktop.cli.chat",
+        "demo-model": "muse_desktop.cli.models", "convert": "muse_desktop.cli.models",
+        "convert-adapter": "muse_desktop.cli.models", "quantize": "muse_desktop.cli.models",
+        "get-muse": "muse_desktop.cli.models",
+        "train": "muse_desktop.cli.training", "export": "muse_desktop.cli.training",
+        "get-dataset": "muse_desktop.cli.data", "build-data": "muse_desktop.cli.data",
+        "augment": "muse_desktop.cli.data", "preferences": "muse_desktop.cli.data",
+        "lock": "muse_desktop.cli.household", "kiosk": "muse_desktop.cli.household",
+    }
+    for domain in cli.DOMAINS:  # and each registers only its own: add_parsers sits in the same module
+        sub = argparse.ArgumentParser().add_subparsers()
+        domain.add_parsers(sub)
+        assert {p.get_default("func").__module__ for p in sub.choices.values()} == {domain.__name__}

@@ -77,21 +77,21 @@ def test_the_command_line_handles_the_base_once(monkeypatch, capsys):
     def refuse(args):
         raise MuseError("The dataset folder is empty.", advice="Put some .txt files in it.")
 
-    monkeypatch.setattr(cli, "_cmd_user_types", refuse)
+    monkeypatch.setattr(cli.chat, "_cmd_user_types", refuse)
     assert cli.main(["user-types"]) == 1
     assert capsys.readouterr().err == "muse-desktop: The dataset folder is empty.\nPut some .txt files in it.\n"
 
     def usage(args):
         raise cli.CliError("give a CONFIG.yaml")
 
-    monkeypatch.setattr(cli, "_cmd_user_types", usage)
+    monkeypatch.setattr(cli.chat, "_cmd_user_types", usage)
     assert cli.main(["user-types"]) == 2
     assert capsys.readouterr().err == "muse-desktop: give a CONFIG.yaml\n"
 
     def fault(args):
         raise RuntimeError("a bug, not a message")
 
-    monkeypatch.setattr(cli, "_cmd_user_types", fault)
+    monkeypatch.setattr(cli.chat, "_cmd_user_types", fault)
     with pytest.raises(RuntimeError, match="a bug"):  # a fault is not dressed up as a message
         cli.main(["user-types"])
 
