@@ -251,7 +251,6 @@ def locked(window, settle) -> None:
 def compare_results(window, settle, model: str) -> None:
     """A blind comparison of the demo model and its Q8_0 version, rated by a script, to the chart."""
     from converters.quantize import quantize
-    from muse_desktop.compare import Contender
 
     q8 = Path(os.environ["MUSE_HOME"]) / "demo-q8.gguf"
     list(quantize(model, q8, "Q8_0"))

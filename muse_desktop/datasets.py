@@ -204,7 +204,7 @@ def _table_records(value, name: str) -> list:
             counts = ", ".join(f"{key} {len(v)}" for key, v in value.items())
             raise DatasetError(f"{name} holds columns of different lengths ({counts}), so rows cannot be matched up.")
         keys = list(value)
-        return [dict(zip(keys, row)) for row in zip(*value.values())]
+        return [dict(zip(keys, row, strict=True)) for row in zip(*value.values(), strict=True)]
     if isinstance(value, dict):
         return [value]
     if isinstance(value, list):
@@ -296,7 +296,7 @@ def _rendered_question(text: str, user_type: str | None, template, warnings: lis
         raise ValueError(f"the user type is '{user_type.strip()}' but the prompt is written for '{parsed_type}'")
     again = prompt_text(parsed_type, [Turn(Role.USER, question)], template, add_generation_prompt=True)
     if again != text:
-        at = next((i for i, (a, b) in enumerate(zip(again, text)) if a != b), min(len(again), len(text)))
+        at = next((i for i, (a, b) in enumerate(zip(again, text, strict=False)) if a != b), min(len(again), len(text)))
         warnings.append(
             f"the stored prompt differs from the MUsE prompt from character {at + 1} "
             f"(stored {text[max(at - 10, 0):at + 10]!r}, the prompt contract gives {again[max(at - 10, 0):at + 10]!r}); "

@@ -66,7 +66,7 @@ class ScopeGuard:
         idf = np.asarray(self.idf)
         for i, text in enumerate(texts):
             tokens = TOKEN.findall(text.lower())
-            grams = tokens + [f"{a} {b}" for a, b in zip(tokens, tokens[1:])]
+            grams = tokens + [f"{a} {b}" for a, b in zip(tokens, tokens[1:], strict=False)]
             for gram in grams:
                 j = self.vocabulary.get(gram)
                 if j is not None:
@@ -177,7 +177,7 @@ def train_scope_guard(in_scope: list[str], out_of_scope: list[str] | None = None
                        model.coef_[0].tolist(), float(model.intercept_[0]), topic)
     predicted = (guard.in_scope_probability(test_x) >= guard.threshold).astype(int)
     precision, recall, f1, _ = precision_recall_fscore_support(test_y, predicted, average="binary", zero_division=0)
-    off = [p for p, y in zip(predicted, test_y) if y == 0]
+    off = [p for p, y in zip(predicted, test_y, strict=True) if y == 0]
     report = ScopeReport(guard, float(precision), float(recall), float(f1),
                          1 - sum(off) / max(len(off), 1), len(train_x), len(test_x))
     guard.metrics = {"precision": report.precision, "recall": report.recall, "f1": report.f1,

@@ -83,7 +83,7 @@ class Catalog:
 
     def by_prompt_name(self, name: str) -> UserType | None:
         wanted = fold(name)
-        for user_type, (_, prompt, _) in zip(self.types, self._folded):
+        for user_type, (_, prompt, _) in zip(self.types, self._folded, strict=True):
             if prompt == wanted:
                 return user_type
         return None
@@ -99,7 +99,7 @@ class Catalog:
         if not query:
             return self.types[:limit] if limit else list(self.types)
         ranked: list[tuple[int, int, UserType]] = []
-        for index, (user_type, (display, prompt, other)) in enumerate(zip(self.types, self._folded)):
+        for index, (user_type, (display, prompt, other)) in enumerate(zip(self.types, self._folded, strict=True)):
             rank = None
             for name in (display, prompt):
                 if name == query:

@@ -173,3 +173,25 @@ def test_only_the_store_speaks_sql(tmp_path):
     (root / "muse_desktop" / "compare.py").write_text(
         (root / "muse_desktop" / "compare.py").read_text() + "\n\ndef f(store):\n    store.db.execute('SELECT 1')\n")
     assert [hit.split(":")[0] for hit in sql_outside_the_store(root)] == ["muse_desktop/compare.py"]
+
+
+def run_ruff(root: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache", "."], cwd=root,
+                          capture_output=True, text=True)
+
+
+def test_the_linter_finds_nothing():
+    result = run_ruff(REPO)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_linter_catches_real_bugs(tmp_path):
+    """The configured rules see an undefined name, a zip that would cut its longer input, and a
+    closure over a loop variable."""
+    root = copy_tree(tmp_path)
+    (root / "muse_desktop" / "bugs.py").write_text(
+        "def f(a, b):\n    return [x for x, y in zip(a, b)] + [lambda: x for x in a] + [undefined_name]\n")
+    result = run_ruff(root)
+    assert result.returncode != 0
+    for rule in ("F821", "B905", "B023"):
+        assert rule in result.stdout, result.stdout

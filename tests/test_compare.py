@@ -51,7 +51,7 @@ def test_a_session_from_answers_to_summary(tiny_gguf, isolated_home):
             scores = (5, 4, 4 + n % 2) if index == 0 else (2, 1 + n % 2, 3)
             rate(store, answer["id"], *scores, best=index == 0)
             name = contenders[index].name
-            for measure, score in zip(MEASURES, scores):
+            for measure, score in zip(MEASURES, scores, strict=True):
                 expected.setdefault((name, measure, answer["user_type"]), []).append(score)
     with pytest.raises(CompareError):
         rate(store, shown[0][0]["id"], 6, 1, 1)

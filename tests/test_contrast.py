@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 from PySide6.QtCore import Qt
 from PySide6.QtGui import QColor
-from PySide6.QtWidgets import QApplication
 
 from muse_desktop.settings import Settings, Theme
 from muse_desktop.ui.app import MainWindow

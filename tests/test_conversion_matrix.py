@@ -97,7 +97,7 @@ def test_both_forms_give_the_same_gguf_tensors(matrix, tmp_path):
     old, new = (gguf.GGUFReader(files[form], "r") for form in FORMS)
     assert [t.name for t in old.tensors] == [t.name for t in new.tensors]
     assert "rope_factors_long.weight" in {t.name for t in new.tensors}
-    for a, b in zip(old.tensors, new.tensors):
+    for a, b in zip(old.tensors, new.tensors, strict=True):
         np.testing.assert_array_equal(a.data, b.data, err_msg=a.name)
     for key in ("phi3.rope.scaling.attn_factor", "phi3.rope.freq_base", "phi3.rope.scaling.original_context_length"):
         assert old.get_field(key).contents() == new.get_field(key).contents(), key

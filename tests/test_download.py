@@ -186,7 +186,7 @@ def test_get_muse_builds_the_same_model_as_converting_locally(muse_hub, tmp_path
 
     ours, theirs = GGUFReader(final), GGUFReader(local_q)
     assert [t.name for t in ours.tensors] == [t.name for t in theirs.tensors]
-    for mine, other in zip(ours.tensors, theirs.tensors):
+    for mine, other in zip(ours.tensors, theirs.tensors, strict=True):
         assert mine.tensor_type == other.tensor_type and bytes(mine.data) == bytes(other.data), mine.name
 
     engine = ChatEngine(str(final), EngineSettings(threads=2, context_length=256))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from muse_desktop.demo_model import Variant
-from muse_desktop.scope import ScopeGuard, guard_path, train_scope_guard
+from muse_desktop.scope import guard_path, train_scope_guard
 from muse_desktop.settings import Settings
 from muse_desktop.store import Store
 from test_scope import museum_questions

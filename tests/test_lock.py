@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-from PySide6.QtCore import Qt
 
 from muse_desktop import lock
 from muse_desktop.settings import Settings, load_settings, save_settings, settings_path

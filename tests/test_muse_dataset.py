@@ -61,7 +61,7 @@ def test_the_same_records_in_every_format_give_identical_examples(tmp_path):
 
 
 def test_rendered_prompts_round_trip_byte_for_byte():
-    for record, (user, question, _answer) in zip(muse_records(), PAIRS):
+    for record, (user, question, _answer) in zip(muse_records(), PAIRS, strict=True):
         assert parse_prompt(record["questions"]) == (user, question)
         again = prompt_text(*parse_prompt(record["questions"])[:1], [Turn(Role.USER, question)],
                             add_generation_prompt=True)

@@ -24,7 +24,7 @@ PAIRS = [
 def record_all(store: Store) -> None:
     for user_type, question, good, bad in PAIRS:
         candidates = [{"text": text, "framing": spec.framing, "temperature": spec.temperature}
-                      for text, spec in zip([good, "Meh.", "Hmm.", bad], DEFAULT_GRID)]
+                      for text, spec in zip([good, "Meh.", "Hmm.", bad], DEFAULT_GRID, strict=True)]
         store.add_preference(user_type, [], question, candidates, best=0, worst=3, reason="clear words")
 
 

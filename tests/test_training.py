@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -347,7 +346,7 @@ def test_a_memorised_answer_survives_export_both_ways_into_the_chat(tmp_path, ti
 def test_train_and_export_from_the_command_line(tmp_path, tiny_model, capsys):
     from muse_desktop.cli import main
 
-    data = write_triples(tmp_path / "d.jsonl")
+    write_triples(tmp_path / "d.jsonl")
     (tmp_path / "c.yaml").write_text(
         f"preset: muse-1\nbase_model: {tiny_model}\ndataset: d.jsonl\nmax_steps: 4\nbatch_size: 2\n"
         "lora_r: 4\nlora_alpha: 8\nvalidation_split: 0\neval_questions: 0\n")

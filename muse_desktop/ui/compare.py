@@ -326,8 +326,8 @@ class ComparePage(QWidget):
 
     def rate_current(self, scores: list[tuple[int, int, int]], best: int | None = None) -> None:
         """Set the scores on screen (for keyboard users' tests and scripts) — the same as typing them."""
-        for (_, spins), values in zip(self.score_boxes, scores):
-            for spin, value in zip(spins, values):
+        for (_, spins), values in zip(self.score_boxes, scores, strict=True):
+            for spin, value in zip(spins, values, strict=True):
                 spin.setValue(value)
         if best is not None:
             self.best_group.button(best).setChecked(True)

@@ -194,7 +194,7 @@ class TrainerPage(QWidget):
         from muse_desktop.training.config import load_preset, preset_names
 
         self._presets = {name: load_preset(name) for name in preset_names()}
-        for name, preset in self._presets.items():
+        for name in self._presets:
             self.preset.addItem(name, name)
         self.preset.currentIndexChanged.connect(self._preset_changed)
         self.preset.setCurrentIndex(list(self._presets).index("muse-3"))
