@@ -29,6 +29,7 @@ import numpy as np
 from muse_desktop.fileio import atomic_path, atomic_write_text
 from muse_desktop.paths import resource
 from muse_desktop.prompting.contract import Special
+from muse_desktop.random_weights import RandomWeights
 
 CORPUS_FILE = "demo_corpus.txt"
 SP_VOCAB_SIZE = 600  # sentencepiece pieces, before the added tokens
@@ -232,17 +233,15 @@ def make_config(shape: Shape, vocab_size: int, special: dict[str, int]) -> dict:
 
 def make_weights(shape: Shape, vocab_size: int, seed: int) -> dict[str, np.ndarray]:
     """Random float32 weights with Hugging Face Phi-3 tensor names and layouts."""
-    rng = np.random.default_rng(seed)
+    random = RandomWeights(seed)
     head_dim = shape.hidden // shape.heads
     qkv_rows = (shape.heads + 2 * shape.kv_heads) * head_dim
-
-    def dense(rows: int, cols: int) -> np.ndarray:
-        return (rng.standard_normal((rows, cols)) / math.sqrt(cols)).astype(np.float32)
+    dense = random.dense
 
     def norm() -> np.ndarray:
-        return (1.0 + 0.1 * rng.standard_normal(shape.hidden)).astype(np.float32)
+        return random.norm(shape.hidden)
 
-    weights = {"model.embed_tokens.weight": rng.standard_normal((vocab_size, shape.hidden)).astype(np.float32)}
+    weights = {"model.embed_tokens.weight": random.normal(vocab_size, shape.hidden)}
     for layer in range(shape.layers):
         prefix = f"model.layers.{layer}"
         weights[f"{prefix}.input_layernorm.weight"] = norm()

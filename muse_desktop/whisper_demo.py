@@ -17,6 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
+from muse_desktop.fileio import atomic_path
+from muse_desktop.random_weights import RandomWeights
+
 GGML_MAGIC = 0x67676D6C
 ENGLISH_VOCAB = 51864  # base.en, small.en ...; 51865 and up is multilingual
 EOT = 50256  # end of text in the English-only vocabulary
@@ -66,9 +69,9 @@ def mel_filters(n_mels: int = 80, n_fft: int = 400, sample_rate: int = 16000) ->
     return weights.astype(np.float32)
 
 
-def _tensors(shape: Shape, rng: np.random.Generator, word_id: int, words: int):
+def _tensors(shape: Shape, random: RandomWeights, word_id: int, words: int):
     def r(*dims, scale=0.02):
-        return (rng.standard_normal(dims, dtype=np.float32) * scale).astype(np.float32)
+        return random.normal(*dims, scale=scale, draw=np.float32)
 
     a, t = shape.n_audio_state, shape.n_text_state
     yield "encoder.positional_embedding", r(shape.n_audio_ctx, a)
@@ -116,12 +119,12 @@ def _tensors(shape: Shape, rng: np.random.Generator, word_id: int, words: int):
 def write_model(path: Path, shape: Shape = TINY, word: str = " hello", seed: int = 0, f16: bool = True,
                 words: int = 2) -> Path:
     """Write a random-weight whisper.cpp model to ``path`` that writes ``word`` ``words`` times, whatever it hears."""
-    rng = np.random.default_rng(seed)
+    random = RandomWeights(seed)
     word_id = 100
     # Byte-level tokens as in GPT-2's vocabulary: real ids, short placeholder texts.
     tokens = [word.encode() if i == word_id else bytes([33 + i % 90]) for i in range(50256)]
     tokens[220] = b" "  # whisper.cpp looks the blank up by its text
-    with open(path, "wb") as out:
+    with atomic_path(path) as tmp, open(tmp, "wb") as out:
         out.write(struct.pack("i", GGML_MAGIC))
         for value in (shape.n_vocab, shape.n_audio_ctx, shape.n_audio_state, shape.n_audio_head,
                       shape.n_audio_layer, shape.n_text_ctx, shape.n_text_state, shape.n_text_head,
@@ -134,7 +137,7 @@ def write_model(path: Path, shape: Shape = TINY, word: str = " hello", seed: int
         for token in tokens:
             out.write(struct.pack("i", len(token)))
             out.write(token)
-        for name, data in _tensors(shape, rng, word_id, words):
+        for name, data in _tensors(shape, random, word_id, words):
             keep_f32 = data.ndim < 2 or name.endswith(("conv1.bias", "conv2.bias", "positional_embedding"))
             if f16 and not keep_f32:
                 data, ftype = data.astype(np.float16), 1

@@ -5,36 +5,31 @@ from __future__ import annotations
 import pytest
 
 from muse_desktop.demo_model import Variant
-from muse_desktop.scope import guard_path, train_scope_guard
+from helpers import window_with_model
+
+from muse_desktop.scope import guard_path
 from muse_desktop.settings import Settings
 from muse_desktop.store import Store
-from test_scope import museum_questions
 
 OFF_TOPIC = "How do I bake chocolate chip cookies?"
 ON_TOPIC = "Where is the tomb of Khufu?"
 
 
 @pytest.fixture(scope="module")
-def guard_json(tmp_path_factory):
+def guard_json(tmp_path_factory, museum_guard):
     path = tmp_path_factory.mktemp("guard") / "guard.json"
-    train_scope_guard(museum_questions(), topic="ancient Egypt").guard.save(path)
+    museum_guard.guard.save(path)
     return path.read_text()
 
 
 @pytest.fixture
 def kiosk(qtbot, tiny_gguf, guard_json):
     """A kiosk window whose model records every prompt it is really asked (and still answers it)."""
-    from muse_desktop.ui.app import MainWindow
-
     guard_path().parent.mkdir(parents=True, exist_ok=True)
     guard_path().write_text(guard_json)
     store = Store()
-    win = MainWindow(Settings(user_type_id="child", kiosk_mode=True), store=store)
-    qtbot.addWidget(win)
-    win.show()
-    with qtbot.waitSignal(win.chat.model_ready, timeout=30000):
-        win.use_model(str(tiny_gguf[Variant.MINI_4K]))
-    qtbot.waitUntil(lambda: win.chat.worker is None)
+    win = window_with_model(qtbot, Settings(user_type_id="child", kiosk_mode=True), tiny_gguf[Variant.MINI_4K],
+                            store=store, show_chat=False)
     asked: list[str] = []
     real = win.chat.engine.generate
 

@@ -2,27 +2,18 @@
 
 from __future__ import annotations
 
-import itertools
 import json
 
 import numpy as np
 import pytest
 
+from helpers import museum_questions
+
 from muse_desktop.scope import MIN_PER_CLASS, ScopeError, ScopeGuard, out_of_scope_questions, train_scope_guard
 
-PHARAOHS = ["Tutankhamun", "Ramesses II", "Khufu", "Hatshepsut", "Akhenaten", "Cleopatra"]
-FORMS = ["Who was {}?", "When did {} rule Egypt?", "Where is the tomb of {}?", "What treasures belonged to {}?",
-         "Which statue of {} is in this museum?", "How was {} mummified?", "What did {} build along the Nile?",
-         "Is the mask of {} in the Egyptian gallery?", "Why is {} famous among the pharaohs?",
-         "What hieroglyphs mention {}?"]
 
-
-def museum_questions() -> list[str]:
-    return [form.format(name) for form, name in itertools.product(FORMS, PHARAOHS)]
-
-
-def test_the_guard_reports_held_out_metrics_and_refuses_off_topic_questions():
-    report = train_scope_guard(museum_questions(), topic="ancient Egypt")
+def test_the_guard_reports_held_out_metrics_and_refuses_off_topic_questions(museum_guard):
+    report = museum_guard
     assert report.n_test >= 40 and report.f1 > 0.9 and report.good_enough
     assert "precision" in report.summary() and "recall" in report.summary() and "F1" in report.summary()
     guard = report.guard
@@ -54,8 +45,8 @@ def test_too_little_data_is_refused():
         train_scope_guard(museum_questions()[:5])
 
 
-def test_the_guard_survives_saving_and_loading(tmp_path):
-    guard = train_scope_guard(museum_questions(), topic="ancient Egypt").guard
+def test_the_guard_survives_saving_and_loading(tmp_path, museum_guard):
+    guard = museum_guard.guard
     path = guard.save(tmp_path / "guard.json")
     loaded = ScopeGuard.load(path)
     assert loaded.allows("Who was Hatshepsut?") and loaded.metrics["f1"] == guard.metrics["f1"]
@@ -79,21 +70,18 @@ def test_kiosk_mode_from_the_command_line(tmp_path, capsys):
     assert main(["kiosk", "off"]) == 0 and not load_settings().settings.kiosk_mode
 
 
-def test_an_off_topic_question_is_refused_without_calling_the_model(qtbot, tiny_gguf):
+def test_an_off_topic_question_is_refused_without_calling_the_model(qtbot, tiny_gguf, museum_guard):
+    from helpers import window_with_model
+
     from muse_desktop.demo_model import Variant
     from muse_desktop.settings import Settings
     from muse_desktop.store import Store
-    from muse_desktop.ui.app import MainWindow
     from muse_desktop.ui.chat import Bubble
 
-    train_scope_guard(museum_questions(), topic="ancient Egypt").guard.save()
+    museum_guard.guard.save()
     store = Store()
-    win = MainWindow(Settings(user_type_id="child", kiosk_mode=True), store=store)
-    qtbot.addWidget(win)
-    win.show()
-    with qtbot.waitSignal(win.chat.model_ready, timeout=30000):
-        win.use_model(str(tiny_gguf[Variant.MINI_4K]))
-    qtbot.waitUntil(lambda: win.chat.worker is None)
+    win = window_with_model(qtbot, Settings(user_type_id="child", kiosk_mode=True), tiny_gguf[Variant.MINI_4K],
+                            store=store, show_chat=False)
 
     def no_model(*_args, **_kwargs):
         raise AssertionError("the model was asked an off-topic question")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import pytest
+from helpers import answer_and_wait, load_model_and_wait, wait_for_model
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QAbstractButton, QAbstractItemView, QLineEdit
 
@@ -33,19 +34,6 @@ def exposed_name(widget) -> str:
 
 def interactive_widgets(window):
     return [w for w in window.findChildren(QAbstractButton) + window.findChildren(QLineEdit) + window.findChildren(QAbstractItemView) if w.isVisible()]
-
-def load_model_and_wait(qtbot, win, path) -> None:
-    """Open ``path`` on the chat page and wait until the model is loaded and the worker gone."""
-    with qtbot.waitSignal(win.chat.model_ready, timeout=30000):
-        win.use_model(str(path))
-    qtbot.waitUntil(lambda: win.chat.worker is None)
-
-
-def answer_and_wait(qtbot, win, action) -> None:
-    """Run ``action`` (which asks something) and wait for the whole answer."""
-    with qtbot.waitSignal(win.chat.answer_done, timeout=30000):
-        action()
-    qtbot.waitUntil(lambda: win.chat.worker is None)
 
 
 
@@ -161,9 +149,7 @@ def test_talking_to_a_model_streams_the_answer_and_saves_both_messages(qtbot, ti
     # No model yet: the second step of the first run asks which one.
     assert win.pages.currentWidget() is win._model_scroll
     monkeypatch.setattr(QFileDialog, "getOpenFileName", lambda *a, **k: (str(tiny_gguf[Variant.MINI_4K]), ""))
-    with qtbot.waitSignal(win.chat.model_ready, timeout=30000):
-        qtbot.mouseClick(win.model_page.open_button, Qt.LeftButton)
-    qtbot.waitUntil(lambda: win.chat.worker is None)
+    wait_for_model(qtbot, win, lambda: qtbot.mouseClick(win.model_page.open_button, Qt.LeftButton))
     assert win.pages.currentWidget() is win.chat and win.chat.who.text() == "Answers for: Older adult"
     assert load_settings().settings.model_path == str(tiny_gguf[Variant.MINI_4K])
     qtbot.keyClicks(win.chat.input, "Why is a balanced diet important?")
@@ -286,9 +272,7 @@ def test_the_demo_is_a_usable_default_with_no_model(qtbot, isolated_home):
     win.show_chat()
     assert win.pages.currentWidget() is win._model_scroll
     assert "has not learnt anything" in win.model_page.demo_button.accessibleDescription()
-    with qtbot.waitSignal(win.chat.model_ready, timeout=60000):
-        qtbot.mouseClick(win.model_page.demo_button, Qt.LeftButton)
-    qtbot.waitUntil(lambda: win.chat.worker is None)
+    wait_for_model(qtbot, win, lambda: qtbot.mouseClick(win.model_page.demo_button, Qt.LeftButton), timeout=60000)
     assert win.chat.model_label.text() == PRACTICE_MODEL and "nonsense" in PRACTICE_MODEL
     demo = load_settings().settings.model_path
     assert demo.startswith(str(isolated_home)) and demo.endswith(".gguf")
@@ -415,9 +399,7 @@ def test_get_muse_from_the_first_run_wizard_with_progress_and_cancel(qtbot, tmp_
         hub.throttle_s = 0.0
         qtbot.mouseClick(page.get_button, Qt.LeftButton)
         qtbot.waitUntil(page.ways.isVisible, timeout=20000)
-        with qtbot.waitSignal(win.chat.model_ready, timeout=60000):
-            qtbot.mouseClick(page.merged_button, Qt.LeftButton)
-        qtbot.waitUntil(lambda: win.chat.worker is None)
+        wait_for_model(qtbot, win, lambda: qtbot.mouseClick(page.merged_button, Qt.LeftButton), timeout=60000)
         assert hub.range_requests(partial.name.removesuffix(".incomplete"))  # continued, not started again
     assert win.pages.currentWidget() is win.chat
     assert load_settings().settings.model_path.endswith("muse-phi3-mini-128k-Q4_K_M.gguf")
@@ -455,9 +437,7 @@ def test_get_muse_as_an_add_on_from_the_model_page_then_turn_it_down_in_the_chat
         qtbot.mouseClick(page.get_button, Qt.LeftButton)
         qtbot.waitUntil(page.ways.isVisible, timeout=20000)
         assert "adapter" not in page.addon_text.text().lower() and ".gguf" not in page.addon_text.text()
-        with qtbot.waitSignal(win.chat.model_ready, timeout=60000):
-            qtbot.mouseClick(page.addon_button, Qt.LeftButton)
-        qtbot.waitUntil(lambda: win.chat.worker is None)
+        wait_for_model(qtbot, win, lambda: qtbot.mouseClick(page.addon_button, Qt.LeftButton), timeout=60000)
     chat = win.chat
     assert [a.scale for a in chat.engine.adapters] == [1.0]
     assert load_settings().settings.adapter_path.endswith("muse-lora-phi3-mini-128k-F16.gguf")
@@ -864,9 +844,7 @@ def test_a_model_with_an_adapter_is_reopened_with_it(qtbot, tiny_gguf, tiny_mode
     win = MainWindow(Settings(user_type_id="child"))
     qtbot.addWidget(win)
     win.show()
-    with qtbot.waitSignal(win.chat.model_ready, timeout=30000):
-        win.chat_with(str(tiny_gguf[Variant.MINI_4K]), str(adapter))
-    qtbot.waitUntil(lambda: win.chat.worker is None)
+    wait_for_model(qtbot, win, lambda: win.chat_with(str(tiny_gguf[Variant.MINI_4K]), str(adapter)))
     assert win.chat.model_label.text().endswith("+ a.gguf")
     saved = load_settings().settings
     assert (saved.model_path, saved.adapter_path) == (str(tiny_gguf[Variant.MINI_4K]), str(adapter))
@@ -903,13 +881,9 @@ def test_longer_memory_is_asked_for_explained_and_reopens_the_model(qtbot, tiny_
     assert asked and "less exact" in asked[0]
     assert not win.memory_action.isChecked() and not load_settings().settings.long_context
     monkeypatch.setattr(QMessageBox, "question", lambda *args: QMessageBox.Yes)
-    with qtbot.waitSignal(win.chat.model_ready, timeout=30000):
-        win.memory_action.trigger()
-    qtbot.waitUntil(lambda: win.chat.worker is None)
+    wait_for_model(qtbot, win, win.memory_action.trigger)
     assert win.memory_action.isChecked() and load_settings().settings.long_context
     assert win.chat.engine.llm.n_ctx() == 8192 and "Longer memory is on" in win.chat.status.text()
-    with qtbot.waitSignal(win.chat.model_ready, timeout=30000):
-        win.memory_action.trigger()  # off again: no question asked
-    qtbot.waitUntil(lambda: win.chat.worker is None)
+    wait_for_model(qtbot, win, win.memory_action.trigger)  # off again: no question asked
     assert win.chat.engine.llm.n_ctx() <= 256 and not load_settings().settings.long_context
     win.close()
