@@ -170,8 +170,8 @@ def test_only_the_store_speaks_sql(tmp_path):
     """The store owns its tables: the rest of the app asks it, never the database."""
     assert sql_outside_the_store() == []
     root = copy_tree(tmp_path)
-    (root / "muse_desktop" / "compare.py").write_text(
-        (root / "muse_desktop" / "compare.py").read_text() + "\n\ndef f(store):\n    store.db.execute('SELECT 1')\n")
+    module = root / "muse_desktop/compare.py"
+    module.write_text(module.read_text() + "\n\ndef f(store):\n    store.db.execute('SELECT 1')\n")
     assert [hit.split(":")[0] for hit in sql_outside_the_store(root)] == ["muse_desktop/compare.py"]
 
 
