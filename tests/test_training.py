@@ -381,7 +381,7 @@ def test_the_hardware_check_recommends_a_preset_or_says_why_not():
 
     qlora = load_preset("qlora")
     qlora.seq_len = 1024
-    assert estimate_memory(qlora, PHI3_MINI).gb < 6  # DESIGN: QLoRA on Phi-3-mini fits a 6 GB laptop GPU
+    assert estimate_memory(qlora, PHI3_MINI).gb < 6  # QLoRA on Phi-3-mini fits a 6 GB laptop GPU
     gpu = lambda gb: Hardware("cuda", "Laptop GPU", gb * 2**30, True)  # noqa: E731
     assert recommend(PHI3_MINI, gpu(6)).preset == "qlora"
     assert recommend(PHI3_MINI, gpu(24)).preset == "muse-3" and not recommend(PHI3_MINI, gpu(24)).overrides
