@@ -26,7 +26,7 @@ from pathlib import Path
 
 from converters.errors import ConversionError
 from converters.gguf_check import inspect_gguf
-from muse_desktop.events import CancelToken, Done, Event, Log, Text
+from muse_desktop.events import CandidateText, CancelToken, Done, Event, Log, Text
 from muse_desktop.prompting import InstructionTemplate, PromptError, Special, Turn, build_pieces, encode
 
 
@@ -74,6 +74,23 @@ class Sampling:
     max_new_tokens: int = 512
     repeat_penalty: float = 1.1
     seed: int | None = None
+
+
+@dataclass
+class Request:
+    """One of several answers written together by :meth:`ChatEngine.generate_batch`."""
+
+    user_type: str | None
+    turns: Sequence[Turn]
+    template: InstructionTemplate | str | None = None
+    sampling: Sampling | None = None
+    # token id -> added to its logit at every step (llama.cpp's logit-bias sampler); -inf forbids it
+    logit_bias: dict[int, float] | None = None
+
+
+# What llama-cpp-python's generate() uses when not told otherwise: the batched path's
+# native sampler chain mirrors it, so one answer reads like another whichever path wrote it.
+_TOP_K, _MIN_P, _PENALTY_LAST_N = 40, 0.05, 64
 
 
 # Shorter, calmer answers where long ones lose the reader (MUsE's user types).
@@ -183,6 +200,7 @@ class ChatEngine:
         self._close_pending = False
         self._usage = threading.Lock()
         self._cancel: CancelToken | None = None
+        self._batch_ctx = None  # (context, n_ctx, n_seq) for generate_batch, kept between rounds
         self.set_adapters(adapters)
 
     # -- adapters ----------------------------------------------------------------------
@@ -208,16 +226,22 @@ class ChatEngine:
             if not handle:  # a NULL pointer object, not None
                 raise ModelError(f"llama.cpp refused the adapter {Path(spec.path).name}: its tensors do not fit this model.")
             chosen.append(_Loaded(spec, handle))
+        self._apply_adapters(self.llm.ctx, chosen)
+        self._adapters = chosen
+        self.llm.reset()  # the cached prefix was computed with other weights
+
+    @staticmethod
+    def _apply_adapters(ctx, chosen: Sequence[_Loaded]) -> None:
+        import llama_cpp
+
         count = len(chosen)
         handles = (llama_cpp.llama_adapter_lora_p_ctypes * max(count, 1))(*[c.handle for c in chosen])
         scales = (ctypes.c_float * max(count, 1))(*[c.spec.scale for c in chosen])
         code = llama_cpp.llama_set_adapters_lora(
-            self.llm.ctx, ctypes.cast(handles, ctypes.POINTER(llama_cpp.llama_adapter_lora_p_ctypes)), count, scales
+            ctx, ctypes.cast(handles, ctypes.POINTER(llama_cpp.llama_adapter_lora_p_ctypes)), count, scales
         )
         if code != 0:
             raise ModelError(f"llama.cpp could not apply the adapters (code {code}).")
-        self._adapters = chosen
-        self.llm.reset()  # the cached prefix was computed with other weights
 
     def kv_cache_bytes(self, n_ctx: int) -> int:
         """Memory llama.cpp's F16 key/value cache takes for ``n_ctx`` tokens of this model."""
@@ -397,6 +421,250 @@ class ChatEngine:
             },
         )
 
+    # -- several answers at once ----------------------------------------------------------
+
+    def generate_batch(self, requests: Sequence[Request], cancel: CancelToken | None = None) -> Iterator[Event]:
+        """Write several answers together: CandidateText events (by index), then one Done.
+
+        The sequences are decoded in one llama.cpp batch per step, so the weights are
+        read once per step for all of them; a prompt shared by several requests is
+        evaluated once and shared in the cache (llama_memory_seq_cp). Each sequence
+        has its own native sampler chain (seed, temperature, ...) and its own stops.
+        ``Done.data["candidates"]`` has, per request, what :meth:`generate` reports.
+        """
+        with self._usage:
+            if self._close_pending or self.llm is None:
+                raise ModelError("The model was closed.")
+            self._users += 1
+        try:
+            yield from self._generate_batch(list(requests), cancel)
+        finally:
+            with self._usage:
+                self._users -= 1
+                close_now = self._close_pending and self._users == 0
+            if close_now:
+                self._free()
+
+    def _context_for(self, n_ctx: int, n_seq: int):
+        """A context with ``n_seq`` sequences in one unified cache of at least ``n_ctx`` cells.
+
+        The chat's own context holds one sequence (llama-cpp-python creates it so); this
+        second one is made on the same weights, kept for the next round and grown when
+        a round needs more.
+        """
+        import llama_cpp
+
+        n_ctx = -(-n_ctx // 256) * 256
+        kept = self._batch_ctx
+        if kept is not None and kept[1] >= n_ctx and kept[2] >= n_seq:
+            llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(kept[0]), True)
+            return kept[0]
+        self._free_batch_ctx()
+        params = type(self.llm.context_params).from_buffer_copy(self.llm.context_params)
+        params.n_ctx, params.n_seq_max, params.kv_unified = n_ctx, max(n_seq, 1), True
+        ctx = llama_cpp.llama_init_from_model(self.llm.model, params)
+        if not ctx:
+            raise ModelError("llama.cpp could not make room for several answers at once (out of memory?).")
+        self._batch_ctx = (ctx, n_ctx, n_seq)
+        return ctx
+
+    def _free_batch_ctx(self) -> None:
+        import llama_cpp
+
+        kept, self._batch_ctx = self._batch_ctx, None
+        if kept is not None:
+            llama_cpp.llama_free(kept[0])
+
+    @staticmethod
+    def _sampler(sampling: Sampling, logit_bias: dict[int, float] | None, n_vocab: int, history: Sequence[int]):
+        """llama.cpp's own sampler chain for one sequence, primed with the prompt's last tokens."""
+        import llama_cpp
+
+        chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
+        add = lambda sampler: llama_cpp.llama_sampler_chain_add(chain, sampler)  # noqa: E731
+        if logit_bias:
+            biases = (llama_cpp.llama_logit_bias * len(logit_bias))(
+                *[llama_cpp.llama_logit_bias(token, bias) for token, bias in logit_bias.items()])
+            add(llama_cpp.llama_sampler_init_logit_bias(n_vocab, len(logit_bias), biases))
+        add(llama_cpp.llama_sampler_init_penalties(n_vocab, _PENALTY_LAST_N, sampling.repeat_penalty, 0.0, 0.0))
+        if sampling.temperature <= 0.0:
+            add(llama_cpp.llama_sampler_init_greedy())
+        else:
+            add(llama_cpp.llama_sampler_init_top_k(_TOP_K))
+            add(llama_cpp.llama_sampler_init_top_p(sampling.top_p, 1))
+            add(llama_cpp.llama_sampler_init_min_p(_MIN_P, 1))
+            add(llama_cpp.llama_sampler_init_temp(sampling.temperature))
+            seed = sampling.seed if sampling.seed is not None else llama_cpp.LLAMA_DEFAULT_SEED
+            add(llama_cpp.llama_sampler_init_dist(seed & 0xFFFFFFFF))
+        for token in history[-_PENALTY_LAST_N:]:
+            llama_cpp.llama_sampler_accept(chain, token)
+        return chain
+
+    def _generate_batch(self, requests: list[Request], cancel: CancelToken | None) -> Iterator[Event]:
+        import llama_cpp
+
+        n = len(requests)
+        if n == 0:
+            yield Done("answered", data={"candidates": []})
+            return
+        samplings = [r.sampling or default_sampling(r.user_type or "") for r in requests]
+        prompts = []
+        for request, sampling in zip(requests, samplings):
+            ids, dropped = self.fit(request.user_type, request.turns, request.template, sampling.max_new_tokens)
+            prompts.append(ids)
+        # Room per sequence as generate() allows it; the cache is unified, so a shared
+        # prefix takes its cells once.
+        limits = [min(s.max_new_tokens, self.llm.n_ctx() - 1 - len(ids)) for s, ids in zip(samplings, prompts)]
+        plan = []  # (source sequence or -1, tokens shared with it)
+        for k, ids in enumerate(prompts):
+            best, shared = -1, 0
+            for j in range(k):
+                common = self.llm.longest_token_prefix(prompts[j], ids)
+                if common > shared:
+                    best, shared = j, common
+            plan.append((best, min(shared, len(ids) - 1)))  # the last token is evaluated for its logits
+        cells = sum(len(ids) - shared for ids, (_, shared) in zip(prompts, plan)) + sum(limits) + n
+        started = time.perf_counter()
+        ctx = self._context_for(cells, n)
+        self._apply_adapters(ctx, self._adapters)
+        memory = llama_cpp.llama_get_memory(ctx)
+        n_batch = self.llm.n_batch
+        n_vocab = llama_cpp.llama_vocab_n_tokens(llama_cpp.llama_model_get_vocab(self.llm.model))
+        batch = llama_cpp.llama_batch_init(max(n_batch, n), 0, 1)
+        samplers = [self._sampler(s, r.logit_bias, n_vocab, ids) for s, r, ids in zip(samplings, requests, prompts)]
+        first: list[int | None] = [None] * n
+        evaluated = 0
+
+        def decode(items) -> None:
+            """One llama_decode of (sequence, position, token, wants logits) items."""
+            batch.n_tokens = len(items)
+            for i, (seq, pos, token, logits) in enumerate(items):
+                batch.token[i], batch.pos[i], batch.n_seq_id[i] = token, pos, 1
+                batch.seq_id[i][0], batch.logits[i] = seq, logits
+            code = llama_cpp.llama_decode(ctx, batch)
+            if code != 0:
+                if cancel is not None and cancel.cancelled:
+                    return
+                raise ModelError(f"llama.cpp could not evaluate the answers (code {code}).")
+
+        self._cancel = cancel
+        callback = llama_cpp.ggml_abort_callback(self._should_abort)
+        try:
+            # The prompts: each sequence copies what it shares with an earlier one and
+            # evaluates only the rest; its first token is sampled from its last logits.
+            pending = []  # items waiting to fill a batch
+            for k, ids in enumerate(prompts):
+                source, shared = plan[k]
+                if source >= 0 and shared:
+                    if pending and any(item[0] == source for item in pending):
+                        self._flush_prompt(decode, pending, samplers, ctx, first, cancel)
+                    llama_cpp.llama_memory_seq_cp(memory, source, k, 0, shared)
+                for pos in range(shared, len(ids)):
+                    pending.append((k, pos, ids[pos], pos == len(ids) - 1))
+                    evaluated += 1
+                    if len(pending) == n_batch:
+                        self._flush_prompt(decode, pending, samplers, ctx, first, cancel, callback)
+                if cancel is not None and cancel.cancelled:
+                    break
+            if pending and not (cancel is not None and cancel.cancelled):
+                self._flush_prompt(decode, pending, samplers, ctx, first, cancel, callback)
+            prompt_done = time.perf_counter()
+            yield from self._decode_together(requests, samplings, prompts, limits, first, samplers, decode, ctx,
+                                             cancel, started, prompt_done, evaluated)
+        finally:
+            self._cancel = None
+            for chain in samplers:
+                llama_cpp.llama_sampler_free(chain)
+            llama_cpp.llama_batch_free(batch)
+
+    def _flush_prompt(self, decode, pending, samplers, ctx, first, cancel, callback=None) -> None:
+        import llama_cpp
+
+        if cancel is not None and cancel.cancelled:
+            pending.clear()
+            return
+        if callback is not None and cancel is not None:  # stoppable while a long prompt is computed
+            llama_cpp.llama_set_abort_callback(ctx, callback, None)
+        try:
+            decode(pending)
+        finally:
+            if callback is not None and cancel is not None:
+                llama_cpp.llama_set_abort_callback(ctx, llama_cpp.ggml_abort_callback(), None)
+        if not (cancel is not None and cancel.cancelled):
+            for i, (seq, _pos, _token, logits) in enumerate(pending):
+                if logits:
+                    first[seq] = llama_cpp.llama_sampler_sample(samplers[seq], ctx, i)
+        pending.clear()
+
+    def _decode_together(self, requests, samplings, prompts, limits, first, samplers, decode, ctx, cancel,
+                         started, prompt_done, evaluated) -> Iterator[Event]:
+        import llama_cpp
+
+        n = len(requests)
+        decoders = [codecs.getincrementaldecoder("utf-8")(errors="replace") for _ in range(n)]
+        generated: list[list[int]] = [[] for _ in range(n)]
+        texts: list[list[str]] = [[] for _ in range(n)]
+        stopped = ["length"] * n
+        active = []
+        cancelled = cancel is not None and cancel.cancelled
+        for k in range(n):
+            if cancelled:
+                stopped[k] = "cancelled"
+            elif limits[k] <= 0:
+                pass
+            else:
+                active.append(k)
+        next_token = list(first)
+        while active:
+            still = []
+            for k in active:  # the token just sampled: a stop, or text
+                token = next_token[k]
+                if token in self.stop_ids:
+                    stopped[k] = "end"
+                    continue
+                generated[k].append(token)
+                piece = decoders[k].decode(self.llm.detokenize([token], special=False))
+                if not texts[k]:
+                    piece = piece[1:] if piece.startswith(" ") else piece  # the tokenizer's space prefix
+                if piece:
+                    texts[k].append(piece)
+                    yield CandidateText(k, piece)
+                if len(generated[k]) < limits[k]:
+                    still.append(k)
+            if cancel is not None and cancel.cancelled:
+                for k in still:
+                    stopped[k] = "cancelled"
+                break
+            active = still
+            if not active:
+                break
+            decode([(k, len(prompts[k]) + len(generated[k]) - 1, generated[k][-1], True) for k in active])
+            if cancel is not None and cancel.cancelled:
+                for k in active:
+                    stopped[k] = "cancelled"
+                break
+            for i, k in enumerate(active):
+                next_token[k] = llama_cpp.llama_sampler_sample(samplers[k], ctx, i)
+        candidates = []
+        for k in range(n):
+            tail = decoders[k].decode(b"", final=True)
+            if tail:
+                texts[k].append(tail)
+                yield CandidateText(k, tail)
+            candidates.append({"text": "".join(texts[k]), "token_ids": generated[k], "stopped": stopped[k],
+                               "prompt_tokens": len(prompts[k]), "sampling": dict(samplings[k].__dict__)})
+        elapsed = time.perf_counter() - started
+        total = sum(len(g) for g in generated)
+        decode_time = elapsed - (prompt_done - started)
+        yield Done("answered", data={
+            "candidates": candidates,
+            "evaluated_prompt_tokens": evaluated,  # a shared prompt counts once
+            "time_s": elapsed,
+            "time_to_first_token_s": prompt_done - started,
+            # all sequences' tokens after their first, over the time since the prompt
+            "tokens_per_s": (total - n) / decode_time if decode_time > 0 and total > n else 0.0,
+        })
+
     def close(self) -> None:
         """Free the model, at once or, while an answer is being written, when it ends."""
         with self._usage:
@@ -406,6 +674,7 @@ class ChatEngine:
         self._free()
 
     def _free(self) -> None:
+        self._free_batch_ctx()
         llm, self.llm = self.llm, None
         if llm is not None:
             llm.close()

@@ -1,0 +1,106 @@
+"""Several answers written together in one llama.cpp batch (issue 18): same tokens as one by one."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from muse_desktop.chat.engine import ChatEngine, EngineSettings, Request, Sampling
+from muse_desktop.demo_model import Variant
+from muse_desktop.events import CancelToken, CandidateText, Done
+from muse_desktop.prompting import Turn
+
+GREEDY = Sampling(temperature=0.0, top_p=1.0, repeat_penalty=1.0, max_new_tokens=24)
+QUESTION = [Turn("user", "Why is a balanced diet important?")]
+OTHER = [Turn("user", "Hi!"), Turn("assistant", "Hello, café 😀 friend."), Turn("user", "  And water?\n")]
+# A near-tie: the two best logits closer than this may be swapped by batched arithmetic
+# (other summation order in the matrix products); anything wider must match exactly.
+NEAR_TIE = 1e-3
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_gguf):
+    chat = ChatEngine(tiny_gguf[Variant.MINI_4K], EngineSettings(context_length=1024, threads=2))
+    yield chat
+    chat.close()
+
+
+def run_batch(chat, requests, cancel=None):
+    events = list(chat.generate_batch(requests, cancel=cancel))
+    assert isinstance(events[-1], Done)
+    return events, events[-1].data
+
+
+def sequential(chat, request):
+    """The same request through generate(), with the two best logits' gap at every step."""
+    gaps = []
+
+    def record(_ids, scores):
+        top = np.sort(scores)[-2:]
+        gaps.append(float(top[1] - top[0]))
+        return scores
+
+    done = list(chat.generate(request.user_type, request.turns, request.template, request.sampling,
+                              logits_processor=record))[-1]
+    return done.data["token_ids"], gaps
+
+
+def test_greedy_candidates_match_sequential_generation_token_by_token(engine, capsys):
+    requests = [Request("Elderly", QUESTION, sampling=GREEDY), Request("Elderly", QUESTION, sampling=GREEDY),
+                Request(None, QUESTION, sampling=GREEDY), Request("Child", OTHER, sampling=GREEDY)]
+    _events, data = run_batch(engine, requests)
+    flips = 0
+    for request, candidate in zip(requests, data["candidates"]):
+        expected, gaps = sequential(engine, request)
+        got = candidate["token_ids"]
+        if got == expected:
+            continue
+        step = next(i for i, (a, b) in enumerate(zip(got, expected)) if a != b) if got[:len(expected)] != expected[:len(got)] \
+            else min(len(got), len(expected))
+        assert gaps[step] < NEAR_TIE, f"diverged at step {step} where the best logit led by {gaps[step]:.4f}"
+        flips += 1
+    with capsys.disabled():
+        print(f"\nbatched vs sequential greedy: {flips} of {len(requests)} candidates flipped a near-tie")
+    assert data["candidates"][0]["token_ids"] == data["candidates"][1]["token_ids"]
+    assert all(len(c["token_ids"]) >= 20 or c["stopped"] == "end" for c in data["candidates"])
+
+
+def test_a_shared_prompt_is_evaluated_once(engine):
+    ids = engine.prompt_ids("Elderly", QUESTION)
+    _events, data = run_batch(engine, [Request("Elderly", QUESTION, sampling=GREEDY)] * 4)
+    # the first sequence evaluates the prompt, the other three only its last token (for their logits)
+    assert data["evaluated_prompt_tokens"] == len(ids) + 3
+    assert all(c["prompt_tokens"] == len(ids) for c in data["candidates"])
+
+
+def test_each_sequence_has_its_own_settings_stops_and_stream(engine):
+    end = sorted(engine.stop_ids)[0]
+    varied = [Sampling(temperature=0.9, top_p=0.95, repeat_penalty=1.1, max_new_tokens=m, seed=s)
+              for m, s in ((12, 1), (7, 2), (12, 1))]
+    requests = [Request("Elderly", QUESTION, sampling=varied[0]), Request("Elderly", QUESTION, sampling=varied[1]),
+                Request("Elderly", QUESTION, sampling=varied[2]),
+                Request("Elderly", QUESTION, sampling=GREEDY, logit_bias={end: 1e9})]  # ends at once
+    events, data = run_batch(engine, requests)
+    first, second, third, ended = data["candidates"]
+    assert len(first["token_ids"]) == 12 and len(second["token_ids"]) == 7
+    assert first["token_ids"] == third["token_ids"]  # the same seed and settings: the same answer
+    assert first["token_ids"][:7] != second["token_ids"]  # another seed: another answer
+    assert ended["stopped"] == "end" and ended["token_ids"] == [] and ended["text"] == ""
+    for index, candidate in enumerate(data["candidates"]):
+        streamed = "".join(e.delta for e in events if isinstance(e, CandidateText) and e.index == index)
+        assert streamed == candidate["text"]
+    again = run_batch(engine, requests[:1])[1]["candidates"][0]
+    assert again["token_ids"] == first["token_ids"]  # the seed repeats alone too
+
+
+def test_cancel_stops_every_sequence(engine):
+    token = CancelToken()
+    endless = Sampling(temperature=0.8, max_new_tokens=100000, seed=3)
+    forbid = {t: float("-inf") for t in engine.stop_ids}
+    stream = engine.generate_batch([Request("Child", QUESTION, sampling=endless, logit_bias=forbid)] * 2, cancel=token)
+    next(e for e in stream if isinstance(e, CandidateText))
+    token.cancel()
+    done = list(stream)[-1]
+    assert [c["stopped"] for c in done.data["candidates"]] == ["cancelled", "cancelled"]
+    # the chat's own context is untouched: a plain answer still works afterwards
+    assert list(engine.generate("Elderly", QUESTION, sampling=GREEDY))[-1].data["token_ids"]
