@@ -409,8 +409,9 @@ class ChatPage(QWidget):
     # -- preference mode ---------------------------------------------------------------------
 
     def _start_candidates(self) -> None:
-        """Write the research grid's candidate answers one after another into the panel."""
-        from muse_desktop.preferences import DEFAULT_GRID, parse_grid
+        """Write the research grid's candidate answers together (one llama.cpp batch) into the panel."""
+        from muse_desktop.chat.engine import Request, default_sampling
+        from muse_desktop.preferences import DEFAULT_GRID, Framing, parse_grid
 
         try:
             self._specs = list(parse_grid(self.settings.preference_grid))
@@ -422,36 +423,30 @@ class ChatPage(QWidget):
         self._make_room_for_candidates(True)
         self.preference_panel.start([spec.label() for spec in self._specs])
         self.say("Writing four answers…")
-        self._next_candidate()
-
-    def _next_candidate(self) -> None:
-        from muse_desktop.chat.engine import default_sampling
-        from muse_desktop.preferences import Framing
-
-        index = len(self._candidates)
-        if index == len(self._specs):
-            self.preference_panel.ready()
-            self.say("The four answers are ready. Mark the best and the worst answer.")
-            return
-        spec = self._specs[index]
         conversation = self.store.conversation(self.conversation_id)
-        user_type = conversation.user_type if spec.framing == Framing.MUSE else None
-        sampling = default_sampling(conversation.user_type)
-        sampling.temperature = spec.temperature
-        sampling.seed = random.randrange(2**31)
         turns, template, engine = self.store.turns(self.conversation_id), self.settings.instruction_template or None, self.engine
+        requests = []
+        for spec in self._specs:
+            sampling = default_sampling(conversation.user_type)
+            sampling.temperature = spec.temperature
+            sampling.seed = random.randrange(2**31)
+            requests.append(Request(conversation.user_type if spec.framing == Framing.MUSE else None,
+                                    turns, template, sampling))
 
         def done(event: Done) -> None:
-            if event.data.get("stopped") == "cancelled":  # Stop ends the whole round
+            results = event.data["candidates"]
+            if any(result["stopped"] == "cancelled" for result in results):  # Stop ends the whole round
                 self._end_candidates()
                 self.say("Stopped. Ask again to get four new answers.")
                 return
-            self._candidates.append({"text": event.data["text"].strip(), "framing": spec.framing,
-                                     "temperature": spec.temperature, "seed": sampling.seed})
-            self._then = self._next_candidate
+            self._candidates = [{"text": result["text"].strip(), "framing": spec.framing,
+                                 "temperature": spec.temperature, "seed": request.sampling.seed}
+                                for result, spec, request in zip(results, self._specs, requests)]
+            self.preference_panel.ready()
+            self.say("The four answers are ready. Mark the best and the worst answer.")
 
-        self._run(lambda token: engine.generate(user_type, turns, template, sampling, cancel=token), on_done=done,
-                  on_text=lambda delta: self.preference_panel.append(index, delta))
+        self._run(lambda token: engine.generate_batch(requests, cancel=token), on_done=done,
+                  candidate_text=self.preference_panel.append)
 
     def _end_candidates(self) -> None:
         """A round that cannot finish (stopped, failed): the question is kept as one without an answer."""
@@ -696,8 +691,8 @@ class ChatPage(QWidget):
 
     # -- running work off the GUI thread --------------------------------------------------------
 
-    def _run(self, make_events, on_done, on_text=None) -> None:
-        self.stop_button.setEnabled(on_text is not None)
+    def _run(self, make_events, on_done, on_text=None, candidate_text=None) -> None:
+        self.stop_button.setEnabled(on_text is not None or candidate_text is not None)
         focused = QApplication.focusWidget()
         self._focus_after = focused if focused is not None and self.isAncestorOf(focused) else None
         if focused in self._locked_while_busy():
@@ -707,6 +702,8 @@ class ChatPage(QWidget):
         for control in self._locked_while_busy():
             control.setEnabled(False)
         slots = {"text": on_text} if on_text is not None else {}
+        if candidate_text is not None:
+            slots["candidate_text"] = candidate_text
         start_worker(self, make_events, self._finished, done=on_done, failed=self._failed,
                      log=lambda message, _level: self.status.setText(message), **slots)
 
