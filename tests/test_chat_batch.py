@@ -104,3 +104,14 @@ def test_cancel_stops_every_sequence(engine):
     assert [c["stopped"] for c in done.data["candidates"]] == ["cancelled", "cancelled"]
     # the chat's own context is untouched: a plain answer still works afterwards
     assert list(engine.generate("Elderly", QUESTION, sampling=GREEDY))[-1].data["token_ids"]
+
+
+@pytest.mark.parametrize("penalty", [1.0, 1.3])
+def test_the_native_sampler_loop_matches_llama_cpp_pythons_loop(engine, penalty):
+    """generate() samples in C unless a logits processor needs Python; both give the same greedy tokens."""
+    greedy = Sampling(temperature=0.0, top_p=1.0, repeat_penalty=penalty, max_new_tokens=24)
+    engine.llm.reset()
+    native = list(engine.generate("Elderly", OTHER, sampling=greedy))[-1].data["token_ids"]
+    engine.llm.reset()
+    python = list(engine.generate("Elderly", OTHER, sampling=greedy, logits_processor=lambda _ids, s: s))[-1]
+    assert native == python.data["token_ids"] and len(native) >= 20

@@ -317,6 +317,31 @@ class ChatEngine:
             self._cancel = None
         return not cancel.cancelled
 
+    def _native_tokens(self, ids: list[int], sampling: Sampling) -> Iterator[int]:
+        """Tokens sampled by llama.cpp's own sampler chain, one decode per token.
+
+        No Python work on the logits: llama-cpp-python's generate() builds a sampler
+        chain per call and goes through its Python sample() per token; this samples
+        in C from the live logits and keeps the Llama object's cache bookkeeping
+        (eval), so the prefix is still reused on the next turn.
+        """
+        import llama_cpp
+
+        llm = self.llm
+        cached = llm.longest_token_prefix(llm._input_ids.tolist(), ids) if llm.n_tokens else 0
+        if not (cached == len(ids) == llm.n_tokens and not llm._requires_eval):  # else: the logits are live
+            llm.n_tokens = min(cached, len(ids) - 1)  # at least the last token, for its logits
+            llm.eval(ids[llm.n_tokens:])
+        n_vocab = llama_cpp.llama_vocab_n_tokens(llama_cpp.llama_model_get_vocab(llm.model))
+        chain = self._sampler(sampling, None, n_vocab)
+        try:
+            while True:
+                token = llama_cpp.llama_sampler_sample(chain, llm.ctx, -1)
+                yield token
+                llm.eval([token])
+        finally:
+            llama_cpp.llama_sampler_free(chain)
+
     def generate(
         self,
         user_type: str,
@@ -365,19 +390,19 @@ class ChatEngine:
         text_parts: list[str] = []
         stopped = "length"
         first_token_at = None
-        processors = None
-        if logits_processor is not None:
+        if logits_processor is None:
+            tokens = self._native_tokens(ids, sampling)
+        else:  # Python sees every step's scores: llama-cpp-python's own loop
             from llama_cpp import LogitsProcessorList
 
-            processors = LogitsProcessorList([logits_processor])
-        tokens = self.llm.generate(
-            ids,
-            temp=sampling.temperature,
-            top_p=sampling.top_p,
-            repeat_penalty=sampling.repeat_penalty,
-            logits_processor=processors,
-            reset=True,
-        )
+            tokens = self.llm.generate(
+                ids,
+                temp=sampling.temperature,
+                top_p=sampling.top_p,
+                repeat_penalty=sampling.repeat_penalty,
+                logits_processor=LogitsProcessorList([logits_processor]),
+                reset=True,
+            )
         try:
             for token in tokens:
                 if first_token_at is None:
@@ -476,8 +501,12 @@ class ChatEngine:
             llama_cpp.llama_free(kept[0])
 
     @staticmethod
-    def _sampler(sampling: Sampling, logit_bias: dict[int, float] | None, n_vocab: int, history: Sequence[int]):
-        """llama.cpp's own sampler chain for one sequence, primed with the prompt's last tokens."""
+    def _sampler(sampling: Sampling, logit_bias: dict[int, float] | None, n_vocab: int):
+        """llama.cpp's own sampler chain for one sequence, as llama-cpp-python's generate() builds it.
+
+        The repeat penalty sees the answer's own tokens only (llama_sampler_sample
+        accepts each one), not the prompt, as the app's answers always had it.
+        """
         import llama_cpp
 
         chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
@@ -496,8 +525,6 @@ class ChatEngine:
             add(llama_cpp.llama_sampler_init_temp(sampling.temperature))
             seed = sampling.seed if sampling.seed is not None else llama_cpp.LLAMA_DEFAULT_SEED
             add(llama_cpp.llama_sampler_init_dist(seed & 0xFFFFFFFF))
-        for token in history[-_PENALTY_LAST_N:]:
-            llama_cpp.llama_sampler_accept(chain, token)
         return chain
 
     def _generate_batch(self, requests: list[Request], cancel: CancelToken | None) -> Iterator[Event]:
@@ -531,7 +558,7 @@ class ChatEngine:
         n_batch = self.llm.n_batch
         n_vocab = llama_cpp.llama_vocab_n_tokens(llama_cpp.llama_model_get_vocab(self.llm.model))
         batch = llama_cpp.llama_batch_init(max(n_batch, n), 0, 1)
-        samplers = [self._sampler(s, r.logit_bias, n_vocab, ids) for s, r, ids in zip(samplings, requests, prompts)]
+        samplers = [self._sampler(s, r.logit_bias, n_vocab) for s, r in zip(samplings, requests)]
         first: list[int | None] = [None] * n
         evaluated = 0
 
