@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import codecs
 import ctypes
+import hashlib
+import json
 import os
 import threading
 import time
@@ -42,6 +44,8 @@ class EngineSettings:
     batch_size: int = 256
     # LongRoPE models: allow a context beyond the original one (see effective_context).
     long_context: bool = False
+    # Where the evaluated instruction prefix is kept between launches (None: not kept).
+    prefix_state_dir: str | None = None
 
 
 LONG_CONTEXT = 8192  # what "longer memory" asks for: twice Phi-3-mini-128k's original context
@@ -342,6 +346,72 @@ class ChatEngine:
         finally:
             llama_cpp.llama_sampler_free(chain)
 
+    # -- the instruction prefix kept on disk --------------------------------------------------
+
+    def instruction_prefix(self, user_type: str | None, template=None) -> list[int]:
+        """The ids every first question's prompt starts with: what two different questions share."""
+        one = self.prompt_ids(user_type, [Turn("user", "a")], template)
+        other = self.prompt_ids(user_type, [Turn("user", "7")], template)
+        return one[:self.llm.longest_token_prefix(one, other)]
+
+    def _prefix_state_path(self, user_type: str | None, template, prefix: list[int]) -> Path:
+        """One file per (model file, template, user type, adapters, prefix ids): any change is another name."""
+        stat = self.model_path.stat()
+        text = template.text if isinstance(template, InstructionTemplate) else template
+        key = json.dumps([str(self.model_path.resolve()), stat.st_size, stat.st_mtime_ns, text, user_type,
+                          [(a.spec.path, a.spec.scale) for a in self._adapters], self.llm.n_ctx(), prefix])
+        return Path(self.settings.prefix_state_dir) / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.state"
+
+    def _restore_or_save_prefix(self, user_type: str | None, template, ids: list[int]) -> str:
+        """Restore the saved instruction prefix into the empty cache, or evaluate and save it.
+
+        The state file is used only when its SHA-256 (in a side file written after it)
+        matches and the tokens llama.cpp reads back are the expected prefix; anything
+        else is left out with a note (returned), and the prefix is evaluated and saved again.
+        """
+        import llama_cpp
+
+        try:
+            prefix = self.instruction_prefix(user_type, template)
+            path = self._prefix_state_path(user_type, template, prefix)
+        except (PromptError, OSError):
+            return ""
+        if len(prefix) < 2 or ids[:len(prefix)] != prefix:
+            return ""
+        llm, digest_path = self.llm, path.with_suffix(".sha256")
+        note = ""
+        if path.exists():
+            problem = ""
+            try:
+                if digest_path.read_text().strip() != hashlib.sha256(path.read_bytes()).hexdigest():
+                    problem = "its checksum does not match"
+            except OSError as exc:
+                problem = f"it cannot be read ({exc.strerror})"
+            if not problem:
+                tokens = (llama_cpp.llama_token * len(prefix))()
+                count = ctypes.c_size_t(0)
+                ok = llama_cpp.llama_state_load_file(llm.ctx, str(path).encode(), tokens, len(prefix),
+                                                     ctypes.byref(count))
+                if ok and list(tokens[:count.value]) == prefix:
+                    llm.input_ids[:len(prefix)] = prefix
+                    llm.n_tokens = len(prefix)
+                    llm._requires_eval = True  # the restored logits are not trusted for sampling
+                    return ""
+                problem = "llama.cpp could not read it back as this prefix"
+                llm.reset()
+                llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(llm.ctx), True)
+            note = f"The saved start of the conversation ({path.name}) was not used: {problem}. It is made again."
+        llm.eval(prefix)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            digest_path.unlink(missing_ok=True)  # never a checksum for a half-written file
+            array = (llama_cpp.llama_token * len(prefix))(*prefix)
+            if llama_cpp.llama_state_save_file(llm.ctx, str(path).encode(), array, len(prefix)):
+                digest_path.write_text(hashlib.sha256(path.read_bytes()).hexdigest())
+        except OSError:
+            pass  # only a slower next start
+        return note
+
     def generate(
         self,
         user_type: str,
@@ -375,6 +445,10 @@ class ChatEngine:
         if dropped:
             yield Log(f"This conversation is longer than the model can remember; the oldest {dropped // 2} "
                       "exchange(s) were left out. Who you are is still known.", "warning")
+        if not self.llm.n_tokens and self.settings.prefix_state_dir:
+            note = self._restore_or_save_prefix(user_type, template, ids)
+            if note:
+                yield Log(note, "warning")
         cached = self.llm.longest_token_prefix(self.llm._input_ids.tolist(), ids) if self.llm.n_tokens else 0
         if sampling.seed is not None:
             self.llm.set_seed(sampling.seed)
