@@ -70,10 +70,10 @@ def batched(engine: ChatEngine, requests: list[Request]) -> float:
     return time.perf_counter() - start
 
 
-def greedy_flips(engine: ChatEngine, tokens: int) -> tuple[int, int, list[int]]:
+def greedy_flips(engine: ChatEngine, tokens: int, questions: int) -> tuple[int, int, list[int]]:
     greedy = Sampling(temperature=0.0, top_p=1.0, repeat_penalty=1.0, max_new_tokens=tokens)
     compared, diverged, steps = 0, 0, []
-    for question in QUESTIONS:
+    for question in QUESTIONS[:questions]:
         turns = [Turn("user", question)]
         requests = [Request(user_type, turns, None, greedy) for user_type in ("Elderly", None, "Elderly", "Child")]
         got = [c["token_ids"] for c in list(engine.generate_batch(requests))[-1].data["candidates"]]
@@ -95,6 +95,7 @@ def main() -> int:
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--flip-tokens", type=int, default=32)
+    parser.add_argument("--questions", type=int, default=len(QUESTIONS))
     args = parser.parse_args()
     engine = ChatEngine(args.model, EngineSettings(threads=args.threads, context_length=4096))
     forbid = {t: float("-inf") for t in engine.stop_ids}
@@ -106,7 +107,7 @@ def main() -> int:
         ones.append(one_answer(engine, requests[0]))
         togethers.append(batched(engine, requests))
         sequentials.append(sum(one_answer(engine, r) for r in requests))
-    compared, diverged, steps = greedy_flips(engine, args.flip_tokens)
+    compared, diverged, steps = greedy_flips(engine, args.flip_tokens, args.questions)
     engine.close()
     one, together, sequential = (statistics.median(x) for x in (ones, togethers, sequentials))
     print(f"model: {args.model.name}, threads {args.threads}, {args.tokens} tokens per answer, median of {args.rounds}")

@@ -271,8 +271,11 @@ class ChatPage(QWidget):
             return
         from muse_desktop.chat.engine import AdapterSpec, ChatEngine, EngineSettings
 
+        from muse_desktop.paths import user_dirs
+
         settings = EngineSettings(threads=self.settings.threads, context_length=self.settings.context_length,
-                                  gpu_layers=self.settings.gpu_layers, long_context=self.settings.long_context)
+                                  gpu_layers=self.settings.gpu_layers, long_context=self.settings.long_context,
+                                  prefix_state_dir=str(user_dirs().cache / "prefix-state"))
 
         scale = self.settings.adapter_scale if adapters and adapters[0] == self.settings.adapter_path else 1.0
         specs = [AdapterSpec(adapter, scale) for adapter in adapters or []]
