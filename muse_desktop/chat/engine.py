@@ -9,8 +9,11 @@ the next token and also stops the evaluation of a long prompt (llama.cpp's abort
 callback, checked while a batch is computed, and a check between batches), the
 model is never freed while an answer is being written, the evaluated prefix is
 reused between turns (llama-cpp-python
-compares the new ids with the cached ones), and the oldest turns are dropped
-when a conversation outgrows the context.
+compares the new ids with the cached ones), the oldest turns are dropped
+when a conversation outgrows the context, tokens are sampled by llama.cpp's own
+sampler chain (Python sees the logits only when a logits processor asks), the
+instruction prefix can be kept on disk as llama.cpp state, and several answers
+can be written together in one batch per step (:meth:`ChatEngine.generate_batch`).
 """
 
 from __future__ import annotations
