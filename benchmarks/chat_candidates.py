@@ -70,22 +70,86 @@ def batched(engine: ChatEngine, requests: list[Request]) -> float:
     return time.perf_counter() - start
 
 
-def greedy_flips(engine: ChatEngine, tokens: int, questions: int) -> tuple[int, int, list[int]]:
+def greedy_flips(engine: ChatEngine, tokens: int, questions: int) -> tuple[int, list[tuple[int, float]]]:
+    """Greedy batched vs sequential: per diverging sequence, the step and how far apart the two picks were.
+
+    The distance is the sequential logits' lead of its own pick over the batch's pick:
+    0 means an exact tie (e.g. a checkpoint whose output rows repeat), which any change
+    in summation order may break either way.
+    """
+    import numpy as np
+
     greedy = Sampling(temperature=0.0, top_p=1.0, repeat_penalty=1.0, max_new_tokens=tokens)
-    compared, diverged, steps = 0, 0, []
+    compared, diverged = 0, []
     for question in QUESTIONS[:questions]:
         turns = [Turn("user", question)]
         requests = [Request(user_type, turns, None, greedy) for user_type in ("Elderly", None, "Elderly", "Child")]
         got = [c["token_ids"] for c in list(engine.generate_batch(requests))[-1].data["candidates"]]
         for request, ids in zip(requests, got):
             engine.llm.reset()
-            expected = list(engine.generate(request.user_type, turns, None, greedy))[-1].data["token_ids"]
+            steps = []
+
+            def record(_ids, scores, steps=steps):
+                steps.append(np.array(scores, dtype=np.float64))
+                return scores
+
+            expected = list(engine.generate(request.user_type, turns, None, greedy,
+                                            logits_processor=record))[-1].data["token_ids"]
             compared += 1
             if ids != expected:
-                diverged += 1
-                steps.append(next((i for i, (a, b) in enumerate(zip(ids, expected)) if a != b),
-                                  min(len(ids), len(expected))))
-    return compared, diverged, steps
+                step = next((i for i, (a, b) in enumerate(zip(ids, expected)) if a != b), min(len(ids), len(expected)))
+                lead = float(steps[step][expected[step]] - steps[step][ids[step]]) if step < min(len(ids), len(expected)) \
+                    else float("nan")
+                diverged.append((step, lead))
+    return compared, diverged
+
+
+def logit_noise(engine: ChatEngine) -> dict[str, tuple[float, float]]:
+    """How much the last prompt token's logits move with the shape of the batch that computed them.
+
+    Anchor: the same prompt through the chat's own context, whole against split where
+    the saved instruction prefix ends (what a restored prefix does). Compared: the
+    prompt evaluated in one llama_decode together with another sequence's prompt.
+    Returns (max, mean) absolute differences, and the logits' standard deviation.
+    """
+    import llama_cpp
+    import numpy as np
+
+    llm = engine.llm
+    n_vocab = llama_cpp.llama_vocab_n_tokens(llama_cpp.llama_model_get_vocab(llm.model))
+    turns = [Turn("user", QUESTIONS[0])]
+    mine, other = engine.prompt_ids(None, turns), engine.prompt_ids("Elderly", turns)
+
+    def chat_logits(parts):
+        llm.reset()
+        llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(llm.ctx), True)
+        for part in parts:
+            llm.eval(part)
+        return np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm.ctx, -1), shape=(n_vocab,)).astype(np.float64)
+
+    whole = chat_logits([mine])
+    cut = len(engine.instruction_prefix(None))
+    split = chat_logits([mine[:cut], mine[cut:]])
+    list(engine.generate_batch([Request(None, turns, None, Sampling(temperature=0.0, max_new_tokens=1))] * 2))
+    ctx = engine._batch_ctx[0]
+    llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(ctx), True)
+    items = [(0, i, t) for i, t in enumerate(other)] + [(1, i, t) for i, t in enumerate(mine)]
+    batch = llama_cpp.llama_batch_init(len(items), 0, 1)
+    try:
+        batch.n_tokens = len(items)
+        for i, (seq, pos, token) in enumerate(items):
+            batch.token[i], batch.pos[i], batch.n_seq_id[i] = token, pos, 1
+            batch.seq_id[i][0], batch.logits[i] = seq, i == len(items) - 1
+        if llama_cpp.llama_decode(ctx, batch) != 0:
+            raise RuntimeError("llama_decode failed")
+        together = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx, len(items) - 1),
+                                         shape=(n_vocab,)).astype(np.float64)
+    finally:
+        llama_cpp.llama_batch_free(batch)
+    ties = int((whole == whole.max()).sum())
+    return {"split at the prefix (chat, anchor)": (float(np.abs(split - whole).max()), float(np.abs(split - whole).mean())),
+            "two prompts in one batch": (float(np.abs(together - whole).max()), float(np.abs(together - whole).mean())),
+            "_std": (float(whole.std()), float(ties))}
 
 
 def main() -> int:
@@ -107,7 +171,8 @@ def main() -> int:
         ones.append(one_answer(engine, requests[0]))
         togethers.append(batched(engine, requests))
         sequentials.append(sum(one_answer(engine, r) for r in requests))
-    compared, diverged, steps = greedy_flips(engine, args.flip_tokens, args.questions)
+    compared, diverged = greedy_flips(engine, args.flip_tokens, args.questions)
+    noise = logit_noise(engine)
     engine.close()
     one, together, sequential = (statistics.median(x) for x in (ones, togethers, sequentials))
     print(f"model: {args.model.name}, threads {args.threads}, {args.tokens} tokens per answer, median of {args.rounds}")
@@ -115,8 +180,17 @@ def main() -> int:
     print("| --- | ---: | ---: | ---: |")
     print(f"| wall time, prompt included (s) | {one:.2f} | {together:.2f} | {sequential:.2f} |")
     print(f"| × one answer | 1.00 | {together / one:.2f} | {sequential / one:.2f} |")
-    print(f"\ngreedy batched vs sequential, {args.flip_tokens} tokens: {diverged} of {compared} sequences diverged"
-          + (f" (first differing step: {', '.join(map(str, steps))})" if steps else ""))
+    ties = sum(1 for _step, lead in diverged if lead == 0.0)
+    print(f"\ngreedy batched vs sequential, {args.flip_tokens} tokens: {len(diverged)} of {compared} sequences diverged,"
+          f" {ties} of them at an exact tie")
+    for step, lead in diverged:
+        print(f"  step {step}: the sequential pick led the batch's pick by {lead:.5f}")
+    std, top_ties = noise.pop("_std")
+    print(f"\nlast prompt token's logits (std {std:.3f}; {top_ties:.0f} token(s) share the best logit):")
+    print("| computed as | max abs change | mean abs change |")
+    print("| --- | ---: | ---: |")
+    for name, (most, mean) in noise.items():
+        print(f"| {name} | {most:.4f} | {mean:.5f} |")
     return 0
 
 

@@ -115,3 +115,39 @@ def test_the_native_sampler_loop_matches_llama_cpp_pythons_loop(engine, penalty)
     engine.llm.reset()
     python = list(engine.generate("Elderly", OTHER, sampling=greedy, logits_processor=lambda _ids, s: s))[-1]
     assert native == python.data["token_ids"] and len(native) >= 20
+
+
+def test_the_batch_starts_from_the_saved_instruction_prefix(tiny_gguf, tmp_path):
+    """The chat's saved prefix serves the batch too (one file per sequence), with the same answers."""
+    def fresh():
+        return ChatEngine(tiny_gguf[Variant.MINI_4K], EngineSettings(context_length=1024, threads=2,
+                                                                     prefix_state_dir=str(tmp_path)))
+
+    requests = [Request("Elderly", QUESTION, sampling=GREEDY), Request("Child", OTHER, sampling=GREEDY)]
+    plain = ChatEngine(tiny_gguf[Variant.MINI_4K], EngineSettings(context_length=1024, threads=2))
+    expected = [c["token_ids"] for c in run_batch(plain, requests)[1]["candidates"]]
+    plain.close()
+    chat = fresh()
+    list(chat.generate("Elderly", QUESTION, sampling=GREEDY))  # the chat saves the Elderly prefix
+    elderly = len(chat.instruction_prefix("Elderly"))
+    child = len(chat.instruction_prefix("Child"))
+    chat.close()
+    assert len(list(tmp_path.glob("*.seqstate"))) == 1
+    batch = fresh()
+    ids = [batch.prompt_ids(r.user_type, r.turns) for r in requests]
+    _events, data = run_batch(batch, requests)
+    # Elderly restored from the chat's file; Child evaluated (the start it shares with Elderly's
+    # prompt copied) and saved for next time
+    shared = batch.llm.longest_token_prefix(ids[0], ids[1])
+    assert data["evaluated_prompt_tokens"] == (len(ids[0]) - elderly) + (len(ids[1]) - shared)
+    assert [c["token_ids"] for c in data["candidates"]] == expected
+    assert len(list(tmp_path.glob("*.seqstate"))) == 2
+    _events, again = run_batch(batch, requests)
+    assert again["evaluated_prompt_tokens"] == (len(ids[0]) - elderly) + (len(ids[1]) - child)
+    assert [c["token_ids"] for c in again["candidates"]] == expected
+    for state in tmp_path.glob("*.seqstate"):  # damaged: evaluated again, the same answers
+        state.write_bytes(state.read_bytes()[:100])
+    _events, damaged = run_batch(batch, requests)
+    assert damaged["evaluated_prompt_tokens"] == len(ids[0]) + (len(ids[1]) - shared)
+    assert [c["token_ids"] for c in damaged["candidates"]] == expected
+    batch.close()

@@ -28,13 +28,13 @@ def test_a_new_engine_restores_the_prefix_and_answers_the_same(tiny_gguf, tmp_pa
     prefix = first.instruction_prefix("Elderly")
     first.close()
     assert expected["cached_tokens"] == len(prefix)  # evaluated, then saved
-    assert len(list(tmp_path.glob("*.state"))) == 1 and len(list(tmp_path.glob("*.sha256"))) == 1
+    assert len(list(tmp_path.glob("*.seqstate"))) == 1 and len(list(tmp_path.glob("*.sha256"))) == 1
     second = fresh(tiny_gguf, tmp_path)
     got, warnings = ask(second)
     assert not warnings and got["cached_tokens"] == len(prefix) > 10
     assert got["token_ids"] == expected["token_ids"]
     other, _ = ask(fresh(tiny_gguf, tmp_path), "Child")  # another user type: another file
-    assert len(list(tmp_path.glob("*.state"))) == 2
+    assert len(list(tmp_path.glob("*.seqstate"))) == 2
     second.close()
 
 
@@ -42,7 +42,7 @@ def test_a_damaged_state_file_is_ignored_with_a_note(tiny_gguf, tmp_path):
     chat = fresh(tiny_gguf, tmp_path)
     expected, _ = ask(chat)
     chat.close()
-    state = next(tmp_path.glob("*.state"))
+    state = next(tmp_path.glob("*.seqstate"))
     data = bytearray(state.read_bytes())
     data[len(data) // 2] ^= 0xFF  # one flipped byte in the middle of the cache data
     state.write_bytes(bytes(data))
@@ -61,7 +61,7 @@ def test_a_truncated_state_file_with_a_matching_checksum_is_not_trusted(tiny_ggu
     chat = fresh(tiny_gguf, tmp_path)
     expected, _ = ask(chat)
     chat.close()
-    state = next(tmp_path.glob("*.state"))
+    state = next(tmp_path.glob("*.seqstate"))
     state.write_bytes(state.read_bytes()[:200])
     state.with_suffix(".sha256").write_text(hashlib.sha256(state.read_bytes()).hexdigest())
     chat = fresh(tiny_gguf, tmp_path)

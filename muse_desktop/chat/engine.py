@@ -358,62 +358,122 @@ class ChatEngine:
         return one[:self.llm.longest_token_prefix(one, other)]
 
     def _prefix_state_path(self, user_type: str | None, template, prefix: list[int]) -> Path:
-        """One file per (model file, template, user type, adapters, prefix ids): any change is another name."""
+        """One file per (model file, template, user type, adapters, cache types, prefix ids): any change is another name.
+
+        The file holds one sequence's cache cells (llama_state_seq_*), so it is the same
+        for the chat's context and the several-answers context, whatever their size.
+        """
         stat = self.model_path.stat()
         text = template.text if isinstance(template, InstructionTemplate) else template
+        params = self.llm.context_params
         key = json.dumps([str(self.model_path.resolve()), stat.st_size, stat.st_mtime_ns, text, user_type,
-                          [(a.spec.path, a.spec.scale) for a in self._adapters], self.llm.n_ctx(), prefix])
-        return Path(self.settings.prefix_state_dir) / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.state"
+                          [(a.spec.path, a.spec.scale) for a in self._adapters],
+                          [params.type_k, params.type_v, params.flash_attn_type], prefix])
+        return Path(self.settings.prefix_state_dir) / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.seqstate"
 
-    def _restore_or_save_prefix(self, user_type: str | None, template, ids: list[int]) -> str:
-        """Restore the saved instruction prefix into the empty cache, or evaluate and save it.
-
-        The state file is used only when its SHA-256 (in a side file written after it)
-        matches and the tokens llama.cpp reads back are the expected prefix; anything
-        else is left out with a note (returned), and the prefix is evaluated and saved again.
-        """
-        import llama_cpp
-
+    def _saved_prefix(self, user_type: str | None, template, ids: list[int]) -> tuple[list[int], Path | None]:
+        """The instruction prefix ``ids`` starts with and its state file's name (None: nothing to keep)."""
+        if not self.settings.prefix_state_dir:
+            return [], None
         try:
             prefix = self.instruction_prefix(user_type, template)
             path = self._prefix_state_path(user_type, template, prefix)
         except (PromptError, OSError):
+            return [], None
+        if len(prefix) < 2 or len(ids) <= len(prefix) or ids[:len(prefix)] != prefix:
+            return [], None
+        return prefix, path
+
+    @staticmethod
+    def _load_prefix(ctx, seq: int, path: Path, prefix: list[int]) -> str:
+        """Put the saved prefix into sequence ``seq`` of an empty ``ctx``: "" when done, else why not.
+
+        Used only when its SHA-256 (in a side file written after it) matches and the
+        tokens llama.cpp reads back are the expected prefix; otherwise the sequence is
+        left empty.
+        """
+        import llama_cpp
+
+        if not path.exists():
+            return "missing"
+        digest_path = path.with_suffix(".sha256")
+        try:
+            if digest_path.read_text().strip() != hashlib.sha256(path.read_bytes()).hexdigest():
+                return "its checksum does not match"
+        except OSError as exc:
+            return f"it cannot be read ({exc.strerror})"
+        tokens = (llama_cpp.llama_token * len(prefix))()
+        count = ctypes.c_size_t(0)
+        read = llama_cpp.llama_state_seq_load_file(ctx, str(path).encode(), seq, tokens, len(prefix),
+                                                   ctypes.byref(count))
+        if read and list(tokens[:count.value]) == prefix:
             return ""
-        if len(prefix) < 2 or ids[:len(prefix)] != prefix:
-            return ""
-        llm, digest_path = self.llm, path.with_suffix(".sha256")
-        note = ""
-        if path.exists():
-            problem = ""
-            try:
-                if digest_path.read_text().strip() != hashlib.sha256(path.read_bytes()).hexdigest():
-                    problem = "its checksum does not match"
-            except OSError as exc:
-                problem = f"it cannot be read ({exc.strerror})"
-            if not problem:
-                tokens = (llama_cpp.llama_token * len(prefix))()
-                count = ctypes.c_size_t(0)
-                ok = llama_cpp.llama_state_load_file(llm.ctx, str(path).encode(), tokens, len(prefix),
-                                                     ctypes.byref(count))
-                if ok and list(tokens[:count.value]) == prefix:
-                    llm.input_ids[:len(prefix)] = prefix
-                    llm.n_tokens = len(prefix)
-                    llm._requires_eval = True  # the restored logits are not trusted for sampling
-                    return ""
-                problem = "llama.cpp could not read it back as this prefix"
-                llm.reset()
-                llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(llm.ctx), True)
-            note = f"The saved start of the conversation ({path.name}) was not used: {problem}. It is made again."
-        llm.eval(prefix)
+        llama_cpp.llama_memory_seq_rm(llama_cpp.llama_get_memory(ctx), seq, -1, -1)
+        return "llama.cpp could not read it back as this prefix"
+
+    @staticmethod
+    def _save_prefix(ctx, seq: int, path: Path, prefix: list[int]) -> None:
+        """Keep sequence ``seq`` (holding exactly ``prefix``) on disk; a failure only costs the next start."""
+        import llama_cpp
+
+        digest_path = path.with_suffix(".sha256")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             digest_path.unlink(missing_ok=True)  # never a checksum for a half-written file
             array = (llama_cpp.llama_token * len(prefix))(*prefix)
-            if llama_cpp.llama_state_save_file(llm.ctx, str(path).encode(), array, len(prefix)):
+            if llama_cpp.llama_state_seq_save_file(ctx, str(path).encode(), seq, array, len(prefix)):
                 digest_path.write_text(hashlib.sha256(path.read_bytes()).hexdigest())
         except OSError:
-            pass  # only a slower next start
-        return note
+            pass
+
+    def _restore_or_save_prefix(self, user_type: str | None, template, ids: list[int]) -> str:
+        """Restore the saved instruction prefix into the chat's empty cache, or evaluate and save it.
+
+        Returns a note when a saved file was there but not used (it is then made again).
+        """
+        import llama_cpp
+
+        prefix, path = self._saved_prefix(user_type, template, ids)
+        if path is None:
+            return ""
+        llm = self.llm
+        problem = self._load_prefix(llm.ctx, 0, path, prefix)
+        if not problem:
+            llm.input_ids[:len(prefix)] = prefix
+            llm.n_tokens = len(prefix)
+            llm._requires_eval = True  # the restored logits are not trusted for sampling
+            return ""
+        llm.reset()
+        llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(llm.ctx), True)
+        llm.eval(prefix)
+        self._save_prefix(llm.ctx, 0, path, prefix)
+        if problem == "missing":
+            return ""
+        return f"The saved start of the conversation ({path.name}) was not used: {problem}. It is made again."
+
+    def prepare(self, user_type: str | None, template=None) -> str:
+        """Before the first question: put the instruction prefix for ``user_type`` in the cache.
+
+        Restored from its saved state (or evaluated and saved), so the first question
+        evaluates only its own words. Returns a note as :meth:`generate` logs it.
+        """
+        with self._usage:
+            if self._close_pending or self.llm is None:
+                return ""
+            self._users += 1
+        try:
+            if self.llm.n_tokens:
+                return ""
+            probe = self.prompt_ids(user_type, [Turn("user", "a")], template)
+            return self._restore_or_save_prefix(user_type, template, probe)
+        except PromptError:
+            return ""
+        finally:
+            with self._usage:
+                self._users -= 1
+                close_now = self._close_pending and self._users == 0
+            if close_now:
+                self._free()
 
     def generate(
         self,
@@ -654,15 +714,32 @@ class ChatEngine:
         self._cancel = cancel
         callback = llama_cpp.ggml_abort_callback(self._should_abort)
         try:
-            # The prompts: each sequence copies what it shares with an earlier one and
-            # evaluates only the rest; its first token is sampled from its last logits.
+            # The prompts: each sequence starts from its saved instruction prefix (the chat's
+            # own file) when that is longer than what it shares with an earlier prompt; else
+            # it copies the shared cells and evaluates (and saves) its prefix if it has one;
+            # then it evaluates the rest; its first token is sampled from its last logits.
             pending = []  # items waiting to fill a batch
             for k, ids in enumerate(prompts):
                 source, shared = plan[k]
+                prefix, path = self._saved_prefix(requests[k].user_type, requests[k].template, ids)
+                if path is not None and len(prefix) > shared and not self._load_prefix(ctx, k, path, prefix):
+                    shared, source, path = len(prefix), -1, None  # restored
                 if source >= 0 and shared:
                     if pending and any(item[0] == source for item in pending):
                         self._flush_prompt(decode, pending, samplers, ctx, first, cancel)
                     llama_cpp.llama_memory_seq_cp(memory, source, k, 0, shared)
+                if path is not None and len(prefix) > shared:
+                    if pending:  # the prefix alone, as the chat evaluates it, then kept
+                        self._flush_prompt(decode, pending, samplers, ctx, first, cancel, callback)
+                    for begin in range(shared, len(prefix), n_batch):
+                        pending.extend((k, pos, prefix[pos], False)
+                                       for pos in range(begin, min(begin + n_batch, len(prefix))))
+                        self._flush_prompt(decode, pending, samplers, ctx, first, cancel, callback)
+                    if cancel is not None and cancel.cancelled:
+                        break
+                    self._save_prefix(ctx, k, path, prefix)
+                    evaluated += len(prefix) - shared
+                    shared = len(prefix)
                 for pos in range(shared, len(ids)):
                     pending.append((k, pos, ids[pos], pos == len(ids) - 1))
                     evaluated += 1
