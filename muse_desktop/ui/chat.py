@@ -25,7 +25,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from muse_desktop.events import Done
+from muse_desktop.events import Done, Log
 from muse_desktop.fileio import atomic_write_text
 from muse_desktop.settings import Settings
 from muse_desktop.speech import Speaker
@@ -79,6 +79,7 @@ class ChatPage(QWidget):
         self.answer_bubble: Bubble | None = None
         # (path, add-ons) opened once the current work has finished
         self._pending_model: tuple[str, list[str]] | None = None
+        self._loading: str | None = None  # the model file being opened in the background
         self._question_id: int | None = None  # the stored question being answered now
         self._choosing = False  # preference mode's four answers are being written
         self._focus_after = None  # where focus goes back when the current work ends
@@ -259,16 +260,28 @@ class ChatPage(QWidget):
         self.user_type = user_type
         self.who.setText(f"Answers for: {user_type.display_name}")
         self.refresh_history()
-        if (open_saved_model and self.engine is None and self.settings.model_path
-                and Path(self.settings.model_path).exists()):
-            adapter = self.settings.adapter_path
-            self.load_model(self.settings.model_path, [adapter] if adapter and Path(adapter).exists() else [])
+        if open_saved_model and self._loading is None:
+            self.preload(user_type)
 
-    def load_model(self, path: str, adapters: list[str] | None = None) -> None:
+    def preload(self, user_type: UserType | None) -> None:
+        """Open the saved model in the background (at launch, while the first page shows).
+
+        With ``user_type`` (a returning person) its instruction is put in the model's
+        cache too, so the first question evaluates only its own words.
+        """
+        if (self.engine is not None or self._loading is not None or not self.settings.model_path
+                or not Path(self.settings.model_path).exists()):
+            return
+        adapter = self.settings.adapter_path
+        self.load_model(self.settings.model_path, [adapter] if adapter and Path(adapter).exists() else [],
+                        prepare_for=user_type.prompt_name if user_type is not None else None)
+
+    def load_model(self, path: str, adapters: list[str] | None = None, prepare_for: str | None = None) -> None:
         """Open a GGUF model (with GGUF LoRA adapters applied at run time) off the GUI thread."""
         if self.busy:
             self._pending_model = (path, list(adapters or []))
             return
+        self._loading = path
         from muse_desktop.chat.engine import AdapterSpec, ChatEngine, EngineSettings
 
         from muse_desktop.paths import user_dirs
@@ -280,8 +293,14 @@ class ChatPage(QWidget):
         scale = self.settings.adapter_scale if adapters and adapters[0] == self.settings.adapter_path else 1.0
         specs = [AdapterSpec(adapter, scale) for adapter in adapters or []]
 
+        template = self.settings.instruction_template or None
+
         def events(_token):
             engine = ChatEngine(path, settings, specs)
+            if prepare_for is not None:  # the instruction restored (or evaluated and kept) now
+                note = engine.prepare(prepare_for, template)
+                if note:
+                    yield Log(note, "warning")
             yield Done("loaded", data={"engine": engine})
 
         self.status.setText(f"Opening {Path(path).name}…")
@@ -735,6 +754,7 @@ class ChatPage(QWidget):
             self.load_model(*pending)
 
     def _finished(self) -> None:
+        self._loading = None  # opened or failed: either way no longer being opened
         on_stop = QApplication.focusWidget() is self.stop_button
         self._release_controls()
         back, self._focus_after = self._focus_after, None
