@@ -49,6 +49,14 @@ class EngineSettings:
     long_context: bool = False
     # Where the evaluated instruction prefix is kept between launches (None: not kept).
     prefix_state_dir: str | None = None
+    # llama.cpp's flash attention and the key/value cache's number type ("f16" or "q8_0",
+    # which halves the cache and needs flash attention). Defaults chosen by measurement:
+    # see BENCHMARKS.md, "Long conversations".
+    flash_attn: bool = False
+    kv_cache: str = "f16"
+
+
+KV_TYPES = {"f16": (1, 2.0), "q8_0": (8, 34 / 32)}  # name: (ggml type id, bytes per value)
 
 
 LONG_CONTEXT = 8192  # what "longer memory" asks for: twice Phi-3-mini-128k's original context
@@ -184,6 +192,12 @@ class ChatEngine:
         from llama_cpp import Llama
 
         n_ctx, self.context_note = effective_context(self.info, self.settings)
+        if self.settings.kv_cache not in KV_TYPES:
+            raise ModelError(f"Unknown key/value cache type {self.settings.kv_cache!r}; use one of: "
+                             + ", ".join(KV_TYPES) + ".")
+        if self.settings.kv_cache != "f16" and not self.settings.flash_attn:
+            raise ModelError("A quantized key/value cache needs flash attention (llama.cpp cannot use it without).")
+        kv_type = KV_TYPES[self.settings.kv_cache][0]
         try:
             self.llm = Llama(
                 model_path=str(self.model_path),
@@ -191,6 +205,9 @@ class ChatEngine:
                 n_batch=self.settings.batch_size,
                 n_threads=self.settings.threads or default_threads(),
                 n_gpu_layers=self.settings.gpu_layers,
+                flash_attn=self.settings.flash_attn,
+                type_k=kv_type,
+                type_v=kv_type,
                 verbose=False,
             )
         except (ValueError, RuntimeError) as exc:
@@ -251,13 +268,14 @@ class ChatEngine:
             raise ModelError(f"llama.cpp could not apply the adapters (code {code}).")
 
     def kv_cache_bytes(self, n_ctx: int) -> int:
-        """Memory llama.cpp's F16 key/value cache takes for ``n_ctx`` tokens of this model."""
+        """Memory llama.cpp's key/value cache (of this engine's number type) takes for ``n_ctx`` tokens."""
         import llama_cpp
 
         model = self.llm.model
         layers = llama_cpp.llama_model_n_layer(model)
         head_dim = llama_cpp.llama_model_n_embd(model) // max(1, llama_cpp.llama_model_n_head(model))
-        return 2 * layers * n_ctx * llama_cpp.llama_model_n_head_kv(model) * head_dim * 2
+        per_value = KV_TYPES[self.settings.kv_cache][1]
+        return int(2 * layers * n_ctx * llama_cpp.llama_model_n_head_kv(model) * head_dim * per_value)
 
     @property
     def adapters(self) -> list[AdapterSpec]:
