@@ -151,3 +151,27 @@ def test_the_batch_starts_from_the_saved_instruction_prefix(tiny_gguf, tmp_path)
     assert damaged["evaluated_prompt_tokens"] == len(ids[0]) + (len(ids[1]) - shared)
     assert [c["token_ids"] for c in damaged["candidates"]] == expected
     batch.close()
+
+
+def test_the_four_candidates_are_a_core_function_the_page_only_shows(engine):
+    """The research grid → requests → one batch → what the store keeps, without Qt."""
+    import random
+
+    from muse_desktop.preferences import DEFAULT_GRID, Framing, candidate_records, candidate_requests
+
+    requests = candidate_requests(DEFAULT_GRID, "Elderly", QUESTION, seeds=random.Random(7))
+    assert [r.user_type for r in requests] == ["Elderly" if s.framing == Framing.MUSE else None for s in DEFAULT_GRID]
+    assert [r.sampling.temperature for r in requests] == [s.temperature for s in DEFAULT_GRID]
+    assert len({r.sampling.seed for r in requests}) == len(requests)  # each its own seed
+    again = candidate_requests(DEFAULT_GRID, "Elderly", QUESTION, seeds=random.Random(7))
+    assert [r.sampling.seed for r in again] == [r.sampling.seed for r in requests]
+    _events, data = run_batch(engine, requests)
+    records = candidate_records(data["candidates"], DEFAULT_GRID, requests)
+    assert [(r["framing"], r["temperature"], r["seed"]) for r in records] == \
+        [(s.framing, s.temperature, q.sampling.seed) for s, q in zip(DEFAULT_GRID, requests)]
+    assert all(r["text"] == c["text"].strip() for r, c in zip(records, data["candidates"]))
+    # a worded-for-you cell answers what generate() with the same settings answers
+    alone = list(engine.generate("Elderly", QUESTION, sampling=requests[1].sampling))[-1].data["token_ids"]
+    assert alone == data["candidates"][1]["token_ids"]
+    stopped = [dict(c, stopped="cancelled") if i == 2 else c for i, c in enumerate(data["candidates"])]
+    assert candidate_records(stopped, DEFAULT_GRID, requests) is None

@@ -432,8 +432,7 @@ class ChatPage(QWidget):
 
     def _start_candidates(self) -> None:
         """Write the research grid's candidate answers together (one llama.cpp batch) into the panel."""
-        from muse_desktop.chat.engine import Request, default_sampling
-        from muse_desktop.preferences import DEFAULT_GRID, Framing, parse_grid
+        from muse_desktop.preferences import DEFAULT_GRID, candidate_records, candidate_requests, parse_grid
 
         try:
             self._specs = list(parse_grid(self.settings.preference_grid))
@@ -446,24 +445,17 @@ class ChatPage(QWidget):
         self.preference_panel.start([spec.label() for spec in self._specs])
         self.say("Writing four answers…")
         conversation = self.store.conversation(self.conversation_id)
-        turns, template, engine = self.store.turns(self.conversation_id), self.settings.instruction_template or None, self.engine
-        requests = []
-        for spec in self._specs:
-            sampling = default_sampling(conversation.user_type)
-            sampling.temperature = spec.temperature
-            sampling.seed = random.randrange(2**31)
-            requests.append(Request(conversation.user_type if spec.framing == Framing.MUSE else None,
-                                    turns, template, sampling))
+        engine = self.engine
+        requests = candidate_requests(self._specs, conversation.user_type, self.store.turns(self.conversation_id),
+                                      self.settings.instruction_template or None)
 
         def done(event: Done) -> None:
-            results = event.data["candidates"]
-            if any(result["stopped"] == "cancelled" for result in results):  # Stop ends the whole round
+            records = candidate_records(event.data["candidates"], self._specs, requests)
+            if records is None:  # Stop ends the whole round
                 self._end_candidates()
                 self.say("Stopped. Ask again to get four new answers.")
                 return
-            self._candidates = [{"text": result["text"].strip(), "framing": spec.framing,
-                                 "temperature": spec.temperature, "seed": request.sampling.seed}
-                                for result, spec, request in zip(results, self._specs, requests)]
+            self._candidates = records
             self.preference_panel.ready()
             self.say("The four answers are ready. Mark the best and the worst answer.")
 
