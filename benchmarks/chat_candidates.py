@@ -8,7 +8,12 @@
     every answer is held to exactly ``--tokens`` tokens (stops forbidden) so the sides do
     the same work; the three are interleaved in every round so contention hits all alike;
 (2) greedy batched candidates vs generate() token by token over several questions:
-    how many diverge (batched arithmetic flipping a near-tie) and at which step.
+    how many diverge, at which step, and how far apart the two picks were in the
+    sequential logits (0: an exact tie);
+(3) how much the last prompt token's logits move with the shape of the batch that
+    computed them, next to the chat's own prefix-then-rest split as the anchor.
+Both sides use the saved instruction prefix as the app does (``--no-saved-prefix``: not).
+``--rounds 0`` runs only (2) and (3), which are arithmetic, not timing.
 """
 
 from __future__ import annotations
@@ -160,13 +165,19 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--flip-tokens", type=int, default=32)
     parser.add_argument("--questions", type=int, default=len(QUESTIONS))
+    parser.add_argument("--no-saved-prefix", action="store_true",
+                        help="evaluate the instruction every time (the app keeps it as saved llama.cpp state)")
     args = parser.parse_args()
-    engine = ChatEngine(args.model, EngineSettings(threads=args.threads, context_length=4096))
+    import tempfile
+
+    state = None if args.no_saved_prefix else tempfile.mkdtemp(prefix="muse-prefix-")
+    engine = ChatEngine(args.model, EngineSettings(threads=args.threads, context_length=4096, prefix_state_dir=state))
     forbid = {t: float("-inf") for t in engine.stop_ids}
     turns = [Turn("user", "Why is a balanced diet important?")]
     requests = grid_requests(turns, args.tokens, forbid)
-    batched(engine, requests)  # makes the batch context once, as the page's first round does
     ones, togethers, sequentials = [], [], []
+    if args.rounds:
+        batched(engine, requests)  # makes the batch context once, as the page's first round does
     for _ in range(args.rounds):  # interleaved
         ones.append(one_answer(engine, requests[0]))
         togethers.append(batched(engine, requests))
@@ -174,12 +185,14 @@ def main() -> int:
     compared, diverged = greedy_flips(engine, args.flip_tokens, args.questions)
     noise = logit_noise(engine)
     engine.close()
-    one, together, sequential = (statistics.median(x) for x in (ones, togethers, sequentials))
-    print(f"model: {args.model.name}, threads {args.threads}, {args.tokens} tokens per answer, median of {args.rounds}")
-    print("| | one answer (anchor) | four, one batch | four, one after another |")
-    print("| --- | ---: | ---: | ---: |")
-    print(f"| wall time, prompt included (s) | {one:.2f} | {together:.2f} | {sequential:.2f} |")
-    print(f"| × one answer | 1.00 | {together / one:.2f} | {sequential / one:.2f} |")
+    if args.rounds:  # --rounds 0: only the token-by-token comparison (arithmetic, not timing)
+        one, together, sequential = (statistics.median(x) for x in (ones, togethers, sequentials))
+        print(f"model: {args.model.name}, threads {args.threads}, {args.tokens} tokens per answer, median of {args.rounds},"
+              f" instruction {'evaluated every time' if state is None else 'restored from its saved state'}")
+        print("| | one answer (anchor) | four, one batch | four, one after another |")
+        print("| --- | ---: | ---: | ---: |")
+        print(f"| wall time, prompt included (s) | {one:.2f} | {together:.2f} | {sequential:.2f} |")
+        print(f"| × one answer | 1.00 | {together / one:.2f} | {sequential / one:.2f} |")
     ties = sum(1 for _step, lead in diverged if lead == 0.0)
     print(f"\ngreedy batched vs sequential, {args.flip_tokens} tokens: {len(diverged)} of {compared} sequences diverged,"
           f" {ties} of them at an exact tie")
