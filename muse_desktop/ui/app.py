@@ -314,6 +314,9 @@ class MainWindow(QMainWindow):
         QApplication.instance().installEventFilter(self)
         if not lock.is_locked(self.settings) and self.page.start.isEnabled():
             self.page.start.setFocus()  # a returning person: Enter starts the conversation
+        # The saved model opens while the first page shows (several seconds for a laptop-sized
+        # model), with the returning person's instruction already in its cache.
+        self.chat.preload(self.page.current())
 
     def eventFilter(self, watched, event) -> bool:  # noqa: N802 (Qt's name)
         """Enter presses the focused button, as Space does (Qt's buttons only take Space)."""
