@@ -100,14 +100,18 @@ class Plan:
     def size(self) -> int:
         return sum(w.size for w in self.wheels)
 
+    def headline(self) -> str:
+        return f"The natural voice is a separate download of about {self.size / 2**20:.0f} MB, once."
+
+    def licence_note(self) -> str:
+        return ("Its main part, Piper, is free software under the GPL licence (GNU General Public "
+                "License, version 3 or later). That is a different licence from MUsE's own "
+                "(Apache-2.0), so Piper is not part of MUsE: it is downloaded separately and kept "
+                "in your own data folder.")
+
     def describe(self) -> str:
         """What the person is asked to agree to: the size and every licence, GPL first."""
-        lines = [f"The natural voice is a separate download of about {self.size / 2**20:.0f} MB, once."]
-        lines.append("Its main part, Piper, is free software under the GPL licence (GNU General Public "
-                     "License, version 3 or later). That is a different licence from MUsE's own "
-                     "(Apache-2.0), so Piper is not part of MUsE: it is downloaded separately and kept "
-                     "in your own data folder.")
-        return "\n\n".join(lines)
+        return f"{self.headline()}\n\n{self.licence_note()}"
 
     def details(self) -> str:
         return "\n".join(f"{w.part.name} {w.part.version} ({w.part.why}): {w.size / 2**20:.1f} MB, "

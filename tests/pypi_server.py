@@ -29,7 +29,7 @@ def _record_hash(data: bytes) -> str:
     return "sha256=" + base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
 
 
-def wheel_from_installed(dist_name: str, out_dir: Path) -> Path:
+def wheel_from_installed(dist_name: str, out_dir: Path, compression: int = zipfile.ZIP_STORED) -> Path:
     """A .whl of the installed ``dist_name``, as the registry would have served it."""
     dist = importlib.metadata.distribution(dist_name)
     info_dir = Path(dist._path)  # the .dist-info folder
@@ -45,7 +45,7 @@ def wheel_from_installed(dist_name: str, out_dir: Path) -> Path:
     filename = f"{stem}-{'.'.join(pythons)}-{'.'.join(abis)}-{'.'.join(platforms)}.whl"
     out = Path(out_dir) / filename
     record = []
-    with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as archive:
+    with zipfile.ZipFile(out, "w", compression, compresslevel=1 if compression == zipfile.ZIP_DEFLATED else None) as archive:
         for entry in dist.files:
             name = str(entry)
             if name.endswith(".pyc") or "__pycache__" in name:

@@ -35,7 +35,7 @@ def chat(qtbot, registry, monkeypatch):  # noqa: F811
 
 def answer(monkeypatch, registry, reply, seen):  # noqa: F811
     def exec_(box):
-        seen.append({"text": box.text(), "details": box.detailedText(), "served": list(registry.served)})
+        seen.append({"text": box.text() + "\n" + box.informativeText(), "details": box.detailedText(), "served": list(registry.served)})
         return reply
 
     monkeypatch.setattr(QMessageBox, "exec", exec_)
@@ -93,3 +93,16 @@ def test_where_the_natural_voice_is_already_there_it_says_so(qtbot, chat, regist
     chat.speech.natural_action.trigger()
     assert chat.status.text() == "The natural voice is already on this computer."
     assert registry.served == []
+
+
+def test_while_locked_it_downloads_nothing(qtbot, chat, registry, monkeypatch):  # noqa: F811
+    from muse_desktop import lock
+
+    monkeypatch.setattr(voice, "engine_missing_reason", lambda: MISSING)
+    lock.set_pin(chat.settings, "2468")
+    chat.settings.locked = True
+    seen = []
+    answer(monkeypatch, registry, QMessageBox.Yes, seen)
+    chat.speech.natural_action.trigger()
+    assert chat.status.text().startswith("Downloads are closed while MUsE is locked")
+    assert chat.speech.planning.worker is None and seen == [] and registry.served == []

@@ -376,8 +376,9 @@ class SpeechControls(QObject):
                      failed=lambda message: self.page.status.setText(message))
 
     def _confirm_natural(self, plan) -> None:
-        box = QMessageBox(QMessageBox.Question, "Get the natural voice",
-                          plan.describe() + "\n\nDownload it now?", QMessageBox.Yes | QMessageBox.No, self.page)
+        box = QMessageBox(QMessageBox.Question, "Get the natural voice", plan.headline(),
+                          QMessageBox.Yes | QMessageBox.No, self.page)
+        box.setInformativeText(plan.licence_note() + "\n\nDownload it now?")
         box.setDefaultButton(QMessageBox.Yes)
         box.setDetailedText(plan.details())
         self.confirm_box = box  # for tests: the words the person saw
