@@ -11,7 +11,7 @@ import html
 import threading
 from types import SimpleNamespace
 
-from PySide6.QtCore import QObject, Qt
+from PySide6.QtCore import QEvent, QObject, Qt
 from PySide6.QtGui import QAction, QActionGroup, QKeySequence, QShortcut
 from PySide6.QtWidgets import QMessageBox, QProgressBar
 
@@ -56,7 +56,10 @@ class SpeechControls(QObject):
             f"Press, then say your question; press again or pause to finish. Key: {SPEAK_KEY}.")
         self.speak_button.setToolTip(f"Press to talk ({SPEAK_KEY})")
         self.speak_button.setObjectName("primary")  # big and in the accent colour, like Send
+        self._simple = False
         self.set_simple(False)
+        # The font is only final once the window's style and zoom apply: the width is measured again then.
+        self.speak_button.installEventFilter(self)
         self.shortcut = QShortcut(QKeySequence(SPEAK_KEY), page)
         self.shortcut.activated.connect(self.toggle_listening)
         self.meter = QProgressBar()
@@ -71,12 +74,20 @@ class SpeechControls(QObject):
     def set_simple(self, on: bool) -> None:
         """Always big; bigger still in simple mode. Wide enough for its longest label, so the
         question box does not jump between states."""
+        self._simple = on
         metrics = self.speak_button.fontMetrics()
         widest = max(metrics.horizontalAdvance(t) for t in STATE_LABELS.values()) + 56
         height, width = (80 if on else 56), max(200 if on else 160, widest)
         # The window's style sheet sets every button's min-width and min-height, which win over
         # setMinimumSize; these are the content sizes (its padding is 10 px by 18 px, border 2 px).
-        self.speak_button.setStyleSheet(f"min-width: {width - 40}px; min-height: {height - 24}px;")
+        sheet = f"min-width: {width - 40}px; min-height: {height - 24}px;"
+        if self.speak_button.styleSheet() != sheet:
+            self.speak_button.setStyleSheet(sheet)
+
+    def eventFilter(self, watched, event) -> bool:  # noqa: N802 (Qt's name)
+        if watched is self.speak_button and event.type() in (QEvent.FontChange, QEvent.Polish):
+            self.set_simple(self._simple)
+        return False
 
     # -- speaking a question ------------------------------------------------------------------
 
