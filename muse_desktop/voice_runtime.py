@@ -348,7 +348,7 @@ def activate(folder: Path | None = None) -> bool:
     if live is None:
         return False
     if str(live) not in sys.path:
-        sys.path.insert(0, str(live))
+        sys.path.append(str(live))  # last: what ships with the app always comes first
     importlib.invalidate_caches()
     return importlib.util.find_spec("piper") is not None
 

@@ -106,3 +106,12 @@ def test_while_locked_it_downloads_nothing(qtbot, chat, registry, monkeypatch): 
     chat.speech.natural_action.trigger()
     assert chat.status.text().startswith("Downloads are closed while MUsE is locked")
     assert chat.speech.planning.worker is None and seen == [] and registry.served == []
+
+
+def test_choosing_the_natural_voice_where_it_is_missing_offers_it(qtbot, chat, registry, monkeypatch):  # noqa: F811
+    monkeypatch.setattr(voice, "engine_missing_reason", lambda: MISSING)
+    seen = []
+    answer(monkeypatch, registry, QMessageBox.No, seen)
+    chat.speech.choose_voice(voice.PACKAGED_VOICE)  # Speech ▸ Voice ▸ Joe
+    qtbot.waitUntil(lambda: bool(seen) and chat.speech.planning.worker is None, timeout=30000)
+    assert "GPL" in seen[0]["text"] and registry.served == []

@@ -423,9 +423,8 @@ class SpeechControls(QObject):
         self._set("voice_id", voice_id)
         if voice_id == voice.SYSTEM_VOICE or self.natural_available():
             return
-        missing = voice.engine_missing_reason()
-        if missing:
-            self.page.status.setText(f"{missing} The computer's own voice reads instead.")
+        if voice.engine_missing_reason():
+            self.get_natural_voice()  # its size and licence first, then one click
             return
         answer = QMessageBox.question(self.page, "Voice", "This voice is a download of about 63 MB, once. "
                                       "Download it now?", QMessageBox.Yes | QMessageBox.No, QMessageBox.Yes)
