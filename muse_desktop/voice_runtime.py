@@ -340,6 +340,14 @@ def runtime_folder(folder: Path | None = None) -> Path | None:
     return live
 
 
+def installed_wheels(live: Path) -> list[str]:
+    """The file names of the wheels a runtime folder was unpacked from (its marker)."""
+    try:
+        return [str(w) for w in json.loads((Path(live) / MARKER).read_text("utf-8")).get("wheels", [])]
+    except (OSError, ValueError, AttributeError):
+        return []
+
+
 def activate(folder: Path | None = None) -> bool:
     """Make ``piper`` importable from the downloaded runtime; True when Piper can be imported now."""
     if importlib.util.find_spec("piper") is not None:
