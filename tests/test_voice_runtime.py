@@ -231,3 +231,27 @@ def test_the_pinned_versions_are_what_the_speech_extra_installs():
         assert importlib.metadata.version(part.name) == part.version, part.name
         if part.name in specs:
             assert part.version in specs[part.name], part.name
+
+
+def test_a_disk_that_fills_up_while_unpacking_leaves_nothing_half_installed(registry, tmp_path, monkeypatch):
+    import errno
+    from pathlib import Path as RealPath
+
+    plan = voice_runtime.plan(registry.endpoint, with_voice=False)
+    folder = tmp_path / "natural-voice"
+    real_write = RealPath.write_bytes
+    written = []
+
+    def filling(self, data):
+        if len(written) >= 40 and "runtime.new-" in str(self):  # the disk is full after 40 files
+            raise OSError(errno.ENOSPC, "No space left on device")
+        written.append(self)
+        return real_write(self, data)
+
+    monkeypatch.setattr(RealPath, "write_bytes", filling)
+    with pytest.raises(DownloadError, match="disk filled up while unpacking"):
+        run_all(voice_runtime.install(plan, folder, registry.endpoint))
+    assert len(written) == 40
+    assert not [p for p in leftovers(folder) if p.startswith("runtime")]
+    assert voice_runtime.runtime_folder(folder) is None
+    assert (folder / "wheels").is_dir()  # the checked downloads stay: no need to fetch them again
