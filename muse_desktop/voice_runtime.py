@@ -156,11 +156,14 @@ def _fallback_tags() -> list[str]:
             platforms = [p for m in range(glibc_minor, 4, -1)
                          for p in [f"manylinux_2_{m}_{arch}"] + ([f"{legacy[m]}_{arch}"] if m in legacy else [])]
         platforms.append(platform)
-    elif platform.startswith("macosx_"):  # e.g. macosx_11_0_arm64, macosx_10_9_x86_64
-        arch = platform.rsplit("_", 1)[-1]
-        top = int(platform.split("_")[1])
-        platforms = [f"macosx_{v}_0_{a}" for v in range(max(top, 10), 10, -1) for a in (arch, "universal2")]
-        platforms += [f"macosx_10_{m}_{a}" for m in range(16, 8, -1) for a in (arch, "universal2", "intel")]
+    elif platform.startswith("macosx_"):  # the running macOS and processor, not the build's target
+        import platform as running
+
+        arch = running.machine() or platform.rsplit("_", 1)[-1]
+        top = int((running.mac_ver()[0] or platform.split("_")[1]).split(".")[0])
+        arches = [arch, "universal2"] + (["intel", "universal"] if arch == "x86_64" else [])
+        platforms = [f"macosx_{v}_0_{a}" for v in range(top, 10, -1) for a in arches]
+        platforms += [f"macosx_10_{m}_{a}" for m in range(16, 3, -1) for a in arches]
     tags = [f"{py}-{py}-{p}" for p in platforms]
     tags += [f"{py}-abi3-{p}" for p in platforms]
     tags += [f"cp3{m}-abi3-{p}" for m in range(minor - 1, 1, -1) for p in platforms]
