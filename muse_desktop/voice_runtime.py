@@ -151,7 +151,6 @@ def _fallback_tags() -> list[str]:
         libc = os.confstr("CS_GNU_LIBC_VERSION") if hasattr(os, "confstr") else None
         if libc and libc.startswith("glibc "):
             glibc_minor = int(libc.split()[1].split(".")[1])
-            platforms = [f"manylinux_2_{m}_{arch}" for m in range(glibc_minor, 4, -1)]
             legacy = {17: "manylinux2014", 12: "manylinux2010", 5: "manylinux1"}
             platforms = [p for m in range(glibc_minor, 4, -1)
                          for p in [f"manylinux_2_{m}_{arch}"] + ([f"{legacy[m]}_{arch}"] if m in legacy else [])]
