@@ -115,3 +115,17 @@ def test_choosing_the_natural_voice_where_it_is_missing_offers_it(qtbot, chat, r
     chat.speech.choose_voice(voice.PACKAGED_VOICE)  # Speech ▸ Voice ▸ Joe
     qtbot.waitUntil(lambda: bool(seen) and chat.speech.planning.worker is None, timeout=30000)
     assert "GPL" in seen[0]["text"] and registry.served == []
+
+
+def test_offline_it_says_so_plainly(qtbot, chat, monkeypatch):
+    import socket
+
+    with socket.socket() as unused:  # a port nothing listens on
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+    monkeypatch.setattr(voice, "engine_missing_reason", lambda: MISSING)
+    monkeypatch.setenv(voice_runtime.ENV_INDEX, f"http://127.0.0.1:{port}")
+    chat.speech.natural_action.trigger()
+    qtbot.waitUntil(lambda: chat.speech.planning.worker is None, timeout=30000)
+    assert chat.status.text().startswith("Could not reach 127.0.0.1") and "online" in chat.status.text()
+    assert voice_runtime.runtime_folder() is None
