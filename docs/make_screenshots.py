@@ -87,7 +87,85 @@ def speak_button_states(window, settle) -> None:
     settle(lambda: chat.speech.state == "idle")
 
 
+def natural_voice_dialog(window, settle) -> None:
+    """Speech ▸ Get the natural voice: the question with its size and licence, over the chat, at
+    1366x768 and 1280x720 (run with QT_SCALE_FACTOR=2 for 200 %). The registry is one on
+    127.0.0.1 serving wheels repacked (deflated) from the installed packages, so the size is
+    close to, not exactly, PyPI's; the copy without Piper (the frozen bundle) is what the
+    entry is for, so that is what is set here."""
+    import zipfile
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    from pypi_server import FakePyPI, wheel_from_installed
+    from PySide6.QtGui import QColor, QPainter, QPen
+    from PySide6.QtWidgets import QMessageBox
+
+    from muse_desktop import voice, voice_runtime
+
+    scale = "200" if os.environ.get("QT_SCALE_FACTOR") == "2" else "100"
+    folder = Path(tempfile.mkdtemp(prefix="muse-wheels-"))
+    registry = FakePyPI()
+    for part in voice_runtime.RUNTIME + (voice_runtime.VOICE_PART,):
+        registry.add(part.name, part.version, wheel_from_installed(part.name, folder, zipfile.ZIP_DEFLATED))
+    voice.engine_missing_reason = lambda: "The natural reading voice is not on this computer yet."
+    voice.find_voice = lambda *_a: None
+    os.environ[voice_runtime.ENV_INDEX] = registry.endpoint
+    chat = window.chat
+    with registry:
+        for width, height in ((1366, 768), (1280, 720)):
+            shown = []
+
+            def exec_(box, width=width, height=height):
+                box.show()
+                settle()
+                shot = window.grab()
+                painter = QPainter(shot)
+                dialog = box.grab()
+                outer, inner = shot.deviceIndependentSize(), dialog.deviceIndependentSize()
+                left, top = int(outer.width() - inner.width()) // 2, int(outer.height() - inner.height()) // 2
+                painter.drawPixmap(left, top, dialog)
+                painter.setPen(QPen(QColor("#333333"), 3))  # offscreen windows have no frame: draw one
+                painter.drawRect(left, top, int(inner.width()), int(inner.height()))
+                painter.end()
+                shot.save(str(OUT / f"natural-voice-dialog-{width}x{height}-{scale}.png"))
+                box.hide()
+                shown.append(True)
+                return QMessageBox.No
+
+            QMessageBox.exec = exec_
+            window.resize(width, height)
+            window.pages.setCurrentWidget(chat)
+            settle()
+            chat.speech.natural_action.trigger()
+            settle(lambda: bool(shown) and chat.speech.planning.worker is None)
+
+
 def main() -> int:
+    if sys.argv[1:2] == ["--natural-voice"]:  # the one-click natural voice's question
+        os.environ["MUSE_HOME"] = tempfile.mkdtemp(prefix="muse-shots-")
+        os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+        sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+        from PySide6.QtWidgets import QApplication
+
+        from muse_desktop.settings import Settings
+        from muse_desktop.store import Store
+        from muse_desktop.ui.app import MainWindow
+
+        app = QApplication([])
+
+        def settle(condition=lambda: True):
+            while not condition():
+                app.processEvents()
+                time.sleep(0.01)
+            for _ in range(5):
+                app.processEvents()
+
+        window = MainWindow(Settings(user_type_id="older-adult"), store=Store())
+        window.show()
+        window.chat.set_user_type(window.page.current(), open_saved_model=False)
+        natural_voice_dialog(window, settle)
+        window.close()
+        return 0
     if sys.argv[1:2] == ["--speech"]:  # only the Speak button's screenshots (no chat model needed)
         os.environ["MUSE_HOME"] = tempfile.mkdtemp(prefix="muse-shots-")
         os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
