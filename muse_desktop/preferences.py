@@ -83,19 +83,19 @@ def candidate_records(candidates: list[dict], specs, requests) -> list[dict] | N
              "seed": request.sampling.seed} for result, spec, request in zip(candidates, specs, requests)]
 
 
-def export_instruction_data(store, path: str | Path) -> int:
-    """Question → best answer as MUsE triples (JSONL); returns how many."""
+def export_instruction_data(store, path: str | Path, profile_id: int | None = None) -> int:
+    """Question → best answer as MUsE triples (JSONL), everyone's or one person's; returns how many."""
     rows = [{"user_type": p["user_type"], "question": p["prompt"], "answer": p["candidates"][p["best"]]["text"]}
-            for p in store.preferences()]
+            for p in store.preferences(profile_id)]
     atomic_write_text(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
     return len(rows)
 
 
-def export_pairs(store, path: str | Path) -> int:
-    """Preference pairs (chosen = best, rejected = worst) as JSONL for DPO; returns how many."""
+def export_pairs(store, path: str | Path, profile_id: int | None = None) -> int:
+    """Preference pairs (chosen = best, rejected = worst) as JSONL for DPO, everyone's or one person's."""
     rows = [{"user_type": p["user_type"], "context": p["context"], "question": p["prompt"],
              "chosen": p["candidates"][p["best"]]["text"], "rejected": p["candidates"][p["worst"]]["text"],
-             "reason": p["reason"]} for p in store.preferences()]
+             "reason": p["reason"]} for p in store.preferences(profile_id)]
     atomic_write_text(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
     return len(rows)
 
