@@ -42,11 +42,11 @@ class TrainingFailed(RuntimeError):
 
 
 def default_run_dir(config: TrainConfig) -> Path:
-    from muse_desktop.paths import user_dirs
+    from muse_desktop.training.runfolder import runs_root
 
     label = config.name or config.preset or config.method
     safe = "".join(c if c.isalnum() or c in "-_" else "-" for c in label)
-    return user_dirs().data / "runs" / f"{time.strftime('%Y%m%d-%H%M%S')}-{safe}"
+    return runs_root() / f"{time.strftime('%Y%m%d-%H%M%S')}-{safe}"
 
 
 def child_command(run_dir: Path) -> list[str]:
@@ -195,7 +195,7 @@ def _main(argv: list[str]) -> int:
     except (ConfigError, DatasetError, OSError) as exc:
         emit(Error(str(exc)))
         return 2
-    except Exception as exc:  # reported, with the traceback in train.log
+    except Exception as exc:  # reported, with the traceback in the run's log
         traceback.print_exc()
         emit(Error(f"Training failed: {type(exc).__name__}: {exc}"))
         return 1

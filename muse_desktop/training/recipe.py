@@ -272,7 +272,7 @@ def save_checkpoint(run_dir: Path, model, optimizer, position: Position, rng: to
     from safetensors.torch import save_file
 
     run = RunFolder(run_dir)
-    folder = run.checkpoints / f"step-{position.step:07d}"
+    folder = run.checkpoint_dir(position.step)
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)

@@ -201,6 +201,10 @@ class RunFolder:
 
     # -- checkpoints and results ------------------------------------------------------------------
 
+    def checkpoint_dir(self, step: int) -> Path:
+        """Where the checkpoint after optimizer step ``step`` goes (names sort by step)."""
+        return self.checkpoints / f"step-{step:07d}"
+
     def checkpoint_dirs(self) -> list[Path]:
         """Complete checkpoints, oldest first (a half-written ``.tmp`` one is not a checkpoint)."""
         if not self.checkpoints.is_dir():
@@ -303,9 +307,16 @@ def duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def list_runs(folder: str | os.PathLike[str]) -> list[RunFolder]:
-    """The runs in ``folder``, newest first."""
-    folder = Path(folder)
+def runs_root() -> Path:
+    """The app's folder of training runs."""
+    from muse_desktop.paths import user_dirs
+
+    return user_dirs().data / "runs"
+
+
+def list_runs(folder: str | os.PathLike[str] | None = None) -> list[RunFolder]:
+    """The runs in ``folder`` (default: the app's), newest first."""
+    folder = Path(folder) if folder is not None else runs_root()
     if not folder.is_dir():
         return []
     return [RunFolder(p) for p in sorted((p for p in folder.iterdir() if p.is_dir()), reverse=True)]

@@ -39,7 +39,9 @@ FORMATS = (("", "Find out by itself"), ("muse", "MUsE: user type, question, answ
 
 
 def runs_dir() -> Path:
-    return user_dirs().data / "runs"
+    from muse_desktop.training.runfolder import runs_root
+
+    return runs_root()
 
 
 def run_status(run_dir: Path) -> str:
