@@ -133,6 +133,11 @@ def test_the_layer_choice_as_a_box_shows_it():
     config = config_from_dict({"preset": "muse-3", "base_model": "b", "dataset": "d",
                                "train_last_layers": last_layers_chosen(0, "half")}).validate()
     assert config.train_last_layers == "half"
+    assert config.trained_layers(32) == 16 and config.trained_layers(5) == 3  # the one place "half" is worked out
+    config.train_last_layers = 40
+    assert config.trained_layers(32) == 32
+    config.train_last_layers = 0
+    assert config.trained_layers(32) == 32
 
 
 def test_the_dataset_check_counts_tokens_and_estimates_the_time(tmp_path, tiny_model):

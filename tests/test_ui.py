@@ -647,7 +647,6 @@ def test_trainer_tab_runs_cancels_resumes_exports_and_chats(qtbot, tmp_path, tin
 
 def test_reproduce_muse_is_one_click_the_muse_dataset_with_the_muse_3_recipe(qtbot, tmp_path, tiny_model,
                                                                               isolated_home):
-    import json
     import shutil
 
     from hub_server import FakeHub

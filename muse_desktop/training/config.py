@@ -132,6 +132,13 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def trained_layers(self, n_layers: int) -> int:
+        """How many of the last layers get LoRA weights: train_last_layers, "half" worked out, at most all."""
+        last = self.train_last_layers
+        if last == "half":
+            return n_layers - n_layers // 2
+        return min(int(last), n_layers) if last else n_layers
+
 
 FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
 PATH_FIELDS = ("base_model", "dataset", "dpo_pairs")

@@ -154,12 +154,8 @@ def pick_dtype(config: TrainConfig, device: torch.device) -> torch.dtype:
 
 
 def layers_to_train(config: TrainConfig, n_layers: int) -> list[int] | None:
-    last = config.train_last_layers
-    if last == "half":
-        last = n_layers - n_layers // 2
-    if not last or last >= n_layers:
-        return None
-    return list(range(n_layers - int(last), n_layers))
+    last = config.trained_layers(n_layers)
+    return None if last >= n_layers else list(range(n_layers - last, n_layers))
 
 
 def load_model(config: TrainConfig, device: torch.device, dtype: torch.dtype):
