@@ -106,8 +106,9 @@ def build(model_dir: str | Path, final: Path | None, qtype: str = DEFAULT_QUANT,
     qtype = qtype.upper()
     if qtype not in QUANT_TYPES:
         raise ConversionError(f"Unknown quantization type '{qtype}'; choose one of {', '.join(QUANT_TYPES)}.")
-    titles = {"convert": "Merging and converting" if merge_adapter else "Converting", "quantize": f"Quantizing to {qtype}",
-              "check_f16": "Preparing the check", "lora": "Converting the adapter to a GGUF LoRA", **(titles or {})}
+    titles = {"convert": "Merging and converting" if merge_adapter else "Converting",
+              "quantize": f"Quantizing to {qtype}", "check_f16": "Preparing the check",
+              "lora": "Converting the adapter to a GGUF LoRA", **(titles or {})}
     model_dir = Path(model_dir)
     f16 = pending_q = pending_lora = None
     check_f16 = None  # an F16 the check reads that is kept: the reused file itself, when it is the F16
