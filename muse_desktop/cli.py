@@ -84,14 +84,15 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 
     run_events(convert_model(args.model_dir, args.out, args.outtype, args.adapter))
     if args.verify:
+        from converters.pipeline import NotVerified, verify_against_source
+
         try:
-            from converters.verify import verify
+            report = verify_against_source(args.model_dir, args.out, adapter_dir=args.adapter)
         except ImportError as exc:
             raise CliError(f"--verify needs the training extra (pip install 'muse-desktop[train]'): {exc}") from None
-        report = verify(args.model_dir, args.out, adapter_dir=args.adapter)
+        except NotVerified as exc:
+            raise CliError(f"verification failed: {exc}") from None
         print(f"Verify: {report.summary()}")
-        if not report.passed():
-            raise CliError(f"verification failed: {report.summary()}")
     return 0
 
 
@@ -493,7 +494,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(func=_cmd_demo_model)
 
-    from converters.gguf_out import OUTTYPES
+    from converters.pipeline import OUTTYPES
 
     outtypes = list(OUTTYPES)
     convert = commands.add_parser("convert", help="convert a Phi-3 checkpoint (optionally merging a LoRA) to GGUF")
@@ -527,7 +528,7 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--prompt-only", action="store_true", help="print the exact prompt text instead of answering")
     chat.set_defaults(func=_cmd_chat)
 
-    from converters.quantize import DEFAULT_TYPE, QUANT_TYPES
+    from converters.pipeline import DEFAULT_QUANT as DEFAULT_TYPE, QUANT_TYPES
 
     train = commands.add_parser("train", help="fine-tune with LoRA/QLoRA from a YAML config (or resume a run)")
     train.add_argument("config", metavar="CONFIG.yaml", nargs="?")

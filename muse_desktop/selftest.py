@@ -103,6 +103,7 @@ def run_self_test(model: str | None = None, out=None) -> int:
         from muse_desktop.events import Done
         from muse_desktop.training.child import run_training
         from muse_desktop.training.config import config_from_dict
+        from muse_desktop.training.runfolder import RunFolder
 
         base = build_demo_model(work / "tiny-base")
         data = work / "examples.jsonl"
@@ -112,7 +113,7 @@ def run_self_test(model: str | None = None, out=None) -> int:
                                    "lora_alpha": 8, "max_steps": 3, "batch_size": 2, "validation_split": 0,
                                    "eval_questions": 0})
         done = [e for e in run_training(config, work / "run") if isinstance(e, Done)]
-        if not done or not (work / "run" / "adapter" / "adapter_model.safetensors").is_file():
+        if not done or not RunFolder(work / "run").finished():
             raise RuntimeError("the training child process saved no adapter")
         return "3 LoRA steps in a child process, adapter saved"
 

@@ -647,7 +647,6 @@ def test_trainer_tab_runs_cancels_resumes_exports_and_chats(qtbot, tmp_path, tin
 
 def test_reproduce_muse_is_one_click_the_muse_dataset_with_the_muse_3_recipe(qtbot, tmp_path, tiny_model,
                                                                               isolated_home):
-    import json
     import shutil
 
     from hub_server import FakeHub
@@ -674,7 +673,9 @@ def test_reproduce_muse_is_one_click_the_muse_dataset_with_the_muse_3_recipe(qtb
         qtbot.waitUntil(lambda: page.run_dir is not None and page.worker is None, timeout=180000)
     assert page.dataset.text().endswith("train.parquet") and page.preset.currentData() == "muse-3"
     assert page.status.text().startswith("Training finished"), page.status.text()
-    config = json.loads((page.run_dir / "results.json").read_text())["config"]
+    from muse_desktop.training.runfolder import RunFolder
+
+    config = RunFolder(page.run_dir).config().to_dict()  # the run's one stored config
     recipe = {k: config[k] for k in ("preset", "lora_r", "lora_alpha", "lora_dropout", "batch_size", "epochs",
                                      "learning_rate", "min_learning_rate", "scheduler", "optimizer", "train_on")}
     assert recipe == {"preset": "muse-3", "lora_r": 64, "lora_alpha": 64, "lora_dropout": 0.05, "batch_size": 3,

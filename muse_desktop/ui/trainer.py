@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import json
 import time
 from pathlib import Path
 
@@ -29,6 +28,7 @@ from PySide6.QtWidgets import (
 from muse_desktop.events import Done
 from muse_desktop.paths import user_dirs
 from muse_desktop.settings import Settings
+from muse_desktop.training.runfolder import duration
 from muse_desktop.ui import widgets
 from muse_desktop.ui.chart import LossChart
 from muse_desktop.ui.workers import EventWorker, start_worker
@@ -39,54 +39,23 @@ FORMATS = (("", "Find out by itself"), ("muse", "MUsE: user type, question, answ
 
 
 def runs_dir() -> Path:
-    return user_dirs().data / "runs"
+    from muse_desktop.training.runfolder import runs_root
 
-
-def _duration(seconds: float) -> str:
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
+    return runs_root()
 
 
 def run_status(run_dir: Path) -> str:
-    """One line about a past run, from its results or its last checkpoint."""
-    try:
-        results = json.loads((run_dir / "results.json").read_text(encoding="utf-8"))
-        loss = results.get("final_train_loss")
-        best = results.get("best_val_loss")
-        text = f"finished, {results['steps']} steps"
-        text += f", loss {loss:.3f}" if loss is not None else ""
-        return text + (f", best validation {best:.3f}" if best is not None else "")
-    except (OSError, ValueError, KeyError, TypeError):
-        pass
-    steps = sorted((run_dir / "checkpoints").glob("step-*"))
-    if steps:
-        return f"stopped after step {int(steps[-1].name.split('-')[1].split('.')[0])}; can be resumed"
-    return "not started or stopped before its first checkpoint"
+    """One line about a past run (the RunFolder's own words)."""
+    from muse_desktop.training.runfolder import RunFolder
+
+    return RunFolder(run_dir).describe()
 
 
 def run_details(run_dir: Path) -> str:
     """A past run's settings and results (with the before/after answers) as plain text."""
-    lines = []
-    for name in ("results.json", "config.json", "request.json"):
-        try:
-            data = json.loads((run_dir / name).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue
-        config = data.get("config", data) if name == "results.json" else data
-        keys = ("preset", "method", "base_model", "dataset", "lora_r", "lora_alpha", "learning_rate", "batch_size",
-                "gradient_accumulation", "epochs", "max_steps", "seq_len", "seed")
-        lines.append("Settings: " + ", ".join(f"{k} {config[k]}" for k in keys if k in config and config[k] != ""))
-        if name == "results.json":
-            lines.append(f"Result: {run_status(run_dir)}; {data.get('tokens', 0):,} tokens in "
-                         f"{_duration(data.get('seconds', 0))}")
-            for row in data.get("evaluation", {}).get("rows", []):
-                lines += [f"[{row['user_type']}] {row['question']}", f"  before: {row['base']}",
-                          f"  after:  {row['tuned']}", f"  expected: {row['reference']}"]
-        break
-    return "\n".join(lines) or "No details saved for this run."
+    from muse_desktop.training.runfolder import RunFolder
+
+    return RunFolder(run_dir).details()
 
 
 class TrainerPage(QWidget):
@@ -302,8 +271,10 @@ class TrainerPage(QWidget):
         self.preset_help.setText(preset.description)
         for key, widget in self.options.items():
             value = getattr(preset, key)
-            if key == "train_last_layers" and value == "half":
-                value = 0  # "half" is resolved by the recipe; shown as the preset's own setting
+            if key == "train_last_layers":
+                from muse_desktop.training.plan import last_layers_shown
+
+                value = last_layers_shown(value)
             if isinstance(widget, QCheckBox):
                 widget.setChecked(bool(value))
             elif isinstance(widget, QLineEdit):
@@ -371,10 +342,10 @@ class TrainerPage(QWidget):
             self.base_model.setText(path)
 
     def config(self):
-        """The settings on screen as a checked TrainConfig."""
+        """The settings on screen as a TrainConfig (checked when a run is made of it)."""
         from muse_desktop.training.config import config_from_dict
 
-        return config_from_dict(self.config_data()).validate()
+        return config_from_dict(self.config_data())
 
     def config_data(self) -> dict:
         """The settings on screen as the mapping a config file would hold."""
@@ -389,8 +360,10 @@ class TrainerPage(QWidget):
                 value = widget.text().strip()
             else:
                 value = widget.value()
-            if key == "train_last_layers" and value == 0 and preset.train_last_layers == "half":
-                continue
+            if key == "train_last_layers":
+                from muse_desktop.training.plan import last_layers_chosen
+
+                value = last_layers_chosen(value, preset.train_last_layers)
             data[key] = value
         return data
 
@@ -406,34 +379,9 @@ class TrainerPage(QWidget):
         config = self.config_or_preset()
 
         def events(_token):
-            from muse_desktop.datasets import load_dataset
+            from muse_desktop.training.plan import dataset_report
 
-            tokenizer = None
-            if base and Path(base, "config.json").is_file():
-                from transformers import AutoTokenizer
-
-                from muse_desktop.prompting.hf import HFTokenizer
-
-                tokenizer = HFTokenizer(AutoTokenizer.from_pretrained(base))
-            report = load_dataset(path, fmt or None, tokenizer, cutoff=seq_len)
-            lines = [report.summary()]
-            if report.user_types:
-                common = sorted(report.user_types.items(), key=lambda item: (-item[1], item[0]))
-                lines.append("Examples per user type: " + ", ".join(f"{name} {count:,}" for name, count in common[:12])
-                             + (f" and {len(common) - 12} more user types" if len(common) > 12 else ""))
-            if tokenizer is not None and report.tokens:
-                from muse_desktop.training.hardware import epoch_seconds, probe, read_model_config
-
-                seconds = epoch_seconds(report.tokens, config, read_model_config(base), probe())
-                if seconds:
-                    lines.append("One pass over the data takes " + (
-                        "less than a second" if seconds < 1 else f"about {_duration(seconds)}") + " on this computer.")
-            elif tokenizer is None:
-                lines.append("Choose the base model to count tokens and estimate the time.")
-            if not report.examples:
-                lines.append("No row can be used: training would refuse this file.")
-            lines += [str(problem) for problem in report.problems]
-            yield Done("\n".join(lines))
+            yield Done(dataset_report(path, fmt, base, config, seq_len))
 
         self.report.setPlainText("Checking…")
         self._run(events, on_done=lambda event: self.report.setPlainText(event.message),
@@ -441,7 +389,7 @@ class TrainerPage(QWidget):
 
     def config_or_preset(self):
         try:
-            return self.config()
+            return self.config().validate()
         except ValueError:
             return self._presets[self.preset.currentData()]
 
@@ -475,38 +423,29 @@ class TrainerPage(QWidget):
 
     def start(self) -> None:
         from muse_desktop.training.child import default_run_dir, run_training
+        from muse_desktop.training.runfolder import RunFolder
 
         try:
             config = self.config()
+            run = RunFolder.create(default_run_dir(config), config)  # checked once, here, and stored
         except ValueError as exc:
             self.status.setText(str(exc))
             return
-        run_dir = default_run_dir(config)
-        self._begin(run_dir, f"Starting {run_dir.name}…")
-        self._run(lambda token: run_training(config, run_dir, token), on_done=self._trained)
+        self._begin(run.path, f"Starting {run.name}…")
+        self._run(lambda token: run_training(None, run.path, token), on_done=self._trained)
 
     def start_dpo(self) -> None:
         """A DPO stage on the preferences recorded in the chat, with the recipe's LoRA settings."""
-        from muse_desktop.preferences import export_pairs
-        from muse_desktop.training.child import default_run_dir, run_training
-        from muse_desktop.training.config import config_from_dict
+        from muse_desktop.training.child import run_training
+        from muse_desktop.training.plan import dpo_run
 
-        if not self.store.preferences():
-            self.status.setText("No preferences yet: in the chat, press “Choose from 4”, ask, and mark the best "
-                                "and the worst answer.")
-            return
         try:
-            config = config_from_dict({**self.config_data(), "dataset": "", "name": "dpo", "dpo_pairs": "pending"})
-            run_dir = default_run_dir(config)
-            run_dir.mkdir(parents=True, exist_ok=True)
-            count = export_pairs(self.store, run_dir / "pairs.jsonl")
-            config.dpo_pairs = str(run_dir / "pairs.jsonl")
-            config.validate()
-        except ValueError as exc:
+            run, count = dpo_run(self.config_data(), self.store)
+        except (OSError, ValueError) as exc:
             self.status.setText(str(exc))
             return
-        self._begin(run_dir, f"Learning from {count} preferences (DPO)…")
-        self._run(lambda token: run_training(config, run_dir, token), on_done=self._trained)
+        self._begin(run.path, f"Learning from {count} preferences (DPO)…")
+        self._run(lambda token: run_training(None, run.path, token), on_done=self._trained)
 
     def resume(self) -> None:
         from muse_desktop.training.child import read_events, run_training
@@ -561,7 +500,7 @@ class TrainerPage(QWidget):
         text = f"Step {done:g} of {total:g} ({message})"
         if done > first:
             eta = (now - started) / (done - first) * (total - done)
-            text += f" · about {_duration(eta)} left"
+            text += f" · about {duration(eta)} left"
         self._step_text = text
         self._show_status()
 
@@ -593,9 +532,11 @@ class TrainerPage(QWidget):
         selected = self.run_dir
         self.runs.blockSignals(True)  # rebuilding the list is not the person choosing a run
         self.runs.clear()
-        folder = runs_dir()
-        for run_dir in sorted((p for p in folder.glob("*") if p.is_dir()), reverse=True) if folder.is_dir() else []:
-            item = QListWidgetItem(f"{run_dir.name}\n{run_status(run_dir)}")
+        from muse_desktop.training.runfolder import list_runs
+
+        for run in list_runs(runs_dir()):
+            run_dir = run.path
+            item = QListWidgetItem(f"{run.name}\n{run.describe()}")
             item.setData(Qt.UserRole, str(run_dir))
             self.runs.addItem(item)
             if selected is not None and run_dir == selected:
@@ -645,8 +586,11 @@ class TrainerPage(QWidget):
 
     def _update_buttons(self) -> None:
         busy = self.worker is not None
-        finished = self.run_dir is not None and (self.run_dir / "adapter" / "adapter_config.json").is_file()
-        resumable = self.run_dir is not None and not finished and any((self.run_dir / "checkpoints").glob("step-*"))
+        from muse_desktop.training.runfolder import RunFolder
+
+        run = RunFolder(self.run_dir) if self.run_dir is not None else None
+        finished = run is not None and run.finished()
+        resumable = run is not None and not busy and run.resumable
         for button in (self.start_button, self.check_button, self.hardware_button, self.dpo_button,
                        self.reproduce_button):
             button.setEnabled(self.available and not busy)
