@@ -43,7 +43,7 @@ def test_compare_offers_the_model_open_in_the_chat(qtbot, isolated_home, tiny_gg
     win.chat.load_model(path)  # opened in the chat after Compare was made
     qtbot.waitUntil(lambda: win.chat.engine is not None and win.chat.worker is None, timeout=30000)
     win.tabs.setCurrentWidget(win._compare_scroll)
-    assert names()[0] == OPEN_IN_CHAT + Path(path).name, names()
+    assert names()[0] == OPEN_IN_CHAT + Path(path).stem, names()
     win.compare.models.item(0).setCheckState(win.compare.models.item(0).checkState().Checked)
     win.compare.refresh_models()  # shown again: what was ticked stays ticked
     assert [c.path for c in win.compare.chosen()] == [path]
@@ -155,3 +155,31 @@ def test_help_lists_every_keyboard_shortcut_the_window_has(qtbot, isolated_home)
         assert words in listed or words.replace("Ctrl++", "Ctrl+Plus") in listed or words in (
             "Ctrl++", "Ctrl+-", "Ctrl+=", "Ctrl+0"), (words, SHORTCUTS)
     assert "F1" in SHORTCUTS and "Ctrl+Space" in SHORTCUTS
+
+
+def test_a_click_anywhere_on_a_model_row_ticks_it_once(qtbot, isolated_home, tmp_path):
+    """Compare's model list: the row is the target (its box alone was 14 px), and a click on the box ticks once."""
+    from PySide6.QtCore import QPoint, Qt
+    from PySide6.QtWidgets import QStyle, QStyleOptionViewItem
+
+    win = MainWindow(Settings(user_type_id="adult"))
+    qtbot.addWidget(win)
+    win.resize(1000, 700)
+    win.show()
+    win.tabs.setCurrentWidget(win._compare_scroll)
+    page = win.compare
+    page._add("Model A", str(tmp_path / "a.gguf"))
+    qtbot.wait(50)
+    item = page.models.item(page.models.count() - 1)
+    rect = page.models.visualItemRect(item)
+    assert rect.height() >= 44, rect
+    viewport = page.models.viewport()
+    qtbot.mouseClick(viewport, Qt.LeftButton, pos=QPoint(rect.center().x() + rect.width() // 4, rect.center().y()))
+    assert item.checkState() == Qt.Checked  # on the words
+    option = QStyleOptionViewItem()
+    option.initFrom(page.models)
+    option.rect = rect
+    option.features |= QStyleOptionViewItem.HasCheckIndicator
+    box = page.models.style().subElementRect(QStyle.SE_ItemViewItemCheckIndicator, option, page.models)
+    qtbot.mouseClick(viewport, Qt.LeftButton, pos=box.center())
+    assert item.checkState() == Qt.Unchecked  # on the box itself: once, not twice

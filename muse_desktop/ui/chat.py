@@ -306,9 +306,10 @@ class ChatPage(QWidget):
             self.engine.close()
         self.engine = engine
         is_demo = Path(path).name.startswith("muse-demo-")
-        label = PRACTICE_MODEL if is_demo else f"Model: {Path(path).name}"
+        # The file's name without ".gguf": a person reads the model's name, not a file type.
+        label = PRACTICE_MODEL if is_demo else f"Model: {Path(path).stem}"
         if adapters:
-            label += " + " + ", ".join(Path(a).name for a in adapters)
+            label += " with the add-on " + ", ".join(Path(a).stem for a in adapters)
         self.model_label.setText(label)
         self.model_info.setText(label)
         ready = "Ready. Type a question and press Enter."

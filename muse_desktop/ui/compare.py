@@ -168,6 +168,9 @@ class ComparePage(QWidget):
         self.models = QListWidget()
         form.addWidget(widgets.field_label("Models to compare (tick 2 to 5)", self.models))
         self.models.setMaximumHeight(150)
+        # The whole row is the target, not only the small box: a click anywhere on it ticks or unticks.
+        self.models.itemPressed.connect(lambda item: setattr(self, "_pressed_state", item.checkState()))
+        self.models.itemClicked.connect(self._row_clicked)
         self.open_model = lambda: (self.settings.model_path, self.settings.adapter_path)  # the window's chat says
         form.addWidget(self.models)
         row = FlowLayout()
@@ -251,13 +254,18 @@ class ComparePage(QWidget):
         adapter = adapter if adapter and Path(adapter).is_file() else ""
         if path and Path(path).is_file():
             entries = [e for e in entries if (e[1], e[2]) != (path, adapter)]
-            entries.insert(0, (OPEN_IN_CHAT + Path(adapter or path).name, path, adapter))
+            entries.insert(0, (OPEN_IN_CHAT + Path(adapter or path).stem, path, adapter))
         listed = {(p, a) for _, p, a in entries}
         for name, path, adapter in entries:
             self._add(name, path, adapter, checked=(path, adapter) in ticked)
         for name, path, adapter in added:
             if (path, adapter) not in listed:
                 self._add(name, path, adapter, checked=(path, adapter) in ticked, from_file=True)
+
+    def _row_clicked(self, item: QListWidgetItem) -> None:
+        if item.checkState() == getattr(self, "_pressed_state", None):  # not a click on the box itself
+            item.setCheckState(Qt.Unchecked if item.checkState() == Qt.Checked else Qt.Checked)
+        self._pressed_state = None
 
     def _add(self, name: str, path: str, adapter: str = "", checked: bool = False, from_file: bool = False) -> None:
         item = QListWidgetItem(name)

@@ -68,7 +68,7 @@ QLineEdit, QListWidget {{ background: {p['field']}; color: {p['text']};
 /* The placeholder in the theme's muted colour: with a style sheet Qt draws it as the text at half
    strength (3.4:1 on white, 5.3:1 in high contrast), whatever the palette says. */
 QLineEdit, QPlainTextEdit, QTextEdit {{ placeholder-text-color: {p['muted']}; }}
-QListWidget::item {{ padding: 8px; }}
+QListWidget::item {{ padding: 8px; min-height: 28px; }}  /* with the padding, a 44 px row */
 QListWidget::item:selected {{ background: {p['accent']}; color: {p['accent_text']}; }}
 QPushButton {{ background: {p['field']}; color: {p['text']}; border: 2px solid {p['border']};
     border-radius: 10px; padding: 10px 18px; min-height: {MIN_TARGET_PX}px; min-width: {MIN_TARGET_PX}px; }}
