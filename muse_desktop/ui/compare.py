@@ -171,7 +171,8 @@ class ComparePage(QWidget):
         # The whole row is the target, not only the small box: a click anywhere on it ticks or unticks.
         self.models.itemPressed.connect(lambda item: setattr(self, "_pressed_state", item.checkState()))
         self.models.itemClicked.connect(self._row_clicked)
-        self.open_model = lambda: (self.settings.model_path, self.settings.adapter_path)  # the window's chat says
+        # The chat keeps the model it has open (and its add-on) in the settings.
+        self.open_model = lambda: (self.settings.model_path, self.settings.adapter_path)
         form.addWidget(self.models)
         row = FlowLayout()
         row.addWidget(widgets.button("Add a model file…", "Add a GGUF model file to compare", self.add_file))
