@@ -3,8 +3,8 @@
 
     QT_QPA_PLATFORM=offscreen .venv/bin/python docs/make_screenshots.py MODEL.gguf [--only-laptop]
 
-``--only-laptop`` makes just the four laptop shots (1366×768: 100 %, 200 %, high contrast,
-keyboard focus on Send).
+``--only-laptop`` makes just the laptop shots (1366×768: 100 %, 200 %, high contrast,
+keyboard focus on Send, and Compare's rating at 200 %).
 
 Uses a throwaway MUSE_HOME, so your own settings and conversations are untouched.
 With the tiny demo model the answers are nonsense (random weights).
@@ -273,7 +273,31 @@ def laptop(window, settle) -> None:
     settle()
     window.grab().save(str(OUT / "laptop-focus-on-send.png"))
     window.chat.input.clear()
+    laptop_compare(window, settle)
     window.resize(1000, 800)
+    settle()
+
+
+def laptop_compare(window, settle) -> None:
+    """Compare at 200 % on 1366×768, rating one answer with the big 1–5 buttons (two stand-in answers)."""
+    page = window.compare
+    for _ in range(4):
+        window.zoom(+1)
+    window.tabs.setCurrentWidget(window._compare_scroll)
+    page.rounds = [[{"id": 0, "answer": answer, "question": "Why do leaves fall in autumn?", "user_type": "Child"}
+                    for answer in ("Trees let their leaves go to save water in the cold months.",
+                                   "In autumn the days get short, so the tree rests and drops its leaves.")]]
+    page.round_index = 0
+    page.rating.show()
+    page.show_round()
+    settle()
+    window._compare_scroll.verticalScrollBar().setValue(page.rating.y())  # the rating at the top
+    page.score_boxes[0][1][0].buttons()[3].setFocus()
+    settle()
+    window.grab().save(str(OUT / "laptop-compare-200-percent.png"))
+    page.rating.hide()
+    window.tabs.setCurrentIndex(0)
+    window.zoom(0)
     settle()
 
 

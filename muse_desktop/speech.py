@@ -77,10 +77,10 @@ class Speaker:
     @property
     def unavailable_reason(self) -> str:
         hint = {
-            "linux": "install speech-dispatcher or espeak-ng",
+            "linux": "a caregiver can add one from the computer's software centre: search for espeak-ng",
             "darwin": "the 'say' command is missing",
             "win32": "Windows PowerShell is missing",
-        }.get(sys.platform, "install espeak-ng")
+        }.get(sys.platform, "a caregiver can add one: the espeak-ng speech engine")
         # The first way needs no terminal: the natural voice comes from the Speech menu in one click.
         return ("Reading aloud needs a speech engine on this computer, and none was found. To get one, "
                 f"choose “Get the natural voice…” in the Speech menu (or {hint}).")

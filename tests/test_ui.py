@@ -421,7 +421,7 @@ def test_get_muse_from_the_first_run_wizard_with_progress_and_cancel(qtbot, tmp_
         assert hub.range_requests(partial.name.removesuffix(".incomplete"))  # continued, not started again
     assert win.pages.currentWidget() is win.chat
     assert load_settings().settings.model_path.endswith("muse-phi3-mini-128k-Q4_K_M.gguf")
-    assert win.chat.model_label.text() == "Model: muse-phi3-mini-128k-Q4_K_M.gguf"
+    assert win.chat.model_label.text() == "Model: muse-phi3-mini-128k-Q4_K_M"
     win.chat.input.setText("Hello")
     answer_and_wait(qtbot, win, win.chat.send)
     win.close()
@@ -634,7 +634,7 @@ def test_trainer_tab_runs_cancels_resumes_exports_and_chats(qtbot, tmp_path, tin
         qtbot.mouseClick(page.chat_button, Qt.LeftButton)
     qtbot.waitUntil(lambda: win.chat.worker is None)  # the buttons come back when the loading is over
     assert win.tabs.currentIndex() == 0 and win.pages.currentWidget() is win.chat
-    assert win.chat.model_label.text().endswith("-Q4_K_M.gguf")
+    assert win.chat.model_label.text().endswith("-Q4_K_M")
     # The export stays in the model library: one click on the model page opens it again.
     qtbot.mouseClick(win.chat.change_model, Qt.LeftButton)
     library = win.model_page.library
@@ -868,7 +868,7 @@ def test_a_model_with_an_adapter_is_reopened_with_it(qtbot, tiny_gguf, tiny_mode
     with qtbot.waitSignal(win.chat.model_ready, timeout=30000):
         win.chat_with(str(tiny_gguf[Variant.MINI_4K]), str(adapter))
     qtbot.waitUntil(lambda: win.chat.worker is None)
-    assert win.chat.model_label.text().endswith("+ a.gguf")
+    assert win.chat.model_label.text().endswith("with the add-on a")
     saved = load_settings().settings
     assert (saved.model_path, saved.adapter_path) == (str(tiny_gguf[Variant.MINI_4K]), str(adapter))
     win.close()
@@ -876,7 +876,7 @@ def test_a_model_with_an_adapter_is_reopened_with_it(qtbot, tiny_gguf, tiny_mode
     qtbot.addWidget(again)
     again.show_chat()
     qtbot.waitUntil(lambda: again.chat.engine is not None and again.chat.worker is None, timeout=30000)
-    assert again.chat.model_label.text().endswith("+ a.gguf")
+    assert again.chat.model_label.text().endswith("with the add-on a")
     assert [a.path for a in again.chat.engine.adapters] == [str(adapter)]
     again.close()
 

@@ -10,7 +10,6 @@ from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QGuiApplication
 from PySide6.QtWidgets import (
     QApplication,
-    QComboBox,
     QFileDialog,
     QHBoxLayout,
     QInputDialog,
@@ -40,6 +39,7 @@ ADDON_STRENGTHS = (("Add-on: full", 1.0), ("Add-on: half", 0.5), ("Add-on: off",
 NO_ANSWER = "No answer came to this question. Press “Try again”, or ask it again."
 # The demo model in plain words (the terminal's notice says "random weights" to developers).
 PRACTICE_MODEL = "Practice model: it has not learnt anything, so its answers are nonsense."
+WRITING = "MUsE is writing an answer…"  # a streaming bubble's name until the answer is complete
 NOTE = "note"  # a bubble that is not a message: the mark of a question without an answer
 
 
@@ -56,8 +56,18 @@ class Bubble(QLabel):
         self.setFocusPolicy(Qt.StrongFocus)
         self.setAccessibleDescription({"user": "You said", NOTE: "No answer"}.get(role, "MUsE said"))
 
+    def start_writing(self) -> None:
+        """While the answer streams in, the name stays fixed: a screen reader is not told every word
+        (each change of a label's text is a name change on the bus). The whole answer is announced once."""
+        self.setAccessibleName(WRITING)
+
     def append(self, text: str) -> None:
         self.setText(self.text() + text)
+
+    def finish_writing(self) -> None:
+        """The answer is complete (or stopped, or failed): the name is the text again, with one change."""
+        if self.accessibleName():
+            self.setAccessibleName("")
 
 
 class ChatPage(QWidget):
@@ -172,8 +182,9 @@ class ChatPage(QWidget):
         self.history_toggle.toggled.connect(lambda shown: self.side.setVisible(shown and not self.simple))
         self.simple = False
         # Shown only with an add-on (MUsE as a small extra part): how much of it answers.
-        self.addon_strength = QComboBox()
-        self.addon_strength.setAccessibleName("How much the add-on is used")
+        self.addon_strength = widgets.ChoiceBox()
+        self.addon_strength.setAccessibleName("Add-on")  # the word on the box: "Add-on: full"
+        self.addon_strength.setAccessibleDescription("How much the add-on is used")
         self.addon_strength.setMinimumHeight(44)
         for text, scale in ADDON_STRENGTHS:
             self.addon_strength.addItem(text, scale)
@@ -317,9 +328,10 @@ class ChatPage(QWidget):
             self.engine.close()
         self.engine = engine
         is_demo = Path(path).name.startswith("muse-demo-")
-        label = PRACTICE_MODEL if is_demo else f"Model: {Path(path).name}"
+        # The file's name without ".gguf": a person reads the model's name, not a file type.
+        label = PRACTICE_MODEL if is_demo else f"Model: {Path(path).stem}"
         if adapters:
-            label += " + " + ", ".join(Path(a).name for a in adapters)
+            label += " with the add-on " + ", ".join(Path(a).stem for a in adapters)
         self.model_label.setText(label)
         self.model_info.setText(label)
         ready = "Ready. Type a question and press Enter."
@@ -424,6 +436,7 @@ class ChatPage(QWidget):
             self.answer_bubble.role = NOTE
             self.answer_bubble.setAccessibleDescription("No answer")
             self.answer_bubble.setText(NO_ANSWER)
+            self.answer_bubble.finish_writing()
         else:
             self.add_bubble(NOTE, NO_ANSWER)
         self.answer_bubble = None
@@ -511,6 +524,7 @@ class ChatPage(QWidget):
         template = self.settings.instruction_template or None
         engine = self.engine
         self.answer_bubble = self.add_bubble("assistant", "")
+        self.answer_bubble.start_writing()
         self.say("Thinking…")
         self._run(lambda token: engine.generate(prompt_name, turns, template, sampling, cancel=token),
                   on_done=self._answered, on_text=self.answer_bubble.append)
@@ -518,6 +532,8 @@ class ChatPage(QWidget):
     def _answered(self, event: Done) -> None:
         data = event.data
         text = data["text"].strip()
+        if self.answer_bubble is not None:
+            self.answer_bubble.finish_writing()
         if text:
             # Once, when the whole answer is there: token by token would be noise.
             widgets.announce(self.answer_bubble or self, f"MUsE said: {text}")
@@ -747,6 +763,8 @@ class ChatPage(QWidget):
 
     def _finished(self) -> None:
         self._loading = None  # opened or failed: either way no longer being opened
+        for bubble in self._bubbles():  # whatever ended the work, no bubble keeps the "writing" name
+            bubble.finish_writing()
         on_stop = QApplication.focusWidget() is self.stop_button
         self._release_controls()
         back, self._focus_after = self._focus_after, None

@@ -9,7 +9,6 @@ from pathlib import Path
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (
     QCheckBox,
-    QComboBox,
     QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
@@ -76,32 +75,33 @@ class TrainerPage(QWidget):
         layout.addWidget(widgets.label("Teach the model with your own examples", "heading"))
         if not self.available:
             layout.addWidget(widgets.label(
-                "The trainer needs the training part of MUsE Desktop (PyTorch, transformers, peft), which is "
-                "not installed here. Install it with: pip install 'muse-desktop[train]'", "error", "Problem"))
+                "The Trainer needs the training part of MUsE Desktop, which this copy does not have. Ask the "
+                "person who set up MUsE to install it with the Trainer (the README's first steps say how); "
+                "your conversations stay as they are.", "error", "Problem"))
 
         # 1. data
         data = QGroupBox("1. Your examples")
         form = QVBoxLayout(data)
-        row = QHBoxLayout()
         self.dataset = QLineEdit()
-        self.dataset.setAccessibleName("Dataset file")
+        form.addWidget(widgets.field_label("Dataset file", self.dataset))
+        row = QHBoxLayout()
         self.dataset.setPlaceholderText("A .jsonl, .csv, .parquet or .txt file")
         row.addWidget(self.dataset, 1)
         row.addWidget(widgets.button("Choose…", "Choose a dataset file", self.choose_dataset))
         form.addLayout(row)
-        row = QHBoxLayout()
-        self.format = QComboBox()
-        self.format.setAccessibleName("Dataset format")
+        self.format = widgets.ChoiceBox()
+        form.addWidget(widgets.field_label("Dataset format", self.format))
         for value, text in FORMATS:
             self.format.addItem(text, value)
-        row.addWidget(self.format, 1)
+        form.addWidget(self.format)
+        row = widgets.FlowLayout()  # buttons wrap to a new line at large text, never off the page
         self.check_button = widgets.button("Check the examples", "Check the dataset for problems", self.check_data)
         row.addWidget(self.check_button)
         form.addLayout(row)
         self.data_tools_button = widgets.button("Make examples…", "Make training examples from documents or "
                                                 "from a few of yours", self.open_data_tools)
         row.addWidget(self.data_tools_button)
-        row = QHBoxLayout()
+        row = widgets.FlowLayout()
         self.get_data_button = widgets.button("Get the MUsE dataset", "Download the MUsE examples and check them",
                                               lambda: self.get_muse_dataset())  # not clicked's bool as `then`
         self.reproduce_button = widgets.button(
@@ -110,7 +110,6 @@ class TrainerPage(QWidget):
                                          "3 examples a step, learning rate 1e-4 down to 1e-6.")
         row.addWidget(self.get_data_button)
         row.addWidget(self.reproduce_button)
-        row.addStretch(1)
         form.addLayout(row)
         self.report = QPlainTextEdit()
         self.report.setReadOnly(True)
@@ -123,21 +122,23 @@ class TrainerPage(QWidget):
 
         # 2. base model
         base = QGroupBox("2. The model to start from")
-        form = QHBoxLayout(base)
+        form = QVBoxLayout(base)
         self.base_model = QLineEdit(self._default_base())
-        self.base_model.setAccessibleName("Base model folder")
+        form.addWidget(widgets.field_label("Base model folder", self.base_model))
+        row = QHBoxLayout()
+        form.addLayout(row)
         self.base_model.setPlaceholderText("A folder with config.json and .safetensors files")
-        form.addWidget(self.base_model, 1)
-        form.addWidget(widgets.button("Choose…", "Choose the base model folder", self.choose_base))
+        row.addWidget(self.base_model, 1)
+        row.addWidget(widgets.button("Choose…", "Choose the base model folder", self.choose_base))
         layout.addWidget(base)
 
         # 3. recipe
         recipe = QGroupBox("3. How to learn")
         form = QVBoxLayout(recipe)
-        row = QHBoxLayout()
-        self.preset = QComboBox()
-        self.preset.setAccessibleName("Recipe")
-        row.addWidget(self.preset, 1)
+        self.preset = widgets.ChoiceBox()
+        form.addWidget(widgets.field_label("Recipe", self.preset))
+        form.addWidget(self.preset)
+        row = widgets.FlowLayout()
         self.hardware_button = widgets.button("Check this computer", "Check which recipe fits this computer",
                                               self.check_hardware)
         row.addWidget(self.hardware_button)
@@ -154,6 +155,7 @@ class TrainerPage(QWidget):
         self.advanced_toggle.toggled.connect(self._toggle_advanced)
         self.options: dict[str, QWidget] = {}
         grid = QFormLayout(self.advanced)
+        grid.setRowWrapPolicy(QFormLayout.WrapLongRows)  # at large text a label goes above its field
         for key, label, widget in self._option_widgets():
             widget.setAccessibleName(label)
             grid.addRow(label, widget)
@@ -172,7 +174,7 @@ class TrainerPage(QWidget):
         # 4. the run
         run = QGroupBox("4. Learn")
         form = QVBoxLayout(run)
-        row = QHBoxLayout()
+        row = widgets.FlowLayout()
         self.start_button = widgets.button("Start", "Start training", self.start, primary=True)
         self.cancel_button = widgets.button("Cancel", "Cancel training (it can be resumed)", self.cancel)
         self.resume_button = widgets.button("Resume", "Resume the selected run", self.resume)
@@ -181,7 +183,6 @@ class TrainerPage(QWidget):
                                          self.start_dpo)
         for button in (self.start_button, self.cancel_button, self.resume_button, self.dpo_button):
             row.addWidget(button)
-        row.addStretch(1)
         form.addLayout(row)
         self.progress = QProgressBar()
         self.progress.setAccessibleName("Training progress")
@@ -208,7 +209,7 @@ class TrainerPage(QWidget):
         self.runs.setMinimumHeight(120)
         self.runs.currentItemChanged.connect(self._run_selected)
         form.addWidget(self.runs)
-        row = QHBoxLayout()
+        row = widgets.FlowLayout()
         self.export_button = widgets.button("Make a chat model", "Export: merge and make a Q4_K_M model",
                                             lambda: self.export("merge"))
         self.export_adapter_button = widgets.button("Make a small add-on", "Export as a GGUF LoRA adapter",
@@ -216,7 +217,6 @@ class TrainerPage(QWidget):
         self.chat_button = widgets.button("Chat with this model", "Chat with the exported model", self.chat)
         for button in (self.export_button, self.export_adapter_button, self.chat_button):
             row.addWidget(button)
-        row.addStretch(1)
         form.addLayout(row)
         layout.addWidget(past)
         self.refresh_runs()
