@@ -257,3 +257,38 @@ def test_locking_and_unlocking_are_announced_and_the_lock_is_marked(atspi_python
         # The mark is seen and read: one label, its words its name (as Orca reads a label).
         assert [n["role"] for n in marks(page)] == ["label"], page
         assert [n["text"] for n in marks(page)] in ([None], [lock.LOCKED_MARK]), page
+
+
+def test_four_answers_written_together_do_not_flood_the_screen_reader(atspi_python, isolated_home, tiny_gguf,
+                                                                      tmp_path):
+    """"Choose from 4": while four answers stream in, each box keeps one name; then each is read by its words.
+
+    Counted as for one answer, from Send until "The four answers are ready" is announced.
+    Bound: 30, a fixed handful per box that does not grow with the answers (the box, its
+    Best and Worst buttons appearing, its text's "being written" name, then its words)
+    plus the question, the status and the list: 25 here. Word by word it is one per token
+    per box (617 in the same run with the fixed name taken out).
+    """
+    from muse_desktop.demo_model import Variant
+
+    save_settings(Settings(user_type_id="adult", model_path=str(tiny_gguf[Variant.MINI_4K])))
+    steps = [{"press": "Start talking"}, {"sleep": 2}, {"press": "Choose from 4"},
+             {"type": ["Your question", QUESTION]}, {"press": "Send"},
+             {"wait": "The four answers are ready", "seconds": 120}, {"sleep": 1}, {"walk": "four"}]
+    result = run_and_walk(atspi_python, ["--script", json.dumps(steps)], isolated_home)
+    (tmp_path / "heard.json").write_text(json.dumps(result, indent=1))
+    events, pressed = result["events"], result["pressed"]
+    send = next(p for p in pressed if p["name"] == "Send")
+    ready = [e for e in events if e["type"].startswith("object:announcement")
+             and e["value"].startswith("The four answers are ready")]
+    assert len(ready) == 1, [e["value"] for e in events if e["type"].startswith("object:announcement")]
+    boxes = [n for n in result["walks"]["four"] if n["description"].startswith("Answer ") and n["showing"]
+             and n["role"] == "label"]
+    assert len(boxes) == 4 and all(n["name"] and "being written" not in n["name"] for n in boxes), boxes
+    assert sum(len(n["name"]) for n in boxes) > 60  # long enough that word-by-word events would pass the bound
+    changes = [e for e in events if send["at"] <= e["at"] <= ready[0]["at"] + 0.5
+               and e["type"] in ("object:property-change:accessible-name", "object:text-changed:insert")]
+    assert len(changes) <= 30, [(e["type"], e["role"], e["value"][:40]) for e in changes]
+    texts = [n["name"] for n in boxes]
+    assert not [e for e in changes if e["value"] and any(e["value"] in t and e["value"] != t for t in texts)], \
+        "parts of the answers were sent while they were written"
