@@ -468,15 +468,15 @@ class TrainerPage(QWidget):
         self.log.clear()
         self.progress.setRange(0, 0)
         self._progress_start = None
-        self.status.setText(message)
+        self.tell(message)
 
     def cancel(self) -> None:
         if self.worker is not None:
             self.worker.cancel()
-            self.status.setText("Stopping and saving a checkpoint…")
+            self.tell("Stopping and saving a checkpoint…")
 
     def _trained(self, event: Done) -> None:
-        self.status.setText(event.message)
+        self.tell(event.message)
         self.progress.setRange(0, 1)
         self.progress.setValue(1)
         evaluation = event.data.get("evaluation")
@@ -571,7 +571,7 @@ class TrainerPage(QWidget):
         def done(event: Done) -> None:
             self.progress.setRange(0, 1)
             self.progress.setValue(1)
-            self.status.setText(event.message)
+            self.tell(event.message)
             register(self.store, event)  # here, on the thread that owns the database
             if event.data.get("kind") == "adapter":
                 self.exported = (event.data["base_path"], event.path)
@@ -609,8 +609,13 @@ class TrainerPage(QWidget):
                      log=lambda message, _level: self.log.appendPlainText(message))
         self._update_buttons()
 
-    def _failed(self, message: str) -> None:
+    def tell(self, message: str, assertive: bool = False) -> None:
+        """A status that matters (started, stopping, finished, failed): shown and told to screen readers once."""
         self.status.setText(message)
+        widgets.announce(self.status, message, assertive)
+
+    def _failed(self, message: str) -> None:
+        self.tell(message, assertive=True)
         self.log.appendPlainText(message)
         self.progress.setRange(0, 1)
         self.progress.setValue(0)
