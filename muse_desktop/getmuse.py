@@ -19,7 +19,6 @@ Running it again continues where a cancel, a broken connection or a full disk st
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -28,6 +27,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from converters.pipeline import Built, LoraJob, build, stage
 from muse_desktop.download import (
     DownloadError,
     RepoListing,
@@ -39,7 +39,7 @@ from muse_desktop.download import (
     list_repo,
     pending,
 )
-from muse_desktop.events import CancelToken, Done, Event, Log, Progress
+from muse_desktop.events import CancelToken, Done, Event, Log
 from muse_desktop.tokenizer_check import TOKENIZER_FILES, TokenizerMismatch, check_same_tokenizer
 
 BASE_REPO = "microsoft/Phi-3-mini-128k-instruct"
@@ -233,20 +233,7 @@ def plan_muse(
 # -- building -------------------------------------------------------------------------------------
 
 
-@dataclass
-class Built:
-    """What a check sees: the F16 and the quantized file both exist, neither under its final name."""
-
-    f16: Path | None  # for a reused shared base file: an F16 of the base made again for the check
-    quantized: Path
-    lora: Path | None  # the add-on, for the add-on way
-    base_dir: Path
-    adapter_dir: Path | None
-    way: str
-    cancel: CancelToken | None = None  # a check that takes long honours it
-
-
-Check = Callable[[Built], dict]
+Check = Callable[[Built], dict]  # Built: what the one GGUF pipeline (converters.pipeline) shows a check
 
 
 def sha256_of(path: Path) -> str:
@@ -310,10 +297,10 @@ def get_muse(
     # The base's weights are fetched (or found, already checked) even when the shared base file
     # is reused: the new add-on is checked on them before it is kept.
     base_files = BASE_FILES
-    yield from _stage("Downloading the model", download_repo(
+    yield from stage("Downloading the model", download_repo(
         base_repo, plan.base_dir, base_files, endpoint=endpoint, cancel=cancel, listing=plan.base))
     if plan.adapter is not None:
-        yield from _stage("Downloading MUsE", download_repo(
+        yield from stage("Downloading MUsE", download_repo(
             adapter_repo, plan.adapter_dir, ADAPTER_FILES, endpoint=endpoint, cancel=cancel, listing=plan.adapter))
 
     merge_dir = plan.adapter_dir if way == Way.MERGED else None
@@ -351,49 +338,12 @@ def _plain_name(adapter_repo: str, way: str) -> str:
 
 def _build(plan: Plan, final: Path | None, lora_final: Path | None, merge_dir: Path | None, way: str,
            check: Check | None, cancel: CancelToken | None) -> Iterator[Event]:
-    """Convert (merging when asked), quantize, check, then give the results their names and drop the F16.
-
-    Between quantizing and naming, the F16 and the quantized file both exist: that is
-    where ``check`` runs. Whatever happens, the F16 and unnamed files are removed.
-    """
-    from converters.convert import convert_adapter, convert_model
-    from converters.quantize import quantize
-
-    models = plan.models
-    f16 = pending_q = pending_lora = None
-    try:
-        if final is not None:
-            f16 = models / f".{final.stem}-f16.gguf"
-            pending_q = models / f".{final.name}.unchecked"
-            yield from _stage("Merging and converting" if merge_dir else "Converting",
-                              convert_model(plan.base_dir, f16, "f16", adapter_dir=merge_dir, cancel=cancel))
-            yield from _stage("Making it small enough for a laptop",
-                              quantize(f16, pending_q, QUANT_TYPE, cancel=cancel))
-        elif lora_final is not None:
-            # The shared base file is reused: an F16 of the base is made again, only to check the add-on on.
-            f16 = models / f".{model_file_name('', Way.ADDON)}-check-f16.gguf"
-            yield from _stage("Preparing the check", convert_model(plan.base_dir, f16, "f16", cancel=cancel))
-        if lora_final is not None:
-            pending_lora = models / f".{lora_final.name}.unchecked"
-            yield from _stage("Making the MUsE add-on",
-                              convert_adapter(plan.adapter_dir, pending_lora, plan.base_dir, LORA_OUTTYPE, cancel))
-        verification: dict = {"checked": False}
-        if check is not None:
-            yield Log("Checking the result…")
-            built = Built(f16, pending_q or models / model_file_name("", Way.ADDON), pending_lora, plan.base_dir,
-                          plan.adapter_dir, way, cancel)
-            verification = {"checked": True, **check(built)}
-            yield Log(verification.get("summary", "Checked."))
-        if pending_lora is not None:
-            os.replace(pending_lora, lora_final)
-        if pending_q is not None:
-            os.replace(pending_q, final)
-        return verification
-    finally:
-        for leftover in (f16, pending_q, pending_lora):
-            if leftover is not None:
-                with contextlib.suppress(OSError):
-                    leftover.unlink()
+    """The one GGUF pipeline with Get MUsE's words; ``check`` runs while the F16 and the new files exist."""
+    lora = LoraJob(plan.adapter_dir, lora_final, LORA_OUTTYPE) if lora_final is not None else None
+    return (yield from build(
+        plan.base_dir, final, QUANT_TYPE, merge_adapter=merge_dir, lora=lora,
+        reuse=plan.models / model_file_name("", Way.ADDON), check=check, way=way, cancel=cancel,
+        titles={"quantize": "Making it small enough for a laptop", "lora": "Making the MUsE add-on"}))
 
 
 def _sidecar(path: Path) -> Path:
@@ -433,15 +383,11 @@ def logits_check(built: Built) -> dict:
     converters.verify's one rule decides; its transformers side runs in a child process
     one layer at a time (about 1.4 GB at Phi-3-mini size). Needs the training extra.
     """
-    from converters.errors import ConversionError
-    from converters.verify import verify
+    from converters.pipeline import verify_against_source
 
     if built.f16 is None:  # the shared base file was made (and checked) before
         return {}
-    report = verify(built.base_dir, built.f16, adapter_dir=built.adapter_dir, gguf_lora=built.lora, cancel=built.cancel)
-    if not report.passed():
-        raise ConversionError(f"The converted model does not match the original ({report.summary()}); "
-                              "nothing was kept.")
+    report = verify_against_source(built.base_dir, built.f16, built.adapter_dir, built.lora, built.cancel)
     return {"f16": {"rel_error": report.rel_error, "top1_agreement": report.top1_agreement,
                     "bar": report.tolerance, "tokens": report.n_tokens,
                     "reference": "transformers + PEFT"},
@@ -481,16 +427,3 @@ def standard_check(built: Built, logits: bool | None = None) -> dict:
     result["passed"] = True
     result["summary"] = " ".join(summaries) or "Nothing new to check: the files were made and checked before."
     return result
-
-
-def _stage(title: str, events: Iterator[Event]) -> Iterator[Event]:
-    """Pass a stage's events on, its progress labelled with the stage; swallow its Done."""
-    yield Log(title + "…")
-    for event in events:
-        if isinstance(event, Done):
-            continue
-        if isinstance(event, Progress):
-            label = f"{title}: {event.message}" if event.message else title
-            yield Progress(event.done, event.total, event.unit, label)
-        else:
-            yield event

@@ -37,6 +37,8 @@ class ListenModel:
 
 
 # English-only models understand English better at the same size; "base" also hears other languages.
+# The same list for every user type: whether one of them copes better with children's or older
+# people's voices has not been measured (no such recordings here), so nothing picks by user type.
 MODELS = (
     ListenModel("ggml-base.en.bin", "English (recommended)", 148),
     ListenModel("ggml-base.bin", "Many languages", 148),

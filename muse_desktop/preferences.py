@@ -55,19 +55,47 @@ def parse_grid(text: str) -> tuple[CandidateSpec, ...]:
     return tuple(specs)
 
 
-def export_instruction_data(store, path: str | Path) -> int:
-    """Question → best answer as MUsE triples (JSONL); returns how many."""
+def candidate_requests(specs, user_type: str, turns, template=None, seeds=None) -> list:
+    """One chat request per grid cell: worded for ``user_type`` or plain, at the cell's temperature.
+
+    Each gets its own seed (from ``seeds``, a ``random.Random``; the system's by default)
+    and the user type's other sampling settings, ready for ``ChatEngine.generate_batch``.
+    """
+    import random
+
+    from muse_desktop.chat.engine import Request, default_sampling
+
+    seeds = seeds or random.SystemRandom()
+    requests = []
+    for spec in specs:
+        sampling = default_sampling(user_type)
+        sampling.temperature = spec.temperature
+        sampling.seed = seeds.randrange(2**31)
+        requests.append(Request(user_type if spec.framing == Framing.MUSE else None, list(turns), template, sampling))
+    return requests
+
+
+def candidate_records(candidates: list[dict], specs, requests) -> list[dict] | None:
+    """What the store keeps of a finished round (text, framing, temperature, seed); None if it was stopped."""
+    if any(result["stopped"] == "cancelled" for result in candidates):
+        return None
+    return [{"text": result["text"].strip(), "framing": spec.framing, "temperature": spec.temperature,
+             "seed": request.sampling.seed} for result, spec, request in zip(candidates, specs, requests)]
+
+
+def export_instruction_data(store, path: str | Path, profile_id: int | None = None) -> int:
+    """Question → best answer as MUsE triples (JSONL), everyone's or one person's; returns how many."""
     rows = [{"user_type": p["user_type"], "question": p["prompt"], "answer": p["candidates"][p["best"]]["text"]}
-            for p in store.preferences()]
+            for p in store.preferences(profile_id)]
     atomic_write_text(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
     return len(rows)
 
 
-def export_pairs(store, path: str | Path) -> int:
-    """Preference pairs (chosen = best, rejected = worst) as JSONL for DPO; returns how many."""
+def export_pairs(store, path: str | Path, profile_id: int | None = None) -> int:
+    """Preference pairs (chosen = best, rejected = worst) as JSONL for DPO, everyone's or one person's."""
     rows = [{"user_type": p["user_type"], "context": p["context"], "question": p["prompt"],
              "chosen": p["candidates"][p["best"]]["text"], "rejected": p["candidates"][p["worst"]]["text"],
-             "reason": p["reason"]} for p in store.preferences()]
+             "reason": p["reason"]} for p in store.preferences(profile_id)]
     atomic_write_text(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
     return len(rows)
 

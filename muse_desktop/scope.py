@@ -116,12 +116,46 @@ class Verdict:
     problem: str = ""  # for the caregiver: why everything is refused
 
 
+class _LoadedGuard:
+    """The guard loaded once and kept while its file stays the same: a question costs a stat, not a read.
+
+    The file's identity (inode, size, modification and change times) is checked on every
+    question, so a guard made again, damaged or removed is seen at the next question.
+    """
+
+    def __init__(self) -> None:
+        self.key: tuple | None = None
+        self.guard: ScopeGuard | None = None
+        self.loads = 0  # how many times a guard was read from disk (a test counts them)
+
+    def get(self, path: Path) -> ScopeGuard | None:
+        try:
+            info = path.stat()
+        except OSError:
+            self.key, self.guard = None, None
+            return None
+        key = (str(path), info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+        if key != self.key:
+            self.guard = ScopeGuard.load(path)
+            self.key = key
+            self.loads += 1
+        return self.guard
+
+
+_loaded = _LoadedGuard()
+
+
+def load_guard(path: Path | None = None) -> ScopeGuard | None:
+    """The saved guard, read from disk only when its file changed since the last question."""
+    return _loaded.get(path or guard_path())
+
+
 def check_question(question: str, kiosk_mode: bool, path: Path | None = None) -> Verdict:
     """The one scope check every route to the model goes through; without a usable guard it refuses."""
     if not kiosk_mode:
         return Verdict(True)
     path = path or guard_path()
-    guard = ScopeGuard.load(path)
+    guard = load_guard(path)
     if guard is None:
         return Verdict(False, NO_GUARD_REFUSAL,
                        f"Kiosk mode is on, but its guard ({path.name}) is missing or damaged, so every question is "

@@ -103,6 +103,7 @@ def run_self_test(model: str | None = None, out=None) -> int:
         from muse_desktop.events import Done
         from muse_desktop.training.child import run_training
         from muse_desktop.training.config import config_from_dict
+        from muse_desktop.training.runfolder import RunFolder
 
         base = build_demo_model(work / "tiny-base")
         data = work / "examples.jsonl"
@@ -112,7 +113,7 @@ def run_self_test(model: str | None = None, out=None) -> int:
                                    "lora_alpha": 8, "max_steps": 3, "batch_size": 2, "validation_split": 0,
                                    "eval_questions": 0})
         done = [e for e in run_training(config, work / "run") if isinstance(e, Done)]
-        if not done or not (work / "run" / "adapter" / "adapter_model.safetensors").is_file():
+        if not done or not RunFolder(work / "run").finished():
             raise RuntimeError("the training child process saved no adapter")
         return "3 LoRA steps in a child process, adapter saved"
 
@@ -128,6 +129,32 @@ def run_self_test(model: str | None = None, out=None) -> int:
             raise RuntimeError(f"whisper.cpp wrote {text!r}, not the model's one word")
         return f"whisper.cpp wrote down {text.split()[0]!r} with a random-weight model"
 
+    def natural_voice() -> str:
+        from muse_desktop import voice, voice_runtime
+
+        model = voice.find_voice(voice.PACKAGED_VOICE, voice.voices_folder())
+        if model is None:
+            raise RuntimeError("Piper is here, but the voice Joe is not")
+        spoken = voice.NaturalVoice(model)
+        audio = spoken.synthesize("This is the natural voice.")
+        seconds = len(audio) / spoken.sample_rate
+        if seconds < 0.5 or float(abs(audio).max()) < 0.05:
+            raise RuntimeError(f"Piper made {seconds:.2f} s of near silence")
+        import piper
+
+        runtime = voice_runtime.runtime_folder()
+        if runtime is not None and Path(piper.__file__).is_relative_to(runtime):
+            # The wheels it was made from must fit this interpreter's tags, as the download chose them.
+            tags = set(voice_runtime.supported_tags())
+            unfit = [w for w in voice_runtime.installed_wheels(runtime)
+                     if not tags.intersection(voice_runtime.wheel_tags(w))]
+            if unfit:
+                raise RuntimeError(f"the downloaded runtime has wheels made for another computer: {unfit}")
+            where = "the downloaded runtime"
+        else:
+            where = "the installed package"
+        return f"Piper read a sentence ({seconds:.1f} s at {spoken.sample_rate} Hz) from {where}"
+
     def contents() -> str:
         heavy = [name for name in ("torch", "transformers", "peft") if importlib.util.find_spec(name) is not None]
         return "training stack present: " + ", ".join(heavy) if heavy else "chat only: no torch, transformers or peft"
@@ -137,6 +164,10 @@ def run_self_test(model: str | None = None, out=None) -> int:
         checks.append(("trainer", trainer))
     if importlib.util.find_spec("pywhispercpp") is not None:  # speech input, in the bundles and the [speech] extra
         checks.append(("speech input", speech_input))
+    from muse_desktop import voice
+
+    if voice.engine_missing_reason() is None:  # the [speech] extra, or the bundle's one-click download
+        checks.append(("natural voice", natural_voice))
     checks.append(("contents", contents))
     try:
         ok = all([_check(name, fn, lines) for name, fn in checks])

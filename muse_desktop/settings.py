@@ -72,6 +72,7 @@ class Settings:
     reading_speed: float = 0.0  # 0: chosen by who is asking (slower for young children and older adults)
     speech_sends: bool = False  # a spoken question is sent at once instead of waiting in the question box
     listen_model: str = "ggml-base.en.bin"
+    person_id: int = 0  # the person last chosen on a shared computer (muse_desktop.household); 0: none yet
     extra: dict[str, Any] = field(default_factory=dict)  # keys from newer versions
 
     def validated(self) -> "Settings":

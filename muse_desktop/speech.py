@@ -4,7 +4,8 @@ Qt's text-to-speech module is not part of the small Qt install the chat app
 ships, so the system's own engines are used: speech-dispatcher (``spd-say``) or
 eSpeak NG on Linux, ``say`` on macOS, the built-in synthesizer through PowerShell
 on Windows. Text goes through standard input or as one argument, never a shell.
-When no engine is installed, :attr:`Speaker.unavailable_reason` says what to install.
+When no engine is installed, :attr:`Speaker.unavailable_reason` points to the natural voice's
+one-click download (and names the system's own engines).
 """
 
 from __future__ import annotations
@@ -76,11 +77,13 @@ class Speaker:
     @property
     def unavailable_reason(self) -> str:
         hint = {
-            "linux": "install speech-dispatcher or espeak-ng",
+            "linux": "a caregiver can add one from the computer's software centre: search for espeak-ng",
             "darwin": "the 'say' command is missing",
             "win32": "Windows PowerShell is missing",
-        }.get(sys.platform, "install espeak-ng")
-        return f"Reading aloud needs a speech engine on this computer, and none was found ({hint})."
+        }.get(sys.platform, "a caregiver can add one: the espeak-ng speech engine")
+        # The first way needs no terminal: the natural voice comes from the Speech menu in one click.
+        return ("Reading aloud needs a speech engine on this computer, and none was found. To get one, "
+                f"choose “Get the natural voice…” in the Speech menu (or {hint}).")
 
     @property
     def speaking(self) -> bool:

@@ -325,7 +325,19 @@ class Store:
         return self.profile(profile_id)
 
     def delete_profile(self, profile_id: int) -> None:
-        self.db.execute("DELETE FROM profiles WHERE id = ?", (profile_id,))
+        """Remove a person with what is theirs: conversations (and messages) and preference records."""
+        with self.transaction() as db:
+            db.execute("DELETE FROM preferences WHERE profile_id = ?", (profile_id,))
+            db.execute("DELETE FROM profiles WHERE id = ?", (profile_id,))  # conversations cascade
+
+    def adopt_unowned(self, profile_id: int) -> int:
+        """Give conversations and preference records that belong to nobody to one person; how many rows moved."""
+        with self.transaction() as db:
+            moved = db.execute("UPDATE conversations SET profile_id = ? WHERE profile_id IS NULL",
+                               (profile_id,)).rowcount
+            moved += db.execute("UPDATE preferences SET profile_id = ? WHERE profile_id IS NULL",
+                                (profile_id,)).rowcount
+        return moved
 
     # -- model library -----------------------------------------------------------------
 
@@ -370,8 +382,13 @@ class Store:
         )
         return cursor.lastrowid
 
-    def preferences(self) -> list[dict[str, Any]]:
-        rows = self.db.execute("SELECT * FROM preferences ORDER BY id").fetchall()
+    def preferences(self, profile_id: int | None = None) -> list[dict[str, Any]]:
+        """Every preference record, or one person's (``profile_id``)."""
+        if profile_id is None:
+            rows = self.db.execute("SELECT * FROM preferences ORDER BY id").fetchall()
+        else:
+            rows = self.db.execute("SELECT * FROM preferences WHERE profile_id = ? ORDER BY id",
+                                   (profile_id,)).fetchall()
         out = []
         for row in rows:
             data = dict(row)

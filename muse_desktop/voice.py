@@ -66,11 +66,13 @@ def split_sentences(text: str) -> list[str]:
 
 def engine_missing_reason() -> str | None:
     """None when the natural voice can run here, otherwise why not (in plain words)."""
-    import importlib.util
+    from muse_desktop import voice_runtime
 
-    # Found, not imported: importing it would slow the window's start.
-    if importlib.util.find_spec("piper") is None:
-        return "The natural reading voice is not installed with this copy of MUsE."
+    # Found, not imported: importing it would slow the window's start. Where pip is not at
+    # hand (the frozen chat bundle) the runtime may have come from "Get the natural voice".
+    if not voice_runtime.activate():
+        return ("The natural reading voice is not on this computer yet. To get it, choose "
+                "“Get the natural voice” in the Speech menu.")
     return None
 
 

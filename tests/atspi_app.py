@@ -1,8 +1,8 @@
 """Start the real app for an AT-SPI test (run as a script with MUSE_HOME prepared by the test).
 
 With MUSE_ATSPI_LABELS set, it writes there, every half second, the words every shown
-button, tab and menu item has on screen: what the test holds the names a screen reader
-hears against.
+button, tab and menu item has on screen, and the words of every label that names a field:
+what the test holds the names a screen reader hears against.
 """
 
 from __future__ import annotations
@@ -13,10 +13,20 @@ import sys
 
 from PySide6.QtCore import QTimer
 from PySide6.QtGui import QAction
-from PySide6.QtWidgets import QAbstractButton, QApplication, QTabBar
+from PySide6.QtWidgets import QAbstractButton, QApplication, QLabel, QTabBar
 
 from muse_desktop import APP_NAME
 from muse_desktop.ui.app import run_app
+
+
+def field_labels() -> list[str]:
+    """The words of shown labels that name a field (a label with a buddy), as the field's name should be."""
+    words = []
+    for top in QApplication.topLevelWidgets():
+        for label in top.findChildren(QLabel):
+            if label.isVisible() and label.buddy() is not None and label.text():
+                words.append(label.text().replace("&", "").rstrip(":").strip())
+    return sorted(set(words))
 
 
 def visible_words() -> list[str]:
@@ -35,13 +45,15 @@ def visible_words() -> list[str]:
 
 
 SEEN: set[str] = set()  # every page the test walks passes by: what was on screen at any time
+FIELDS: set[str] = set()
 
 
 def dump(path: str) -> None:
     try:
         SEEN.update(visible_words())
+        FIELDS.update(field_labels())
         with open(path + ".part", "w") as out:
-            json.dump(sorted(SEEN), out)
+            json.dump({"words": sorted(SEEN), "fields": sorted(FIELDS)}, out)
         os.replace(path + ".part", path)
     except Exception:  # noqa: BLE001 (a widget deleted while listed: the next round gets it)
         pass

@@ -8,7 +8,7 @@ object: the tree before, the presses made, and the tree after.
 With ``--script STEPS_JSON`` as the second argument it runs steps instead, while
 listening to the events a screen reader hears, and prints the trees it was told to
 walk and every event: ``{"walk": label}``, ``{"press": name}`` (``"hidden": true`` also presses an item not shown), ``{"type": [name, text]}``
-(through the EditableText interface), ``{"wait": substring, "seconds": s}`` (until an
+(through the EditableText interface; an empty name and ``"role"`` take the first shown box of that role), ``{"wait": substring, "seconds": s}`` (until an
 announcement, a text or name change carrying it arrives), ``{"sleep": s}``.
 """
 
@@ -100,7 +100,7 @@ def press(app, tree, names):
                 except Exception as exc:  # e.g. no reply: the app sits in a modal dialog the press opened
                     ok, error = False, str(exc)
                 pressed.append({"name": entry["name"], "role": entry["role"], "action": action.getName(i), "ok": ok,
-                                "error": error})
+                                "error": error, "at": time.monotonic()})
                 time.sleep(0.3)
                 break
     return pressed
@@ -156,7 +156,9 @@ def run_script(app_name: str, steps: list) -> dict:
         elif "type" in step:
             name, words = step["type"]
             tree = walk(find_app(app_name))
-            entry = next((e for e in tree if e["name"] == name and e["showing"]), None)
+            # By its name, or (a dialog's unnamed box) the first shown one of ``role``.
+            entry = next((e for e in tree if e["showing"] and (e["name"] == name if name else e["role"] == step["role"])),
+                         None)
             if entry is None:
                 raise SystemExit(f"no text box named {name!r}")
             node_at(app, entry["path"]).queryEditableText().setTextContents(words)
@@ -167,7 +169,7 @@ def run_script(app_name: str, steps: list) -> dict:
                 _pump(0.2)
         elif "sleep" in step:
             _pump(step["sleep"])
-    for event in heard:
+    for event in heard + pressed:
         event["at"] = round(event["at"] - started, 2)
     return {"walks": walks, "pressed": pressed, "events": heard}
 

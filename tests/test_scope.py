@@ -134,3 +134,29 @@ def test_the_caregiver_sees_the_metrics_before_switching_kiosk_mode_on(qtbot, tm
     assert not win.kiosk_action.isEnabled() and win.open_kiosk() is None
     dialog.close()
     win.close()
+
+
+def test_the_guard_is_read_once_and_again_only_when_its_file_changes(tmp_path, monkeypatch):
+    from muse_desktop import scope
+    from muse_desktop.scope import check_question
+
+    reads = []
+    real_load = ScopeGuard.load.__func__
+    monkeypatch.setattr(ScopeGuard, "load", classmethod(lambda cls, path=None: reads.append(path)
+                                                        or real_load(cls, path)))
+    monkeypatch.setattr(scope, "_loaded", scope._LoadedGuard())
+    path = train_scope_guard(museum_questions(), topic="ancient Egypt").guard.save(tmp_path / "guard.json")
+    for question in ("Who was Hatshepsut?", "Where is the tomb of Khufu?", "How do I bake cookies?"):
+        check_question(question, True, path)
+    assert len(reads) == 1  # three questions, one read
+    assert check_question("Who was Hatshepsut?", True, path).allowed
+    # Made again for another topic: the next question uses the new guard.
+    train_scope_guard(museum_questions(), topic="the pharaohs").guard.save(path)
+    refused = check_question("How do I bake cookies?", True, path)
+    assert len(reads) == 2 and "the pharaohs" in refused.refusal
+    # Damaged in place, or removed: everything is refused at once (fail closed).
+    path.write_text("{ not json")
+    assert check_question("Who was Hatshepsut?", True, path).problem
+    path.unlink()
+    assert check_question("Who was Hatshepsut?", True, path).problem
+    assert check_question("Who was Hatshepsut?", False, path).allowed  # kiosk mode off: no guard needed

@@ -17,6 +17,7 @@ def test_without_an_engine_the_reason_is_given(tmp_path):
     speaker = Speaker(find_backend(search_path=str(tmp_path)))  # an empty folder: no engine
     assert not speaker.available
     assert "needs a speech engine" in speaker.unavailable_reason
+    assert "Get the natural voice" in speaker.unavailable_reason  # a way in without a terminal
     with pytest.raises(RuntimeError, match="needs a speech engine"):
         speaker.speak("Hello")
     assert speaker.to_file("Hello", tmp_path / "x.wav") is False

@@ -139,3 +139,15 @@ def test_every_answer_is_read_when_that_is_switched_on(qtbot, chat, tmp_path):
     assert chat.speech.is_reading
     qtbot.waitUntil(lambda: not chat.speech.is_reading, timeout=15000)
     assert chat.status.text() == "Finished reading."
+
+
+def test_the_speak_button_keeps_its_width_in_every_state(qtbot, chat):
+    """Its width fits the longest label at the window's real font, so the question box never jumps."""
+    speech = chat.speech
+    widths = []
+    for state in ("idle", "listening", "writing", "idle"):
+        speech._set_state(state)
+        qtbot.wait(20)
+        widths.append(speech.speak_button.width())
+        assert speech.speak_button.width() >= speech.speak_button.sizeHint().width()  # its label fits
+    assert len(set(widths)) == 1, widths

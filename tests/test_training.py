@@ -284,12 +284,11 @@ def test_a_killed_or_cancelled_run_resumes_to_the_same_adapter(tmp_path, tiny_mo
 def test_two_processes_under_accelerate_launch_save_one_adapter(tmp_path, tiny_model):
     import shutil
 
-    from muse_desktop.training.child import REQUEST
+    from muse_desktop.training.runfolder import RunFolder
 
     run = tmp_path / "ddp"
-    run.mkdir()
     config = tiny_config(tiny_model, write_triples(tmp_path / "d.jsonl"), max_steps=6, batch_size=1)
-    (run / REQUEST).write_text(json.dumps(config.to_dict()))
+    RunFolder.create(run, config)
     launcher = shutil.which("accelerate", path=str(Path(sys.executable).parent))
     result = subprocess.run(
         # --multi_gpu starts torchrun; with no GPU the processes talk over gloo on the CPU.

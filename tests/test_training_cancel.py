@@ -11,8 +11,9 @@ from test_training import tiny_config, write_triples
 
 
 def test_cancel_asks_the_child_without_a_signal_and_it_checkpoints(tmp_path, tiny_model, monkeypatch):
-    from muse_desktop.training.child import CANCEL, run_training
+    from muse_desktop.training.child import run_training
     from muse_desktop.training.config import TrainingError
+    from muse_desktop.training.runfolder import RunFolder
     from muse_desktop.training.recipe import latest_checkpoint
 
     signals = []
@@ -29,4 +30,4 @@ def test_cancel_asks_the_child_without_a_signal_and_it_checkpoints(tmp_path, tin
     assert stopped.value.kind == "cancelled" and signals == []
     checkpoint = latest_checkpoint(run)
     assert checkpoint is not None and 3 <= int(checkpoint.name.split("-")[1]) < 400  # saved on cancel, not by save_steps
-    assert not (run / CANCEL).exists()  # a later Resume is not cancelled by it
+    assert not RunFolder(run).cancel_requested()  # a later Resume is not cancelled by it

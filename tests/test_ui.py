@@ -403,7 +403,7 @@ def test_get_muse_from_the_first_run_wizard_with_progress_and_cancel(qtbot, tmp_
         assert hub.range_requests(partial.name.removesuffix(".incomplete"))  # continued, not started again
     assert win.pages.currentWidget() is win.chat
     assert load_settings().settings.model_path.endswith("muse-phi3-mini-128k-Q4_K_M.gguf")
-    assert win.chat.model_label.text() == "Model: muse-phi3-mini-128k-Q4_K_M.gguf"
+    assert win.chat.model_label.text() == "Model: muse-phi3-mini-128k-Q4_K_M"
     win.chat.input.setText("Hello")
     answer_and_wait(qtbot, win, win.chat.send)
     win.close()
@@ -614,7 +614,7 @@ def test_trainer_tab_runs_cancels_resumes_exports_and_chats(qtbot, tmp_path, tin
         qtbot.mouseClick(page.chat_button, Qt.LeftButton)
     qtbot.waitUntil(lambda: win.chat.worker is None)  # the buttons come back when the loading is over
     assert win.tabs.currentIndex() == 0 and win.pages.currentWidget() is win.chat
-    assert win.chat.model_label.text().endswith("-Q4_K_M.gguf")
+    assert win.chat.model_label.text().endswith("-Q4_K_M")
     # The export stays in the model library: one click on the model page opens it again.
     qtbot.mouseClick(win.chat.change_model, Qt.LeftButton)
     library = win.model_page.library
@@ -627,7 +627,6 @@ def test_trainer_tab_runs_cancels_resumes_exports_and_chats(qtbot, tmp_path, tin
 
 def test_reproduce_muse_is_one_click_the_muse_dataset_with_the_muse_3_recipe(qtbot, tmp_path, tiny_model,
                                                                               isolated_home):
-    import json
     import shutil
 
     from hub_server import FakeHub
@@ -654,7 +653,9 @@ def test_reproduce_muse_is_one_click_the_muse_dataset_with_the_muse_3_recipe(qtb
         qtbot.waitUntil(lambda: page.run_dir is not None and page.worker is None, timeout=180000)
     assert page.dataset.text().endswith("train.parquet") and page.preset.currentData() == "muse-3"
     assert page.status.text().startswith("Training finished"), page.status.text()
-    config = json.loads((page.run_dir / "results.json").read_text())["config"]
+    from muse_desktop.training.runfolder import RunFolder
+
+    config = RunFolder(page.run_dir).config().to_dict()  # the run's one stored config
     recipe = {k: config[k] for k in ("preset", "lora_r", "lora_alpha", "lora_dropout", "batch_size", "epochs",
                                      "learning_rate", "min_learning_rate", "scheduler", "optimizer", "train_on")}
     assert recipe == {"preset": "muse-3", "lora_r": 64, "lora_alpha": 64, "lora_dropout": 0.05, "batch_size": 3,
@@ -845,7 +846,7 @@ def test_a_model_with_an_adapter_is_reopened_with_it(qtbot, tiny_gguf, tiny_mode
     qtbot.addWidget(win)
     win.show()
     wait_for_model(qtbot, win, lambda: win.chat_with(str(tiny_gguf[Variant.MINI_4K]), str(adapter)))
-    assert win.chat.model_label.text().endswith("+ a.gguf")
+    assert win.chat.model_label.text().endswith("with the add-on a")
     saved = load_settings().settings
     assert (saved.model_path, saved.adapter_path) == (str(tiny_gguf[Variant.MINI_4K]), str(adapter))
     win.close()
@@ -853,7 +854,7 @@ def test_a_model_with_an_adapter_is_reopened_with_it(qtbot, tiny_gguf, tiny_mode
     qtbot.addWidget(again)
     again.show_chat()
     qtbot.waitUntil(lambda: again.chat.engine is not None and again.chat.worker is None, timeout=30000)
-    assert again.chat.model_label.text().endswith("+ a.gguf")
+    assert again.chat.model_label.text().endswith("with the add-on a")
     assert [a.path for a in again.chat.engine.adapters] == [str(adapter)]
     again.close()
 

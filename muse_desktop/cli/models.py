@@ -8,8 +8,8 @@ from muse_desktop.cli.common import CliError, run_events, training_imports
 
 
 def add_parsers(commands) -> None:
-    from converters.gguf_out import OUTTYPES
-    from converters.quantize import DEFAULT_TYPE, QUANT_TYPES
+    from converters.pipeline import DEFAULT_QUANT as DEFAULT_TYPE
+    from converters.pipeline import OUTTYPES, QUANT_TYPES
     from muse_desktop.demo_model import Variant
 
     demo = commands.add_parser("demo-model", help="build the tiny demo checkpoint (random weights)")
@@ -73,14 +73,15 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 
     run_events(convert_model(args.model_dir, args.out, args.outtype, args.adapter))
     if args.verify:
+        from converters.pipeline import NotVerified, verify_against_source
+
         try:
-            from converters.verify import verify
+            report = verify_against_source(args.model_dir, args.out, adapter_dir=args.adapter)
         except ImportError as exc:
             raise CliError(f"--verify needs the training extra (pip install 'muse-desktop[train]'): {exc}") from None
-        report = verify(args.model_dir, args.out, adapter_dir=args.adapter)
+        except NotVerified as exc:
+            raise CliError(f"verification failed: {exc}") from None
         print(f"Verify: {report.summary()}")
-        if not report.passed():
-            raise CliError(f"verification failed: {report.summary()}")
     return 0
 
 

@@ -25,12 +25,7 @@ from muse_desktop.errors import MuseError
 from muse_desktop.paths import resources_dir
 
 
-# What a run folder holds (see recipe.py and child.py).
-CHECKPOINTS = "checkpoints"
-ADAPTER = "adapter"  # the final PEFT adapter
-BEST = "best"  # the adapter with the best validation loss
-RESULTS = "results.json"
-CONFIG_FILE = "config.json"
+# What a run folder holds is known to training/runfolder.py alone.
 
 
 class ConfigError(MuseError, ValueError):
@@ -152,6 +147,13 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def trained_layers(self, n_layers: int) -> int:
+        """How many of the last layers get LoRA weights: train_last_layers, "half" worked out, at most all."""
+        last = self.train_last_layers
+        if last == "half":
+            return n_layers - n_layers // 2
+        return min(int(last), n_layers) if last else n_layers
+
 
 FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
 PATH_FIELDS = ("base_model", "dataset", "dpo_pairs")
@@ -215,6 +217,19 @@ def config_from_dict(data: dict[str, Any], base_dir: Path | None = None) -> Trai
             value = os.path.expanduser(str(value))
             if base_dir is not None and not os.path.isabs(value):
                 value = str((base_dir / value).resolve())
+        setattr(config, key, value)
+    return config
+
+
+def config_from_resolved(data: dict[str, Any]) -> TrainConfig:
+    """A config stored fully resolved (by a RunFolder): taken as it is, no preset applied again.
+
+    The stored ``preset`` is only the name it was made from; its file may have changed or
+    gone since, and the run is still the same run.
+    """
+    _check_keys(data, "the saved settings")
+    config = TrainConfig()
+    for key, value in data.items():
         setattr(config, key, value)
     return config
 

@@ -13,7 +13,6 @@ selects this stage with ``dpo_pairs``.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Iterator
@@ -24,14 +23,14 @@ import torch.nn.functional as F
 
 from muse_desktop.datasets import Example
 from muse_desktop.events import CancelToken, Done, Event, Log, Metric, Progress
-from muse_desktop.fileio import atomic_write_text
 from muse_desktop.preferences import read_pairs
 from muse_desktop.prompting.contract import IGNORE_INDEX, Role, Turn
 from muse_desktop.prompting.hf import HFTokenizer
-from muse_desktop.training.config import ADAPTER, CONFIG_FILE, RESULTS, TrainConfig
-from muse_desktop.training.recipe import (OOM_ADVICE, Position, TrainingError, _is_oom, collate, latest_checkpoint,
+from muse_desktop.training.config import TrainConfig
+from muse_desktop.training.recipe import (Position, TrainingError, collate, finish_checkpoint, latest_checkpoint,
                                           load_checkpoint, load_model, lr_at, make_optimizer, pick_device,
-                                          pick_dtype, save_checkpoint)
+                                          pick_dtype, save_checkpoint, save_final_adapter, training_errors)
+from muse_desktop.training.runfolder import RunFolder
 
 
 def encode_pair(pair: dict, tokenizer, template) -> tuple[tuple[list[int], list[int]], tuple[list[int], list[int]]]:
@@ -58,9 +57,8 @@ def sequence_logprobs(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
 def train_dpo(config: TrainConfig, run_dir: str | Path, cancel: CancelToken | None = None) -> Iterator[Event]:
     from transformers import AutoTokenizer
 
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / CONFIG_FILE, json.dumps(config.to_dict(), indent=1))
+    run = RunFolder.prepare(run_dir, config)  # stored and checked once, when the run was made
+    run_dir = run.path
     device = pick_device()
     dtype = pick_dtype(config, device)
     tokenizer = AutoTokenizer.from_pretrained(config.base_model)
@@ -132,7 +130,7 @@ def train_dpo(config: TrainConfig, run_dir: str | Path, cancel: CancelToken | No
         return torch.get_rng_state(), (torch.cuda.get_rng_state_all() if device.type == "cuda" else None)
 
     model.train()
-    try:
+    with training_errors():
         while position.step < total:
             window_rng = rng_now()  # a cancel mid-window rewinds here: the window is replayed exactly
             losses, policies = [], []
@@ -164,24 +162,15 @@ def train_dpo(config: TrainConfig, run_dir: str | Path, cancel: CancelToken | No
                 yield Metric(name, value, position.step)
             if config.save_steps and position.step % config.save_steps == 0:
                 checkpoint_now(*rng_now())
-    except TrainingError:
-        raise
-    except Exception as exc:
-        if _is_oom(exc):
-            raise TrainingError(OOM_ADVICE, "out-of-memory") from None
-        raise
-    position.finished = True
-    checkpoint_now(*rng_now())
+    finish_checkpoint(position, lambda: checkpoint_now(*rng_now()))
     model.eval()
     with torch.no_grad():
         end_margin = float(margins(encoded)[0].mean())
-    model.save_pretrained(str(run_dir / ADAPTER), safe_serialization=True)
-    tokenizer.save_pretrained(str(run_dir / ADAPTER))
+    adapter = save_final_adapter(run, model, tokenizer)
     last_loss = next((h["value"] for h in reversed(position.history) if h["name"] == "dpo_loss"), None)
     results = {"stage": "dpo", "steps": position.step, "pairs": len(encoded), "pairs_too_long": too_long,
                "margin_start": start_margin, "margin_end": end_margin, "seconds": time.monotonic() - started,
-               "final_train_loss": last_loss, "config": config.to_dict()}
-    atomic_write_text(run_dir / RESULTS, json.dumps(results, indent=1))
+               "final_train_loss": last_loss}
+    run.write_results(results)
     yield Done(f"DPO finished: the chosen-minus-rejected log-probability margin went from {start_margin:.2f} "
-               f"to {end_margin:.2f}", str(run_dir / ADAPTER),
-               {k: v for k, v in results.items() if k != "config"})
+               f"to {end_margin:.2f}", str(adapter), results)

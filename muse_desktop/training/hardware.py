@@ -117,10 +117,7 @@ class Estimate:
 
 
 def trained_layers(config: TrainConfig, layers: int) -> int:
-    last = config.train_last_layers
-    if last == "half":
-        return layers - layers // 2
-    return min(int(last), layers) if last else layers
+    return config.trained_layers(layers)
 
 
 def estimate_memory(config: TrainConfig, model: dict, device: str = "cuda", bf16: bool = True) -> Estimate:

@@ -12,6 +12,7 @@ the step.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -26,11 +27,10 @@ import torch
 
 from muse_desktop.datasets import Format, Report, load_dataset
 from muse_desktop.events import CancelToken, Done, Event, Log, Metric, Progress
-from muse_desktop.fileio import atomic_write_text
 from muse_desktop.prompting.contract import IGNORE_INDEX, Role
 from muse_desktop.prompting.hf import HFTokenizer
-from muse_desktop.training.config import (ADAPTER, BEST, CHECKPOINTS, CONFIG_FILE, RESULTS, Method, TrainConfig,
-                                          TrainingError)
+from muse_desktop.training.config import Method, TrainConfig, TrainingError
+from muse_desktop.training.runfolder import RunFolder
 
 
 # --- data ----------------------------------------------------------------------------------
@@ -146,12 +146,8 @@ def pick_dtype(config: TrainConfig, device: torch.device) -> torch.dtype:
 
 
 def layers_to_train(config: TrainConfig, n_layers: int) -> list[int] | None:
-    last = config.train_last_layers
-    if last == "half":
-        last = n_layers - n_layers // 2
-    if not last or last >= n_layers:
-        return None
-    return list(range(n_layers - int(last), n_layers))
+    last = config.trained_layers(n_layers)
+    return None if last >= n_layers else list(range(n_layers - last, n_layers))
 
 
 def load_model(config: TrainConfig, device: torch.device, dtype: torch.dtype):
@@ -263,7 +259,8 @@ def save_checkpoint(run_dir: Path, model, optimizer, position: Position, rng: to
     from peft import get_peft_model_state_dict
     from safetensors.torch import save_file
 
-    folder = run_dir / CHECKPOINTS / f"step-{position.step:07d}"
+    run = RunFolder(run_dir)
+    folder = run.checkpoint_dir(position.step)
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -282,14 +279,13 @@ def save_checkpoint(run_dir: Path, model, optimizer, position: Position, rng: to
             os.fsync(handle.fileno())
     shutil.rmtree(folder, ignore_errors=True)
     os.replace(tmp, folder)
-    for old in sorted(p for p in (run_dir / CHECKPOINTS).glob("step-*") if not p.name.endswith(".tmp"))[:-keep]:
+    for old in run.checkpoint_dirs()[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return folder
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
-    found = sorted(p for p in (run_dir / CHECKPOINTS).glob("step-*")
-                   if not p.name.endswith(".tmp") and (p / "position.json").is_file())
+    found = [p for p in RunFolder(run_dir).checkpoint_dirs() if (p / "position.json").is_file()]
     return found[-1] if found else None
 
 
@@ -320,6 +316,32 @@ def _is_oom(exc: BaseException) -> bool:
 OOM_ADVICE = ("The computer ran out of memory while training. Try a smaller batch_size (with more "
               "gradient_accumulation), a shorter seq_len, gradient_checkpointing, or the QLoRA preset. "
               "The last checkpoint is kept: Resume continues from it.")
+
+
+@contextlib.contextmanager
+def training_errors():
+    """Around a stage's loop: an out-of-memory error of any kind becomes TrainingError with the advice."""
+    try:
+        yield
+    except TrainingError:
+        raise
+    except Exception as exc:
+        if _is_oom(exc):
+            raise TrainingError(OOM_ADVICE, "out-of-memory") from None
+        raise
+
+
+def finish_checkpoint(position: Position, checkpoint_now) -> None:
+    """Every stage ends the same: the last checkpoint, marked finished (a resume then only finishes)."""
+    position.finished = True
+    checkpoint_now()
+
+
+def save_final_adapter(run: RunFolder, model, tokenizer) -> Path:
+    """The final adapter, with its tokenizer, where export looks for it."""
+    model.save_pretrained(str(run.adapter), safe_serialization=True)
+    tokenizer.save_pretrained(str(run.adapter))
+    return run.adapter
 
 
 def memory_gb(device: torch.device) -> float:
@@ -354,9 +376,6 @@ def train(config: TrainConfig, run_dir: str | Path, cancel: CancelToken | None =
     """Train (or continue training) in ``run_dir``; yields events, ends with Done (path: the adapter)."""
     from transformers import AutoTokenizer
 
-    config.validate()
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     accelerator = None
     world, rank = int(os.environ.get("WORLD_SIZE", "1")), 0
     if world > 1:
@@ -367,8 +386,9 @@ def train(config: TrainConfig, run_dir: str | Path, cancel: CancelToken | None =
     main = rank == 0
     device = accelerator.device if accelerator else pick_device()
     dtype = pick_dtype(config, device)
-    if main:
-        atomic_write_text(run_dir / CONFIG_FILE, json.dumps(config.to_dict(), indent=1))
+    # The config is checked and stored once, when the run is made (here only for a direct call).
+    run = RunFolder.prepare(run_dir, config) if main else RunFolder(run_dir)
+    run_dir = run.path
 
     tokenizer = AutoTokenizer.from_pretrained(config.base_model)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -434,7 +454,7 @@ def train(config: TrainConfig, run_dir: str | Path, cancel: CancelToken | None =
             save_checkpoint(run_dir, _unwrap(model, accelerator), optimizer, position, rng[0], rng[1],
                             max(1, config.save_total_limit))
 
-    try:
+    with training_errors():
         while not stop_reason and position.step < total:
             batches = epoch_batches(len(data.train), config.batch_size, config.seed, position.epoch)
             if world > 1:
@@ -498,7 +518,7 @@ def train(config: TrainConfig, run_dir: str | Path, cancel: CancelToken | None =
                     if position.best_val is None or val < position.best_val - 1e-6:
                         position.best_val, position.bad_evals = val, 0
                         if main:
-                            _unwrap(model, accelerator).save_pretrained(str(run_dir / BEST), safe_serialization=True)
+                            _unwrap(model, accelerator).save_pretrained(str(run.best), safe_serialization=True)
                     else:
                         position.bad_evals += 1
                         if config.early_stopping_patience and position.bad_evals >= config.early_stopping_patience:
@@ -511,15 +531,8 @@ def train(config: TrainConfig, run_dir: str | Path, cancel: CancelToken | None =
             if position.batch >= len(batches):
                 position.epoch += 1
                 position.batch = 0
-    except TrainingError:
-        raise
-    except Exception as exc:
-        if _is_oom(exc):
-            raise TrainingError(OOM_ADVICE, "out-of-memory") from None
-        raise
 
-    position.finished = True
-    checkpoint_now(rng_now())
+    finish_checkpoint(position, lambda: checkpoint_now(rng_now()))
     if accelerator is not None:
         accelerator.wait_for_everyone()
     if not main:
@@ -527,8 +540,7 @@ def train(config: TrainConfig, run_dir: str | Path, cancel: CancelToken | None =
     if stop_reason and stop_reason != "finished":
         yield Log(stop_reason)
     final = _unwrap(model, accelerator)
-    final.save_pretrained(str(run_dir / ADAPTER), safe_serialization=True)
-    tokenizer.save_pretrained(str(run_dir / ADAPTER))
+    adapter = save_final_adapter(run, final, tokenizer)
     results = {
         "steps": position.step,
         "epochs": position.epoch + position.batch / max(local_batches, 1),
@@ -537,16 +549,14 @@ def train(config: TrainConfig, run_dir: str | Path, cancel: CancelToken | None =
         "tokens": position.tokens,
         "seconds": time.monotonic() - started,
         "stopped": stop_reason or "finished",
-        "config": config.to_dict(),
     }
     if data.eval_items and config.eval_questions:
         from muse_desktop.training.evaluate import before_after
 
         yield Log(f"Answering {len(data.eval_items)} held-out questions before and after training…")
         results["evaluation"] = before_after(final, tokenizer, data.eval_items, config, device)
-    atomic_write_text(run_dir / RESULTS, json.dumps(results, indent=1))
-    yield Done(f"Training finished after {position.step} steps; the adapter is in {run_dir / ADAPTER}",
-               str(run_dir / ADAPTER), {k: v for k, v in results.items() if k != "config"})
+    run.write_results(results)
+    yield Done(f"Training finished after {position.step} steps; the adapter is in {adapter}", str(adapter), results)
 
 
 def _unwrap(model, accelerator):

@@ -12,6 +12,7 @@ from PySide6.QtWidgets import (
     QAbstractButton,
     QApplication,
     QButtonGroup,
+    QDialog,
     QGridLayout,
     QHBoxLayout,
     QLabel,
@@ -41,15 +42,31 @@ from muse_desktop.usertypes import Catalog, InvalidUserType, UserType, custom_us
 
 # The four big tiles: the age groups most people pick.
 TILES = (("child", "Child"), ("teenager", "Teenager"), ("adult", "Adult"), ("older-adult", "Older adult"))
+UNLOCKED_MESSAGE = "Unlocked: the caregiver's settings are open again."
 ZOOM_STEPS = (100, 125, 150, 175, 200, 250, 300)
 SHORTCUTS = """Tab and Shift+Tab: go to the next or the previous control.
 Enter or Space: press the button you are on.
 Arrow keys: move between the four big buttons (Child, Teenager, Adult, Older adult).
 Enter in the question box: send the question.
+Ctrl+Space: speak your question instead of typing it.
 Ctrl and +, Ctrl and −, Ctrl and 0: larger text, smaller text, normal size.
 Ctrl+Shift+H: high contrast on or off.
 Alt and the underlined letter: open a menu (View, Caregiver, Help).
 F1: this list."""
+
+
+def pin_dialog(parent: QWidget, title: str, label: str):
+    """The dialog that asks for the caregiver's PIN; its words wrap, so it fits a laptop screen at 200 %."""
+    from PySide6.QtWidgets import QInputDialog
+
+    dialog = QInputDialog(parent)
+    dialog.setWindowTitle(title)
+    dialog.setLabelText(label)
+    dialog.setTextEchoMode(QLineEdit.Password)
+    dialog.setInputMode(QInputDialog.TextInput)
+    for text in dialog.findChildren(QLabel):
+        text.setWordWrap(True)
+    return dialog
 
 
 class UserTypePage(QWidget):
@@ -90,15 +107,13 @@ class UserTypePage(QWidget):
         layout.addLayout(tiles)
         self._tile_order = list(self.tiles.values())
 
-        search_label = QLabel("Or find your job or situation:")
-        layout.addWidget(search_label)
         self.search = QLineEdit()
+        search_label = widgets.field_label("Or find your job or situation:", self.search)  # its name, too
+        layout.addWidget(search_label)
         self.search.setPlaceholderText("Type to search, for example nurse or farmer")
-        self.search.setAccessibleName("Search user types")
         self.search.setClearButtonEnabled(True)
         for clear in self.search.findChildren(QToolButton):  # the × in the box: named, or it is just "button"
             clear.setAccessibleName("Clear the search")
-        search_label.setBuddy(self.search)
         self.search.textChanged.connect(self.refresh_list)
         layout.addWidget(self.search)
 
@@ -112,13 +127,11 @@ class UserTypePage(QWidget):
         layout.addWidget(self.results, 1)
         self.search.returnPressed.connect(self._choose_first)
 
-        custom_label = QLabel("Not in the list? Type who you are:")
+        self.custom = QLineEdit()
+        custom_label = widgets.field_label("Not in the list? Type who you are:", self.custom)
         layout.addWidget(custom_label)
         row = QHBoxLayout()
-        self.custom = QLineEdit()
         self.custom.setPlaceholderText("For example: Urban beekeeper")
-        self.custom.setAccessibleName("Your own user type")
-        custom_label.setBuddy(self.custom)
         self.custom.returnPressed.connect(self._use_custom)
         row.addWidget(self.custom, 1)
         self.use_custom = widgets.button("Use this", "Use my own user type", self._use_custom)
@@ -314,6 +327,9 @@ class MainWindow(QMainWindow):
         QApplication.instance().installEventFilter(self)
         if not lock.is_locked(self.settings) and self.page.start.isEnabled():
             self.page.start.setFocus()  # a returning person: Enter starts the conversation
+        # The saved model opens while the first page shows (several seconds for a laptop-sized
+        # model), with the returning person's instruction already in its cache.
+        self.chat.preload(self.page.current())
 
     def eventFilter(self, watched, event) -> bool:  # noqa: N802 (Qt's name)
         """Enter presses the focused button, as Space does (Qt's buttons only take Space)."""
@@ -461,6 +477,9 @@ class MainWindow(QMainWindow):
     def _tab_changed(self, index: int) -> None:
         if lock.is_locked(self.settings) and index != 0:
             self.tabs.setCurrentIndex(0)
+            return
+        if self.tabs.widget(index) is self._compare_scroll:
+            self.compare.refresh_models()  # the model open in the chat now is a choice
 
     def show_model_page(self) -> None:
         if lock.is_locked(self.settings):
@@ -524,6 +543,11 @@ class MainWindow(QMainWindow):
             if self.pages.currentWidget() is not self.chat:
                 self.pages.setCurrentWidget(self.chat)
         self.lock_mark.setVisible(locked)
+        was_locked, self._was_locked = getattr(self, "_was_locked", None), locked
+        if was_locked is not None and was_locked != locked:
+            # A change a person must hear about: what can be used has just changed.
+            # From the tabs, which are on screen either way (the mark has only just been shown).
+            widgets.announce(self.tabs, lock.LOCKED_MARK if locked else UNLOCKED_MESSAGE)
         if locked and self._kiosk_dialog is not None and self._kiosk_dialog.isVisible():
             self._kiosk_dialog.close()  # the caregiver's settings close with the lock, also a dialog left open
         self.setWindowTitle(f"{APP_NAME} — {lock.LOCKED_MARK}" if locked else APP_NAME)
@@ -581,9 +605,10 @@ class MainWindow(QMainWindow):
         self.apply_lock()
 
     def _ask_pin(self, title: str, label: str) -> str | None:
-        from PySide6.QtWidgets import QInputDialog
-
-        pin, ok = QInputDialog.getText(self, title, label, QLineEdit.Password)
+        dialog = pin_dialog(self, title, label)
+        ok = dialog.exec() == QDialog.Accepted
+        pin = dialog.textValue()
+        dialog.deleteLater()
         return pin if ok else None
 
     def ask_new_pin(self) -> None:

@@ -10,7 +10,6 @@ from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QGuiApplication
 from PySide6.QtWidgets import (
     QApplication,
-    QComboBox,
     QFileDialog,
     QHBoxLayout,
     QInputDialog,
@@ -25,7 +24,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from muse_desktop.events import Done
+from muse_desktop.events import Done, Log
 from muse_desktop.fileio import atomic_write_text
 from muse_desktop.settings import Settings
 from muse_desktop.speech import Speaker
@@ -40,6 +39,7 @@ ADDON_STRENGTHS = (("Add-on: full", 1.0), ("Add-on: half", 0.5), ("Add-on: off",
 NO_ANSWER = "No answer came to this question. Press “Try again”, or ask it again."
 # The demo model in plain words (the terminal's notice says "random weights" to developers).
 PRACTICE_MODEL = "Practice model: it has not learnt anything, so its answers are nonsense."
+WRITING = "MUsE is writing an answer…"  # a streaming bubble's name until the answer is complete
 NOTE = "note"  # a bubble that is not a message: the mark of a question without an answer
 
 
@@ -56,8 +56,18 @@ class Bubble(QLabel):
         self.setFocusPolicy(Qt.StrongFocus)
         self.setAccessibleDescription({"user": "You said", NOTE: "No answer"}.get(role, "MUsE said"))
 
+    def start_writing(self) -> None:
+        """While the answer streams in, the name stays fixed: a screen reader is not told every word
+        (each change of a label's text is a name change on the bus). The whole answer is announced once."""
+        self.setAccessibleName(WRITING)
+
     def append(self, text: str) -> None:
         self.setText(self.text() + text)
+
+    def finish_writing(self) -> None:
+        """The answer is complete (or stopped, or failed): the name is the text again, with one change."""
+        if self.accessibleName():
+            self.setAccessibleName("")
 
 
 class ChatPage(QWidget):
@@ -79,6 +89,7 @@ class ChatPage(QWidget):
         self.answer_bubble: Bubble | None = None
         # (path, add-ons) opened once the current work has finished
         self._pending_model: tuple[str, list[str]] | None = None
+        self._loading: str | None = None  # the model file being opened in the background
         self._question_id: int | None = None  # the stored question being answered now
         self._choosing = False  # preference mode's four answers are being written
         self._focus_after = None  # where focus goes back when the current work ends
@@ -171,8 +182,9 @@ class ChatPage(QWidget):
         self.history_toggle.toggled.connect(lambda shown: self.side.setVisible(shown and not self.simple))
         self.simple = False
         # Shown only with an add-on (MUsE as a small extra part): how much of it answers.
-        self.addon_strength = QComboBox()
-        self.addon_strength.setAccessibleName("How much the add-on is used")
+        self.addon_strength = widgets.ChoiceBox()
+        self.addon_strength.setAccessibleName("Add-on")  # the word on the box: "Add-on: full"
+        self.addon_strength.setAccessibleDescription("How much the add-on is used")
         self.addon_strength.setMinimumHeight(44)
         for text, scale in ADDON_STRENGTHS:
             self.addon_strength.addItem(text, scale)
@@ -259,26 +271,47 @@ class ChatPage(QWidget):
         self.user_type = user_type
         self.who.setText(f"Answers for: {user_type.display_name}")
         self.refresh_history()
-        if (open_saved_model and self.engine is None and self.settings.model_path
-                and Path(self.settings.model_path).exists()):
-            adapter = self.settings.adapter_path
-            self.load_model(self.settings.model_path, [adapter] if adapter and Path(adapter).exists() else [])
+        if open_saved_model and self._loading is None:
+            self.preload(user_type)
 
-    def load_model(self, path: str, adapters: list[str] | None = None) -> None:
+    def preload(self, user_type: UserType | None) -> None:
+        """Open the saved model in the background (at launch, while the first page shows).
+
+        With ``user_type`` (a returning person) its instruction is put in the model's
+        cache too, so the first question evaluates only its own words.
+        """
+        if (self.engine is not None or self._loading is not None or not self.settings.model_path
+                or not Path(self.settings.model_path).exists()):
+            return
+        adapter = self.settings.adapter_path
+        self.load_model(self.settings.model_path, [adapter] if adapter and Path(adapter).exists() else [],
+                        prepare_for=user_type.prompt_name if user_type is not None else None)
+
+    def load_model(self, path: str, adapters: list[str] | None = None, prepare_for: str | None = None) -> None:
         """Open a GGUF model (with GGUF LoRA adapters applied at run time) off the GUI thread."""
         if self.busy:
             self._pending_model = (path, list(adapters or []))
             return
+        self._loading = path
         from muse_desktop.chat.engine import AdapterSpec, ChatEngine, EngineSettings
 
+        from muse_desktop.paths import user_dirs
+
         settings = EngineSettings(threads=self.settings.threads, context_length=self.settings.context_length,
-                                  gpu_layers=self.settings.gpu_layers, long_context=self.settings.long_context)
+                                  gpu_layers=self.settings.gpu_layers, long_context=self.settings.long_context,
+                                  prefix_state_dir=str(user_dirs().cache / "prefix-state"))
 
         scale = self.settings.adapter_scale if adapters and adapters[0] == self.settings.adapter_path else 1.0
         specs = [AdapterSpec(adapter, scale) for adapter in adapters or []]
 
+        template = self.settings.instruction_template or None
+
         def events(_token):
             engine = ChatEngine(path, settings, specs)
+            if prepare_for is not None:  # the instruction restored (or evaluated and kept) now
+                note = engine.prepare(prepare_for, template)
+                if note:
+                    yield Log(note, "warning")
             yield Done("loaded", data={"engine": engine})
 
         self.status.setText(f"Opening {Path(path).name}…")
@@ -295,9 +328,10 @@ class ChatPage(QWidget):
             self.engine.close()
         self.engine = engine
         is_demo = Path(path).name.startswith("muse-demo-")
-        label = PRACTICE_MODEL if is_demo else f"Model: {Path(path).name}"
+        # The file's name without ".gguf": a person reads the model's name, not a file type.
+        label = PRACTICE_MODEL if is_demo else f"Model: {Path(path).stem}"
         if adapters:
-            label += " + " + ", ".join(Path(a).name for a in adapters)
+            label += " with the add-on " + ", ".join(Path(a).stem for a in adapters)
         self.model_label.setText(label)
         self.model_info.setText(label)
         ready = "Ready. Type a question and press Enter."
@@ -402,6 +436,7 @@ class ChatPage(QWidget):
             self.answer_bubble.role = NOTE
             self.answer_bubble.setAccessibleDescription("No answer")
             self.answer_bubble.setText(NO_ANSWER)
+            self.answer_bubble.finish_writing()
         else:
             self.add_bubble(NOTE, NO_ANSWER)
         self.answer_bubble = None
@@ -409,8 +444,8 @@ class ChatPage(QWidget):
     # -- preference mode ---------------------------------------------------------------------
 
     def _start_candidates(self) -> None:
-        """Write the research grid's candidate answers one after another into the panel."""
-        from muse_desktop.preferences import DEFAULT_GRID, parse_grid
+        """Write the research grid's candidate answers together (one llama.cpp batch) into the panel."""
+        from muse_desktop.preferences import DEFAULT_GRID, candidate_records, candidate_requests, parse_grid
 
         try:
             self._specs = list(parse_grid(self.settings.preference_grid))
@@ -422,36 +457,23 @@ class ChatPage(QWidget):
         self._make_room_for_candidates(True)
         self.preference_panel.start([spec.label() for spec in self._specs])
         self.say("Writing four answers…")
-        self._next_candidate()
-
-    def _next_candidate(self) -> None:
-        from muse_desktop.chat.engine import default_sampling
-        from muse_desktop.preferences import Framing
-
-        index = len(self._candidates)
-        if index == len(self._specs):
-            self.preference_panel.ready()
-            self.say("The four answers are ready. Mark the best and the worst answer.")
-            return
-        spec = self._specs[index]
         conversation = self.store.conversation(self.conversation_id)
-        user_type = conversation.user_type if spec.framing == Framing.MUSE else None
-        sampling = default_sampling(conversation.user_type)
-        sampling.temperature = spec.temperature
-        sampling.seed = random.randrange(2**31)
-        turns, template, engine = self.store.turns(self.conversation_id), self.settings.instruction_template or None, self.engine
+        engine = self.engine
+        requests = candidate_requests(self._specs, conversation.user_type, self.store.turns(self.conversation_id),
+                                      self.settings.instruction_template or None)
 
         def done(event: Done) -> None:
-            if event.data.get("stopped") == "cancelled":  # Stop ends the whole round
+            records = candidate_records(event.data["candidates"], self._specs, requests)
+            if records is None:  # Stop ends the whole round
                 self._end_candidates()
                 self.say("Stopped. Ask again to get four new answers.")
                 return
-            self._candidates.append({"text": event.data["text"].strip(), "framing": spec.framing,
-                                     "temperature": spec.temperature, "seed": sampling.seed})
-            self._then = self._next_candidate
+            self._candidates = records
+            self.preference_panel.ready()
+            self.say("The four answers are ready. Mark the best and the worst answer.")
 
-        self._run(lambda token: engine.generate(user_type, turns, template, sampling, cancel=token), on_done=done,
-                  on_text=lambda delta: self.preference_panel.append(index, delta))
+        self._run(lambda token: engine.generate_batch(requests, cancel=token), on_done=done,
+                  candidate_text=self.preference_panel.append)
 
     def _end_candidates(self) -> None:
         """A round that cannot finish (stopped, failed): the question is kept as one without an answer."""
@@ -502,6 +524,7 @@ class ChatPage(QWidget):
         template = self.settings.instruction_template or None
         engine = self.engine
         self.answer_bubble = self.add_bubble("assistant", "")
+        self.answer_bubble.start_writing()
         self.say("Thinking…")
         self._run(lambda token: engine.generate(prompt_name, turns, template, sampling, cancel=token),
                   on_done=self._answered, on_text=self.answer_bubble.append)
@@ -509,6 +532,8 @@ class ChatPage(QWidget):
     def _answered(self, event: Done) -> None:
         data = event.data
         text = data["text"].strip()
+        if self.answer_bubble is not None:
+            self.answer_bubble.finish_writing()
         if text:
             # Once, when the whole answer is there: token by token would be noise.
             widgets.announce(self.answer_bubble or self, f"MUsE said: {text}")
@@ -696,8 +721,8 @@ class ChatPage(QWidget):
 
     # -- running work off the GUI thread --------------------------------------------------------
 
-    def _run(self, make_events, on_done, on_text=None) -> None:
-        self.stop_button.setEnabled(on_text is not None)
+    def _run(self, make_events, on_done, on_text=None, candidate_text=None) -> None:
+        self.stop_button.setEnabled(on_text is not None or candidate_text is not None)
         focused = QApplication.focusWidget()
         self._focus_after = focused if focused is not None and self.isAncestorOf(focused) else None
         if focused in self._locked_while_busy():
@@ -707,6 +732,8 @@ class ChatPage(QWidget):
         for control in self._locked_while_busy():
             control.setEnabled(False)
         slots = {"text": on_text} if on_text is not None else {}
+        if candidate_text is not None:
+            slots["candidate_text"] = candidate_text
         start_worker(self, make_events, self._finished, done=on_done, failed=self._failed,
                      log=lambda message, _level: self.status.setText(message), **slots)
 
@@ -735,6 +762,9 @@ class ChatPage(QWidget):
             self.load_model(*pending)
 
     def _finished(self) -> None:
+        self._loading = None  # opened or failed: either way no longer being opened
+        for bubble in self._bubbles():  # whatever ended the work, no bubble keeps the "writing" name
+            bubble.finish_writing()
         on_stop = QApplication.focusWidget() is self.stop_button
         self._release_controls()
         back, self._focus_after = self._focus_after, None

@@ -17,20 +17,61 @@ from PySide6.QtWidgets import (
     QPlainTextEdit,
     QProgressBar,
     QSizePolicy,
-    QSpinBox,
     QVBoxLayout,
     QWidget,
 )
 
 from muse_desktop.compare import MEASURES, CompareError, Contender, Summary
 from muse_desktop.ui import widgets
+from muse_desktop.ui.widgets import FlowLayout
 from muse_desktop.ui.workers import EventWorker, start_worker
 
 SAMPLE_QUESTIONS = "Why is a balanced diet important?\nHow does the heart work?\nWhat is a computer virus?"
 # Bars differ by fill pattern as well as colour (nothing carried by colour alone).
 PATTERNS = (Qt.SolidPattern, Qt.BDiagPattern, Qt.CrossPattern, Qt.Dense5Pattern, Qt.FDiagPattern)
 COLOURS = ("#0B5CAD", "#B34700", "#2E7D32", "#6A1B9A", "#4A4A4A")
+# The words for the three measures, the same in the rating, the results and the README
+# (the study's names, understandability, geniality and applicability, stay in the CSV file).
 SHORT = {"understandability": "Clear", "geniality": "Kind", "applicability": "Useful"}
+MEANING = {"understandability": "easy to understand", "geniality": "friendly and warm",
+           "applicability": "helps with the question"}
+MEASURE_LEGEND = ("Clear: easy to understand. Kind: friendly and warm. Useful: helps with the question. "
+                  "1 = poor, 5 = excellent.")
+OPEN_IN_CHAT = "Open in the chat: "
+
+
+class ScoreButtons(QWidget):
+    """One measure of one answer: its word, then five big buttons 1–5 (one is chosen), in place of a spin box."""
+
+    def __init__(self, measure: str, answer_number: int, value: int = 3):
+        super().__init__()
+        self.measure = measure
+        word = SHORT[measure]
+        self.setAccessibleName(f"{word}, answer {answer_number}")
+        row = QHBoxLayout(self)
+        row.setContentsMargins(0, 0, 0, 0)
+        row.setSpacing(4)
+        self.word = widgets.label(word)
+        self.word.setWordWrap(False)
+        row.addWidget(self.word)
+        self.group = QButtonGroup(self)
+        self.group.setExclusive(True)
+        for score in range(1, 6):
+            button = widgets.button(str(score), f"{word} of answer {answer_number}: {score} of 5")
+            button.setObjectName("score")
+            button.setCheckable(True)
+            self.group.addButton(button, score)
+            row.addWidget(button)
+        self.setValue(value)
+
+    def value(self) -> int:
+        return self.group.checkedId()
+
+    def setValue(self, value: int) -> None:  # noqa: N802 (as a spin box says it)
+        self.group.button(value).setChecked(True)
+
+    def buttons(self) -> list:
+        return [self.group.button(score) for score in range(1, 6)]
 
 
 class BarChart(QWidget):
@@ -47,7 +88,7 @@ class BarChart(QWidget):
         self.summary = summary
         parts = []
         for (model, measure, user_type), (mean, sd, n) in sorted(summary.stats.items()):
-            parts.append(f"{model}, {measure}, {user_type}: {mean:.1f} ± {sd:.1f} (n={n})")
+            parts.append(f"{model}, {SHORT.get(measure, measure)}, {user_type}: {mean:.1f} ± {sd:.1f} (n={n})")
         self.setAccessibleDescription("; ".join(parts) or "No ratings yet.")
         self.update()
 
@@ -124,33 +165,33 @@ class ComparePage(QWidget):
 
         setup = QGroupBox("1. What to compare")
         form = QVBoxLayout(setup)
-        form.addWidget(widgets.label("Tick 2 to 5 models:"))
         self.models = QListWidget()
-        self.models.setAccessibleName("Models to compare")
+        form.addWidget(widgets.field_label("Models to compare (tick 2 to 5)", self.models))
         self.models.setMaximumHeight(150)
+        # The whole row is the target, not only the small box: a click anywhere on it ticks or unticks.
+        self.models.itemPressed.connect(lambda item: setattr(self, "_pressed_state", item.checkState()))
+        self.models.itemClicked.connect(self._row_clicked)
+        # The chat keeps the model it has open (and its add-on) in the settings.
+        self.open_model = lambda: (self.settings.model_path, self.settings.adapter_path)
         form.addWidget(self.models)
-        row = QHBoxLayout()
+        row = FlowLayout()
         row.addWidget(widgets.button("Add a model file…", "Add a GGUF model file to compare", self.add_file))
         self.mine_vs_muse_button = widgets.button(
             "My training against MUsE", "Tick your latest trained model and the published MUsE",
             self.mine_against_muse)
         row.addWidget(self.mine_vs_muse_button)
-        row.addStretch(1)
         form.addLayout(row)
-        form.addWidget(widgets.label("Questions, one per line:"))
         self.questions = QPlainTextEdit(SAMPLE_QUESTIONS)
-        self.questions.setAccessibleName("Questions to ask every model")
+        form.addWidget(widgets.field_label("Questions, one per line", self.questions))
         self.questions.setMaximumHeight(110)
         form.addWidget(self.questions)
-        row = QHBoxLayout()
         self.user_types = QLineEdit("Child, Elderly")
-        self.user_types.setAccessibleName("User types, separated by commas")
+        form.addWidget(widgets.field_label("User types, separated by commas", self.user_types))
+        form.addWidget(self.user_types)
         self.rater = QLineEdit()
         self.rater.setPlaceholderText("Your name")
-        self.rater.setAccessibleName("Who is rating")
-        row.addWidget(self.user_types, 1)
-        row.addWidget(self.rater, 1)
-        form.addLayout(row)
+        form.addWidget(widgets.field_label("Who is rating", self.rater))
+        form.addWidget(self.rater)
         self.prepare_button = widgets.button("Prepare the answers", "Let every model answer every question",
                                              self.prepare, primary=True)
         form.addWidget(self.prepare_button, 0, Qt.AlignLeft)
@@ -163,8 +204,10 @@ class ComparePage(QWidget):
         form.addWidget(self.status)
         layout.addWidget(setup)
 
-        self.rating = QGroupBox("2. Rate the answers (1 = poor, 5 = excellent)")
+        self.rating = QGroupBox("2. Rate the answers")
         rating = QVBoxLayout(self.rating)
+        self.rating_legend = widgets.label(MEASURE_LEGEND, "muted")
+        rating.addWidget(self.rating_legend)
         self.round_label = widgets.label(name="Question being rated")
         rating.addWidget(self.round_label)
         self.answers_box = QVBoxLayout()
@@ -179,9 +222,10 @@ class ComparePage(QWidget):
         box = QVBoxLayout(results)
         self.chart = BarChart()
         box.addWidget(self.chart)
-        box.addWidget(widgets.label("Clear = understandability, Kind = geniality, Useful = applicability. "
-                                    "Each bar is the mean score; the line through it spans one standard deviation "
-                                    "either side.", "muted"))
+        self.results_legend = widgets.label(
+            MEASURE_LEGEND + " Each bar is the average score; the line through it shows how far the scores "
+            "spread (one standard deviation either side).", "muted")
+        box.addWidget(self.results_legend)
         self.best_label = widgets.label(name="How often each model was picked as best")
         box.addWidget(self.best_label)
         self.csv_button = widgets.button("Save as CSV…", "Save all ratings as a CSV file", self.save_csv)
@@ -191,6 +235,14 @@ class ComparePage(QWidget):
         self.show_results()
 
     def refresh_models(self) -> None:
+        """The library and the chat's open model; what was ticked (or added as a file) stays."""
+        ticked, added = set(), []
+        for i in range(self.models.count()):
+            contender = self.models.item(i).data(Qt.UserRole)
+            if self.models.item(i).checkState() == Qt.Checked:
+                ticked.add((contender.path, contender.adapter))
+            if self.models.item(i).data(Qt.UserRole + 1):
+                added.append((contender.name, contender.path, contender.adapter))
         self.models.clear()
         self._sources: dict[str, str] = {}  # contender name -> where it came from (trainer, get-muse)
         library = [e for e in self.store.library() if Path(e.path).is_file()]
@@ -198,16 +250,30 @@ class ComparePage(QWidget):
             published = e.source == "get-muse" and (e.info or {}).get("adapter_repo")
             self._sources.setdefault(e.name, "muse" if published else e.source)
         entries = [(e.name, e.base_path or e.path, e.path if e.kind == "adapter" else "") for e in library]
-        if self.settings.model_path and Path(self.settings.model_path).is_file():
-            entries.insert(0, (f"Current: {Path(self.settings.model_path).name}", self.settings.model_path, ""))
+        # The model open in the chat comes first (it may be in the library too: then once, by its open name).
+        path, adapter = self.open_model()
+        adapter = adapter if adapter and Path(adapter).is_file() else ""
+        if path and Path(path).is_file():
+            entries = [e for e in entries if (e[1], e[2]) != (path, adapter)]
+            entries.insert(0, (OPEN_IN_CHAT + Path(adapter or path).stem, path, adapter))
+        listed = {(p, a) for _, p, a in entries}
         for name, path, adapter in entries:
-            self._add(name, path, adapter)
+            self._add(name, path, adapter, checked=(path, adapter) in ticked)
+        for name, path, adapter in added:
+            if (path, adapter) not in listed:
+                self._add(name, path, adapter, checked=(path, adapter) in ticked, from_file=True)
 
-    def _add(self, name: str, path: str, adapter: str = "", checked: bool = False) -> None:
+    def _row_clicked(self, item: QListWidgetItem) -> None:
+        if item.checkState() == getattr(self, "_pressed_state", None):  # not a click on the box itself
+            item.setCheckState(Qt.Unchecked if item.checkState() == Qt.Checked else Qt.Checked)
+        self._pressed_state = None
+
+    def _add(self, name: str, path: str, adapter: str = "", checked: bool = False, from_file: bool = False) -> None:
         item = QListWidgetItem(name)
         item.setFlags(item.flags() | Qt.ItemIsUserCheckable)
         item.setCheckState(Qt.Checked if checked else Qt.Unchecked)
         item.setData(Qt.UserRole, Contender(name, path, adapter))
+        item.setData(Qt.UserRole + 1, from_file)
         self.models.addItem(item)
 
     def mine_against_muse(self) -> None:
@@ -231,7 +297,7 @@ class ComparePage(QWidget):
     def add_file(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "Add a model", str(Path.home()), "GGUF models (*.gguf)")
         if path:
-            self._add(Path(path).name, path, checked=True)
+            self._add(Path(path).name, path, checked=True, from_file=True)
 
     def chosen(self) -> list[Contender]:
         return [self.models.item(i).data(Qt.UserRole) for i in range(self.models.count())
@@ -265,7 +331,7 @@ class ComparePage(QWidget):
         self.status.setText("Every model is answering every question…")
         start_worker(self, lambda token: generate_answers(path, session, questions, user_types, settings,
                                                           cancel=token),
-                     self._finished, done=lambda _event: self.start_rating(), failed=self.status.setText,
+                     self._finished, done=lambda _event: self.start_rating(), failed=self._say,
                      progress=self._progress)
 
     def _progress(self, done: float, total: float, _unit: str, message: str) -> None:
@@ -282,10 +348,11 @@ class ComparePage(QWidget):
 
         self.rounds = rounds(self.store, self.session)
         self.round_index = 0
-        self.status.setText("The answers are ready. They are shown in a new random order for each question, "
-                            "without the models' names.")
+        self._say("The answers are ready. They are shown in a new random order for each question, "
+                  "without the models' names.")
         self.rating.show()
         self.show_round()
+        self._focus_first_score()
 
     def show_round(self) -> None:
         while self.answers_box.count():
@@ -298,37 +365,33 @@ class ComparePage(QWidget):
         self.round_label.setText(f"Question {self.round_index + 1} of {len(self.rounds)}, for {first['user_type']}: "
                                  f"“{first['question']}”")
         self.best_group = QButtonGroup(self)
-        self.score_boxes: list[tuple[int, list[QSpinBox]]] = []
+        self.score_boxes: list[tuple[int, list[ScoreButtons]]] = []
         for position, answer in enumerate(current):
             box = QGroupBox(f"Answer {position + 1}")
             inner = QVBoxLayout(box)
             text = widgets.label(answer["answer"] or "(no answer)", name=f"Answer {position + 1}")
             text.setTextInteractionFlags(Qt.TextSelectableByMouse | Qt.TextSelectableByKeyboard)
             inner.addWidget(text)
-            row = QHBoxLayout()
-            spins = []
+            # One measure a line: the same at every text size, nothing to wrap or overlap.
+            scores = []
+            words = max(self.fontMetrics().horizontalAdvance(word) for word in SHORT.values())
             for measure in MEASURES:
-                row.addWidget(widgets.label(measure.capitalize()))
-                spin = QSpinBox()
-                spin.setRange(1, 5)
-                spin.setValue(3)
-                spin.setAccessibleName(f"{measure.capitalize()} of answer {position + 1}")
-                row.addWidget(spin)
-                spins.append(spin)
+                score = ScoreButtons(measure, position + 1)
+                score.word.setMinimumWidth(words + 12)  # the five buttons line up under each other
+                inner.addWidget(score, 0, Qt.AlignLeft)
+                scores.append(score)
             best = widgets.button("Best", f"Answer {position + 1} is the best")
             best.setCheckable(True)
             self.best_group.addButton(best, position)
-            row.addWidget(best)
-            row.addStretch(1)
-            inner.addLayout(row)
+            inner.addWidget(best, 0, Qt.AlignLeft)
             self.answers_box.addWidget(box)
-            self.score_boxes.append((answer["id"], spins))
+            self.score_boxes.append((answer["id"], scores))
 
     def rate_current(self, scores: list[tuple[int, int, int]], best: int | None = None) -> None:
-        """Set the scores on screen (for keyboard users' tests and scripts) — the same as typing them."""
-        for (_, spins), values in zip(self.score_boxes, scores, strict=True):
-            for spin, value in zip(spins, values, strict=True):
-                spin.setValue(value)
+        """Set the scores on screen (for tests and scripts) — the same as pressing the 1–5 buttons."""
+        for (_, buttons), values in zip(self.score_boxes, scores, strict=True):
+            for measure, value in zip(buttons, values, strict=True):
+                measure.setValue(value)
         if best is not None:
             self.best_group.button(best).setChecked(True)
 
@@ -336,15 +399,27 @@ class ComparePage(QWidget):
         from muse_desktop.compare import rate
 
         best = self.best_group.checkedId()
-        for position, (answer_id, spins) in enumerate(self.score_boxes):
-            rate(self.store, answer_id, *[s.value() for s in spins], best=position == best)
+        for position, (answer_id, buttons) in enumerate(self.score_boxes):
+            rate(self.store, answer_id, *[b.value() for b in buttons], best=position == best)
         self.round_index += 1
         if self.round_index < len(self.rounds):
             self.show_round()
+            self._focus_first_score()  # the pressed button's question is gone: on to the next one's first score
+            widgets.announce(self.round_label, self.round_label.text())
         else:
             self.rating.hide()
-            self.status.setText("Thank you. All answers are rated.")
+            self._say("Thank you. All answers are rated.")
             self.show_results()
+            self.csv_button.setFocus()
+
+    def _say(self, text: str) -> None:
+        self.status.setText(text)
+        widgets.announce(self.status, text)
+
+    def _focus_first_score(self) -> None:
+        if self.score_boxes:
+            first = self.score_boxes[0][1][0]
+            first.group.checkedButton().setFocus()
 
     def show_results(self) -> None:
         from muse_desktop.compare import summarize

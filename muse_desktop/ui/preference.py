@@ -69,6 +69,9 @@ class PreferencePanel(QWidget):
             box.setToolTip(label)
             inner = QVBoxLayout(box)
             text = widgets.label(name=f"Answer {index + 1}")
+            # While the answers stream in, the name stays fixed: a label's name is its text, and a
+            # screen reader would be told every word of four answers at once. ready() gives the words back.
+            text.setAccessibleName(f"Answer {index + 1} is being written…")
             text.setTextInteractionFlags(Qt.TextSelectableByMouse | Qt.TextSelectableByKeyboard)
             inner.addWidget(text)
             buttons = QHBoxLayout()
@@ -93,6 +96,8 @@ class PreferencePanel(QWidget):
         self.texts[index].setText(self.texts[index].text() + delta)
 
     def ready(self) -> None:
+        for text in self.texts:  # each answer is read by its words again, with one change
+            text.setAccessibleName("")
         for button in self.best_group.buttons() + self.worst_group.buttons():
             button.setEnabled(True)
         self.help.setText("Mark the best answer and the worst one, then press “Keep the best answer”.")

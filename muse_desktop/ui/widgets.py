@@ -5,7 +5,15 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from PySide6.QtCore import QPoint, QRect, QSize, Qt
-from PySide6.QtWidgets import QLabel, QLayout, QPushButton
+from PySide6.QtGui import QAccessible, QAccessibleActionInterface, QAccessibleEvent
+from PySide6.QtWidgets import (
+    QAccessibleWidget,
+    QComboBox,
+    QLabel,
+    QLayout,
+    QPushButton,
+    QWidget,
+)
 
 
 def button(text: str, detail: str = "", on_click: Callable | None = None, primary: bool = False) -> QPushButton:
@@ -37,6 +45,85 @@ def label(text: str = "", style: str = "", name: str = "") -> QLabel:
     if name:
         widget.setAccessibleDescription(name)
     return widget
+
+
+def field_label(text: str, field: QWidget) -> QLabel:
+    """The visible label of a field (a text box, a list, a choice box): the field's accessible name is
+    exactly these words, and the label is its buddy (Alt+letter, and the "labelled by" relation)."""
+    widget = QLabel(text)
+    widget.setWordWrap(True)
+    widget.setBuddy(field)
+    field.setAccessibleName(text.rstrip(":").strip())
+    return widget
+
+
+class ChoiceBox(QComboBox):
+    """A combo box that a screen reader names by its label, not by its value.
+
+    On Linux Qt's own combo-box interface always gives the current value as the name
+    ("muse-3" in place of "Recipe"), whatever ``setAccessibleName`` says. This class has
+    its own interface (see :class:`_ChoiceAccessible`): the name is the accessible name
+    (the visible label), the current value is the value and the description.
+    """
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        _install_choice_factory()
+        self.currentIndexChanged.connect(self._value_changed)
+
+    def _value_changed(self, _index: int) -> None:
+        if QAccessible.isActive():
+            QAccessible.updateAccessibility(QAccessibleEvent(self, QAccessible.DescriptionChanged))
+
+
+class _ChoiceAccessible(QAccessibleWidget):
+    """Name = the label; value and description = the current choice; "show menu" opens the list."""
+
+    def __init__(self, box: ChoiceBox):
+        super().__init__(box, QAccessible.ComboBox)
+        self._box = box
+
+    def text(self, kind):  # Qt's name
+        box = self._box
+        if kind == QAccessible.Name:
+            return box.accessibleName() or box.currentText()
+        if kind == QAccessible.Value:
+            return box.currentText()
+        if kind == QAccessible.Description:
+            extra = box.accessibleDescription()
+            return f"{box.currentText()}. {extra}" if extra and extra != box.currentText() else box.currentText()
+        return super().text(kind)
+
+    def actionNames(self):  # noqa: N802 (Qt's name)
+        return [QAccessibleActionInterface.showMenuAction(), *super().actionNames()]
+
+    def doAction(self, name: str) -> None:  # noqa: N802 (Qt's name)
+        if name == QAccessibleActionInterface.showMenuAction():
+            self._box.showPopup()
+            return
+        super().doAction(name)
+
+
+# Qt deletes an interface when its widget goes; until then Python must keep the wrapper
+# alive (a collected wrapper would delete the C++ interface Qt still uses). A handful of
+# choice boxes a window: kept for the process's life, the wrappers of gone ones are empty shells.
+_CHOICE_INTERFACES: list = []
+_factory_installed = False
+
+
+def _choice_factory(class_name: str, obj):
+    if class_name != "ChoiceBox" or not isinstance(obj, ChoiceBox):
+        return None
+    interface = _ChoiceAccessible(obj)
+    _CHOICE_INTERFACES.append(interface)
+    return interface
+
+
+def _install_choice_factory() -> None:
+    global _factory_installed
+    if not _factory_installed:
+        QAccessible.installFactory(_choice_factory)
+        _factory_installed = True
 
 
 class FlowLayout(QLayout):

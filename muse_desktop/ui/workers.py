@@ -15,11 +15,12 @@ from typing import Any
 from PySide6.QtCore import QObject, Qt, QThread, Signal
 
 from muse_desktop.errors import MuseError
-from muse_desktop.events import CancelToken, Cancelled, Done, Event, Log, Metric, Progress, Text
+from muse_desktop.events import CancelToken, CandidateText, Cancelled, Done, Event, Log, Metric, Progress, Text
 
 
 class _Signals(QObject):
     text = Signal(str)
+    candidate_text = Signal(int, str)  # index, delta
     log = Signal(str, str)
     progress = Signal(float, float, str, str)  # done, total, unit, message
     metric = Signal(str, float, int)  # name, value, step
@@ -39,6 +40,8 @@ class _Runner(_Signals):
             for event in self.make_events(self.token):
                 if isinstance(event, Text):
                     self.text.emit(event.delta)
+                elif isinstance(event, CandidateText):
+                    self.candidate_text.emit(event.index, event.delta)
                 elif isinstance(event, Progress):
                     self.progress.emit(float(event.done), float(event.total), event.unit, event.message)
                 elif isinstance(event, Metric):
@@ -73,7 +76,7 @@ class EventWorker(_Signals):
         # quit() is thread-safe: called directly, so the thread has stopped its loop by the
         # time the GUI thread sees ``finished`` and waits for it.
         self.runner.finished.connect(self.thread.quit, Qt.DirectConnection)
-        for name in ("text", "log", "progress", "metric", "done", "failed", "finished"):
+        for name in ("text", "candidate_text", "log", "progress", "metric", "done", "failed", "finished"):
             getattr(self.runner, name).connect(getattr(self, name))
 
     def start(self) -> None:
