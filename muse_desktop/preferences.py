@@ -80,7 +80,7 @@ def candidate_records(candidates: list[dict], specs, requests) -> list[dict] | N
     if any(result["stopped"] == "cancelled" for result in candidates):
         return None
     return [{"text": result["text"].strip(), "framing": spec.framing, "temperature": spec.temperature,
-             "seed": request.sampling.seed} for result, spec, request in zip(candidates, specs, requests)]
+             "seed": request.sampling.seed} for result, spec, request in zip(candidates, specs, requests, strict=True)]
 
 
 def export_instruction_data(store, path: str | Path, profile_id: int | None = None) -> int:

@@ -387,7 +387,7 @@ def install(the_plan: Plan, folder: Path | None = None, index: str | None = None
     shutil.rmtree(fresh, ignore_errors=True)
     fresh.mkdir(parents=True)
     try:
-        for path, wheel in zip(paths, the_plan.wheels):
+        for path in paths:
             try:
                 _unpack_wheel(path, fresh, cancel)
             except DownloadError:
