@@ -132,12 +132,9 @@ def remove_person(store: Store, person_id: int, data_root: Path) -> list[Path]:
     except StoreError:
         raise HouseholdError("That person is no longer on this computer.") from None
     files = owned_files(store, person, data_root)
-    with store.transaction() as db:
-        for entry in store.library():
-            if entry.info.get("person") == person.id or Path(entry.path) in files:
-                db.execute("DELETE FROM library WHERE id = ?", (entry.id,))
-        db.execute("DELETE FROM preferences WHERE profile_id = ?", (person.id,))
-        db.execute("DELETE FROM profiles WHERE id = ?", (person.id,))
+    theirs = [entry.id for entry in store.library()
+              if entry.info.get("person") == person.id or Path(entry.path) in files]
+    store.delete_profile(person.id, library_ids=theirs)
     removed = []
     for path in files:
         try:

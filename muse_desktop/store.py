@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -324,9 +324,11 @@ class Store:
             self.db.execute(f"UPDATE profiles SET {assignments} WHERE id = ?", [*fields.values(), profile_id])
         return self.profile(profile_id)
 
-    def delete_profile(self, profile_id: int) -> None:
-        """Remove a person with what is theirs: conversations (and messages) and preference records."""
+    def delete_profile(self, profile_id: int, library_ids: Iterable[int] = ()) -> None:
+        """Remove a person with what is theirs: conversations (and messages), preference records, and
+        the model library entries ``library_ids`` (their add-ons), all in one transaction."""
         with self.transaction() as db:
+            db.executemany("DELETE FROM library WHERE id = ?", [(entry_id,) for entry_id in library_ids])
             db.execute("DELETE FROM preferences WHERE profile_id = ?", (profile_id,))
             db.execute("DELETE FROM profiles WHERE id = ?", (profile_id,))  # conversations cascade
 
