@@ -28,8 +28,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from muse_desktop.chat.engine import ChatEngine, EngineSettings, Request, Sampling  # noqa: E402
-from muse_desktop.preferences import DEFAULT_GRID, Framing  # noqa: E402
-from muse_desktop.prompting import Turn  # noqa: E402
+from muse_desktop.evaluation.preferences import DEFAULT_GRID, Framing  # noqa: E402
+from muse_desktop.base.prompting import Turn  # noqa: E402
 
 QUESTIONS = ["Why is a balanced diet important?", "How do I keep my garden green in summer?",
              "What is a good way to remember names?", "Why does the moon change shape?",

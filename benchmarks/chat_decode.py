@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from muse_desktop.chat.engine import ChatEngine, EngineSettings, Sampling  # noqa: E402
-from muse_desktop.prompting import Turn  # noqa: E402
+from muse_desktop.base.prompting import Turn  # noqa: E402
 
 
 def no_stop(stop_ids):

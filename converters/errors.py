@@ -1,6 +1,6 @@
 """Errors the converters raise: each message names the file (and tensor) and says what to do."""
 
-from muse_desktop.errors import MuseError
+from muse_desktop.base.errors import MuseError
 
 
 class ConversionError(MuseError, ValueError):

@@ -33,8 +33,8 @@ REAL_SIZES = {
 
 def _get_muse_choice(window, settle) -> None:
     """The two ways of Get MUsE with their sizes, at 1366x768."""
-    from muse_desktop.download import RemoteFile, RepoListing
-    from muse_desktop.getmuse import Plan
+    from muse_desktop.models.download import RemoteFile, RepoListing
+    from muse_desktop.models.getmuse import Plan
 
     listings = [RepoListing(repo, "0" * 40, tuple(RemoteFile(name, size, None, None) for name, size in files.items()))
                 for repo, files in REAL_SIZES.items()]
@@ -60,10 +60,10 @@ def speak_button_states(window, settle) -> None:
     so "writing down" lasts long enough to be seen; its words would be nonsense.
     """
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-    from muse_desktop.whisper_demo import BASE_EN, write_model
+    from muse_desktop.models.whisper_demo import BASE_EN, write_model
     from test_listen import write_wav
 
-    from muse_desktop import listen
+    from muse_desktop.speech import listen
 
     chat = window.chat
     model = listen.models_folder() / "ggml-base-random.bin"
@@ -100,7 +100,7 @@ def natural_voice_dialog(window, settle) -> None:
     from PySide6.QtGui import QColor, QPainter, QPen
     from PySide6.QtWidgets import QMessageBox
 
-    from muse_desktop import voice, voice_runtime
+    from muse_desktop.speech import voice, voice_runtime
 
     scale = "200" if os.environ.get("QT_SCALE_FACTOR") == "2" else "100"
     folder = Path(tempfile.mkdtemp(prefix="muse-wheels-"))
@@ -147,8 +147,8 @@ def open_window():
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from PySide6.QtWidgets import QApplication
 
-    from muse_desktop.settings import Settings
-    from muse_desktop.store import Store
+    from muse_desktop.household.settings import Settings
+    from muse_desktop.chat.store import Store
     from muse_desktop.ui.app import MainWindow
 
     app = QApplication([])
@@ -186,7 +186,7 @@ def main() -> int:
         return 0
     model = sys.argv[1]
     _app, window, settle = open_window()
-    from muse_desktop.settings import Theme
+    from muse_desktop.household.settings import Theme
 
     window.resize(1000, 800)
     window.show()
@@ -281,7 +281,7 @@ def personalisation(window, settle) -> None:
     """Preference mode with its four candidates, a kiosk refusal, and simple mode."""
     import itertools
 
-    from muse_desktop.scope import train_scope_guard
+    from muse_desktop.household.scope import train_scope_guard
 
     chat = window.chat
     window.resize(1000, 1000)
@@ -357,7 +357,7 @@ def trainer_mid_run(window, settle) -> None:
     """The Trainer tab with a real run on the tiny demo checkpoint, captured mid-run."""
     import json
 
-    from muse_desktop.demo_model import build_demo_model
+    from muse_desktop.models.demo_model import build_demo_model
 
     work = Path(os.environ["MUSE_HOME"])
     base = build_demo_model(work / "tiny-base")

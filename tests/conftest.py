@@ -12,7 +12,7 @@ import pytest  # noqa: E402
 
 from helpers import make_peft_adapter, museum_questions  # noqa: E402
 
-from muse_desktop.demo_model import Variant, build_demo_model, train_tokenizer  # noqa: E402
+from muse_desktop.models.demo_model import Variant, build_demo_model, train_tokenizer  # noqa: E402
 
 
 
@@ -42,7 +42,7 @@ def isolated_home(tmp_path, monkeypatch):
 @pytest.fixture(scope="session")
 def museum_guard():
     """The kiosk's scope guard trained once on the museum questions (the report: guard and metrics)."""
-    from muse_desktop.scope import train_scope_guard
+    from muse_desktop.household.scope import train_scope_guard
 
     return train_scope_guard(museum_questions(), topic="ancient Egypt")
 

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from muse_desktop.chat.engine import ChatEngine, EngineSettings, Request, Sampling
-from muse_desktop.demo_model import Variant
-from muse_desktop.events import CancelToken, CandidateText, Done
-from muse_desktop.prompting import Turn
+from muse_desktop.models.demo_model import Variant
+from muse_desktop.base.events import CancelToken, CandidateText, Done
+from muse_desktop.base.prompting import Turn
 
 GREEDY = Sampling(temperature=0.0, top_p=1.0, repeat_penalty=1.0, max_new_tokens=24)
 QUESTION = [Turn("user", "Why is a balanced diet important?")]
@@ -157,7 +157,7 @@ def test_the_four_candidates_are_a_core_function_the_page_only_shows(engine):
     """The research grid → requests → one batch → what the store keeps, without Qt."""
     import random
 
-    from muse_desktop.preferences import DEFAULT_GRID, Framing, candidate_records, candidate_requests
+    from muse_desktop.evaluation.preferences import DEFAULT_GRID, Framing, candidate_records, candidate_requests
 
     requests = candidate_requests(DEFAULT_GRID, "Elderly", QUESTION, seeds=random.Random(7))
     assert [r.user_type for r in requests] == ["Elderly" if s.framing == Framing.MUSE else None for s in DEFAULT_GRID]

@@ -122,7 +122,7 @@ def test_chat_prompt_only_prints_the_exact_muse_prompt():
 
 def test_chat_answers_headless(tiny_gguf, adapters, tiny_model, tmp_path):
     from converters.convert import convert_adapter
-    from muse_desktop.demo_model import Variant
+    from muse_desktop.models.demo_model import Variant
 
     lora = tmp_path / "a.gguf"
     for _ in convert_adapter(adapters["all"], lora, tiny_model):
@@ -176,7 +176,7 @@ def test_self_test_fails_with_a_reason_for_a_bad_model(tmp_path, capsys):
 
 def test_run_module_only_starts_the_child_modules(capsys):
     from muse_desktop.cli import main
-    from muse_desktop.process import module_command
+    from muse_desktop.base.process import module_command
 
     assert main(["--run-module", "os"]) == 2
     assert "takes one of" in capsys.readouterr().err

@@ -6,10 +6,10 @@ import pytest
 
 from helpers import wait_for_model, window_with_model
 
-from muse_desktop.demo_model import Variant
-from muse_desktop.prompting import Turn, build_pieces
-from muse_desktop.settings import Settings
-from muse_desktop.store import Store
+from muse_desktop.models.demo_model import Variant
+from muse_desktop.base.prompting import Turn, build_pieces
+from muse_desktop.household.settings import Settings
+from muse_desktop.chat.store import Store
 
 
 @pytest.fixture
@@ -147,8 +147,8 @@ def test_deleting_a_conversation_deletes_its_preferences_after_asking(qtbot, cha
 
 def test_compare_never_stores_an_answer_cut_off_by_stop(tiny_gguf):
     from muse_desktop.chat.engine import EngineSettings
-    from muse_desktop.compare import Contender, generate_answers, new_session
-    from muse_desktop.events import Cancelled, Progress
+    from muse_desktop.evaluation.compare import Contender, generate_answers, new_session
+    from muse_desktop.base.events import Cancelled, Progress
     from test_chat_safety import CancelledAfter
 
     class StopDuringTheLastAnswer(CancelledAfter):
@@ -220,7 +220,7 @@ def test_a_model_reopened_while_busy_keeps_its_add_on(qtbot, chat_window, tiny_m
     from converters.convert import convert_adapter
     from helpers import make_peft_adapter
 
-    from muse_desktop.settings import load_settings
+    from muse_desktop.household.settings import load_settings
 
     win = chat_window
     lora = tmp_path / "addon.gguf"

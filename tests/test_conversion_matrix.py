@@ -23,10 +23,10 @@ from converters.lora import LoraAdapter
 from converters.phi3 import read_config
 from converters.reference import streamed_logits
 from converters.verify import compare_logits, default_token_ids, hf_logits, llama_logits, verify
-from muse_desktop.demo_model import Variant
-from muse_desktop.events import Done, Log
-from muse_desktop.prompting import Turn, build_pieces, encode, prompt_text
-from muse_desktop.prompting.hf import HFTokenizer
+from muse_desktop.models.demo_model import Variant
+from muse_desktop.base.events import Done, Log
+from muse_desktop.base.prompting import Turn, build_pieces, encode, prompt_text
+from muse_desktop.base.prompting.hf import HFTokenizer
 
 from helpers import make_peft_adapter
 
@@ -402,7 +402,7 @@ def test_a_cancel_ends_the_reference_child_at_once(tiny_model, adapters):
     import threading
     import time
 
-    from muse_desktop.events import CancelToken, Cancelled
+    from muse_desktop.base.events import CancelToken, Cancelled
     from converters.reference import reference_logits
 
     token = CancelToken()

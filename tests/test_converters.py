@@ -22,12 +22,12 @@ from converters.errors import ConversionError
 from converters.gguf_check import inspect_gguf
 from converters.quantize import quantize
 from converters.verify import compare_logits, default_token_ids, hf_logits, llama_logits, verify
-from muse_desktop.demo_model import Variant
-from muse_desktop.events import CancelToken, Cancelled, Done, Progress
-from muse_desktop.fileio import TEMP_MARK
-from muse_desktop.prompting import Special, Turn, build_pieces, encode, prompt_text
-from muse_desktop.prompting.hf import HFTokenizer
-from muse_desktop.prompting.llama import LlamaCppTokenizer
+from muse_desktop.models.demo_model import Variant
+from muse_desktop.base.events import CancelToken, Cancelled, Done, Progress
+from muse_desktop.base.fileio import TEMP_MARK
+from muse_desktop.base.prompting import Special, Turn, build_pieces, encode, prompt_text
+from muse_desktop.base.prompting.hf import HFTokenizer
+from muse_desktop.base.prompting.llama import LlamaCppTokenizer
 
 from helpers import REPO, make_peft_adapter
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from muse_desktop.errors import MuseError
+from muse_desktop.base.errors import MuseError
 
 REPO = Path(__file__).resolve().parent.parent
 BUILTIN_EXCEPTIONS = {name for name, value in vars(builtins).items()
@@ -51,9 +51,9 @@ def test_the_scan_sees_an_error_outside_the_family(tmp_path):
 
 def test_old_catches_keep_working():
     from converters.errors import ConversionError
-    from muse_desktop.download import DownloadError
-    from muse_desktop.getmuse import AdapterRefused
-    from muse_desktop.prompting import TemplateError
+    from muse_desktop.models.download import DownloadError
+    from muse_desktop.models.getmuse import AdapterRefused
+    from muse_desktop.base.prompting import TemplateError
     from muse_desktop.training.config import ConfigError, TrainingError
 
     for error, builtin in ((ConversionError, ValueError), (ConfigError, ValueError), (TemplateError, ValueError),

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from muse_desktop.demo_model import Variant
+from muse_desktop.models.demo_model import Variant
 from helpers import window_with_model
 
-from muse_desktop.scope import guard_path
-from muse_desktop.settings import Settings
-from muse_desktop.store import Store
+from muse_desktop.household.scope import guard_path
+from muse_desktop.household.settings import Settings
+from muse_desktop.chat.store import Store
 
 OFF_TOPIC = "How do I bake chocolate chip cookies?"
 ON_TOPIC = "Where is the tomb of Khufu?"
@@ -108,7 +108,7 @@ def test_compare_in_kiosk_mode_asks_no_model_an_off_topic_question(qtbot, kiosk,
 
 def test_the_command_line_chat_passes_the_same_scope_check(tiny_gguf, guard_json, capsys):
     from muse_desktop.cli import main
-    from muse_desktop.settings import save_settings
+    from muse_desktop.household.settings import save_settings
 
     guard_path().parent.mkdir(parents=True, exist_ok=True)
     guard_path().write_text(guard_json)

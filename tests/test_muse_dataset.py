@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from hub_server import COMMIT, FakeHub
 
-from muse_desktop.datasets import DatasetError, Format, load_dataset
-from muse_desktop.prompting.contract import Role, Turn, parse_prompt, prompt_text
+from muse_desktop.data.datasets import DatasetError, Format, load_dataset
+from muse_desktop.base.prompting.contract import Role, Turn, parse_prompt, prompt_text
 
 PAIRS = [
     ("Elderly", "Why is a balanced diet important?", "It gives your body what it needs to stay well."),
@@ -86,7 +86,7 @@ def test_a_stored_prompt_that_does_not_come_back_exactly_is_reported_with_its_ro
 
 
 def test_the_data_check_counts_rows_user_types_and_tokens(tmp_path, hf_tokenizer):
-    from muse_desktop.prompting.hf import HFTokenizer
+    from muse_desktop.base.prompting.hf import HFTokenizer
 
     report = load_dataset(write_all(tmp_path, muse_records())["jsonl"], tokenizer=HFTokenizer(hf_tokenizer))
     assert report.rows == 5 and report.tokens > report.trained_tokens > 0

@@ -9,7 +9,7 @@ import pytest
 
 from helpers import museum_questions
 
-from muse_desktop.scope import MIN_PER_CLASS, ScopeError, ScopeGuard, out_of_scope_questions, train_scope_guard
+from muse_desktop.household.scope import MIN_PER_CLASS, ScopeError, ScopeGuard, out_of_scope_questions, train_scope_guard
 
 
 def test_the_guard_reports_held_out_metrics_and_refuses_off_topic_questions(museum_guard):
@@ -55,7 +55,7 @@ def test_the_guard_survives_saving_and_loading(tmp_path, museum_guard):
 
 def test_kiosk_mode_from_the_command_line(tmp_path, capsys):
     from muse_desktop.cli import main
-    from muse_desktop.settings import load_settings
+    from muse_desktop.household.settings import load_settings
 
     data = tmp_path / "museum.jsonl"
     data.write_text("".join(json.dumps({"user_type": "Child", "question": q, "answer": "It is in room 3."}) + "\n"
@@ -73,9 +73,9 @@ def test_kiosk_mode_from_the_command_line(tmp_path, capsys):
 def test_an_off_topic_question_is_refused_without_calling_the_model(qtbot, tiny_gguf, museum_guard):
     from helpers import window_with_model
 
-    from muse_desktop.demo_model import Variant
-    from muse_desktop.settings import Settings
-    from muse_desktop.store import Store
+    from muse_desktop.models.demo_model import Variant
+    from muse_desktop.household.settings import Settings
+    from muse_desktop.chat.store import Store
     from muse_desktop.ui.chat import Bubble
 
     museum_guard.guard.save()
@@ -105,7 +105,7 @@ def test_an_off_topic_question_is_refused_without_calling_the_model(qtbot, tiny_
 
 
 def test_the_caregiver_sees_the_metrics_before_switching_kiosk_mode_on(qtbot, tmp_path):
-    from muse_desktop.settings import Settings, load_settings
+    from muse_desktop.household.settings import Settings, load_settings
     from muse_desktop.ui.app import MainWindow
 
     data = tmp_path / "museum.jsonl"
@@ -137,8 +137,8 @@ def test_the_caregiver_sees_the_metrics_before_switching_kiosk_mode_on(qtbot, tm
 
 
 def test_the_guard_is_read_once_and_again_only_when_its_file_changes(tmp_path, monkeypatch):
-    from muse_desktop import scope
-    from muse_desktop.scope import check_question
+    from muse_desktop.household import scope
+    from muse_desktop.household.scope import check_question
 
     reads = []
     real_load = ScopeGuard.load.__func__

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from muse_desktop.datasets import DatasetError, Format, detect_format, load_dataset
-from muse_desktop.events import Done, Metric, Progress
+from muse_desktop.data.datasets import DatasetError, Format, detect_format, load_dataset
+from muse_desktop.base.events import Done, Metric, Progress
 from muse_desktop.training.config import ConfigError, config_from_dict, load_config, load_preset, preset_names
 
 FACTS = [
@@ -81,7 +81,7 @@ def test_a_config_file_builds_on_its_preset_and_refuses_typos(tmp_path):
 
 
 def test_every_kind_of_bad_row_is_reported_with_its_line(tmp_path, hf_tokenizer):
-    from muse_desktop.prompting.hf import HFTokenizer
+    from muse_desktop.base.prompting.hf import HFTokenizer
 
     lines = [
         json.dumps({"user_type": "Child", "question": "Why is grass green?", "answer": "Because of chlorophyll."}),
@@ -145,8 +145,8 @@ def test_formats_are_detected_and_read(tmp_path):
 
 def test_training_ids_are_the_prompt_contract_ids(tmp_path, tiny_model, hf_tokenizer):
     """The trainer tokenizes through the same contract the chat engine uses (answer + <|end|> trained)."""
-    from muse_desktop.prompting import Turn, build_pieces, encode
-    from muse_desktop.prompting.hf import HFTokenizer
+    from muse_desktop.base.prompting import Turn, build_pieces, encode
+    from muse_desktop.base.prompting.hf import HFTokenizer
     from muse_desktop.training.recipe import prepare_data
 
     config = tiny_config(tiny_model, write_triples(tmp_path / "d.jsonl", FACTS[:1]))
@@ -242,7 +242,7 @@ def test_a_killed_or_cancelled_run_resumes_to_the_same_adapter(tmp_path, tiny_mo
     """Cancel mid-window and SIGKILL mid-run; resuming gives the adapter of an uninterrupted run, bit for bit."""
     import torch
 
-    from muse_desktop.events import CancelToken
+    from muse_desktop.base.events import CancelToken
     from muse_desktop.training.child import read_events, run_training
     from muse_desktop.training.config import TrainingError
 
@@ -308,8 +308,8 @@ def test_two_processes_under_accelerate_launch_save_one_adapter(tmp_path, tiny_m
 
 def test_a_memorised_answer_survives_export_both_ways_into_the_chat(tmp_path, tiny_model, isolated_home):
     from muse_desktop.chat.engine import AdapterSpec, ChatEngine, EngineSettings, Sampling
-    from muse_desktop.prompting import Turn
-    from muse_desktop.store import Store
+    from muse_desktop.base.prompting import Turn
+    from muse_desktop.chat.store import Store
     from muse_desktop.training.export import export_run
     from muse_desktop.training.recipe import train
 

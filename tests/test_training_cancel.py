@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from muse_desktop.events import CancelToken, Progress
+from muse_desktop.base.events import CancelToken, Progress
 from test_training import tiny_config, write_triples
 
 

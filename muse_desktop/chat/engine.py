@@ -1,6 +1,6 @@
 """Run a GGUF Phi-3 model with llama.cpp and stream answers adapted to a user type.
 
-The token ids come from :mod:`muse_desktop.prompting` with llama.cpp's own
+The token ids come from :mod:`muse_desktop.base.prompting` with llama.cpp's own
 tokenizer behind the contract's adapter, so the model is fed exactly the ids the
 trainer trains on. Text is streamed as whole characters (a character split over
 byte tokens is held back until complete), generation stops at ``<|end|>`` or
@@ -31,10 +31,10 @@ from pathlib import Path
 
 from converters.errors import ConversionError
 from converters.gguf_check import inspect_gguf
-from muse_desktop.errors import MuseError
-from muse_desktop.events import CandidateText, CancelToken, Done, Event, Log, Text
-from muse_desktop.prompting import InstructionTemplate, PromptError, Special, Turn, build_pieces, encode
-from muse_desktop.prompting.llama import LlamaCppTokenizer
+from muse_desktop.base.errors import MuseError
+from muse_desktop.base.events import CandidateText, CancelToken, Done, Event, Log, Text
+from muse_desktop.base.prompting import InstructionTemplate, PromptError, Special, Turn, build_pieces, encode
+from muse_desktop.base.prompting.llama import LlamaCppTokenizer
 
 
 class ModelError(MuseError, ValueError):

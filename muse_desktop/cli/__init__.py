@@ -17,8 +17,8 @@ from collections.abc import Sequence
 from muse_desktop import APP_NAME, __version__
 from muse_desktop.cli import chat, data, household, models, training
 from muse_desktop.cli.common import CliError
-from muse_desktop.errors import MuseError
-from muse_desktop.events import Cancelled
+from muse_desktop.base.errors import MuseError
+from muse_desktop.base.events import Cancelled
 
 DOMAINS = (chat, models, training, data, household)
 
@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    from muse_desktop.process import RUN_MODULE, run_module
+    from muse_desktop.base.process import RUN_MODULE, run_module
 
     if argv[:1] == [RUN_MODULE]:  # a child process of a frozen bundle
         return run_module(argv[1:])

@@ -31,7 +31,7 @@ def add_parsers(commands) -> None:
 
 
 def _cmd_user_types(args: argparse.Namespace) -> int:
-    from muse_desktop.usertypes import load_catalog
+    from muse_desktop.chat.usertypes import load_catalog
 
     catalog = load_catalog()
     found = catalog.search(args.search or "")
@@ -53,7 +53,7 @@ def _cmd_user_types(args: argparse.Namespace) -> int:
 
 def resolve_user_type(text: str):
     """A catalog type by id, prompt form or name; otherwise a checked custom type."""
-    from muse_desktop.usertypes import custom_user_type, fold, load_catalog
+    from muse_desktop.chat.usertypes import custom_user_type, fold, load_catalog
 
     catalog = load_catalog()
     found = catalog.get(text) or catalog.by_prompt_name(text)
@@ -67,16 +67,16 @@ def resolve_user_type(text: str):
 
 def _cmd_chat(args: argparse.Namespace) -> int:
     from muse_desktop.chat.engine import AdapterSpec, ChatEngine, EngineSettings, default_sampling
-    from muse_desktop.events import Done, Log, Text
-    from muse_desktop.prompting import Turn, prompt_text
-    from muse_desktop.settings import load_settings
+    from muse_desktop.base.events import Done, Log, Text
+    from muse_desktop.base.prompting import Turn, prompt_text
+    from muse_desktop.household.settings import load_settings
 
     user_type = resolve_user_type(args.user_type)
     turns = [Turn("user", args.question)]
     settings = load_settings().settings
     template = settings.instruction_template or None
     if not args.prompt_only:
-        from muse_desktop.scope import check_question
+        from muse_desktop.household.scope import check_question
 
         verdict = check_question(args.question, settings.kiosk_mode)  # the window's check, here too
         if not verdict.allowed:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from muse_desktop.errors import MuseError
+from muse_desktop.base.errors import MuseError
 
 
 class CliError(MuseError):
@@ -21,7 +21,7 @@ def _amount(event) -> str:
 
 def run_events(events) -> object:
     """Print a generator's events (a bar on a terminal, plain lines otherwise); return Done's data."""
-    from muse_desktop.events import Done, Log, Progress
+    from muse_desktop.base.events import Done, Log, Progress
 
     tty = sys.stderr.isatty()
     result = None

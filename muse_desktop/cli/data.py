@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from muse_desktop.cli.common import CliError, run_events
-from muse_desktop.errors import MuseError
+from muse_desktop.base.errors import MuseError
 
 
 def add_parsers(commands) -> None:
@@ -42,9 +42,9 @@ def add_parsers(commands) -> None:
 
 
 def _cmd_get_dataset(args: argparse.Namespace) -> int:
-    from muse_desktop.datasets import load_dataset
-    from muse_desktop.getdataset import get_dataset
-    from muse_desktop.settings import load_settings
+    from muse_desktop.data.datasets import load_dataset
+    from muse_desktop.data.getdataset import get_dataset
+    from muse_desktop.household.settings import load_settings
 
     loaded = load_settings().settings
     done = run_events(get_dataset(args.repo, args.out, args.endpoint or loaded.hub_endpoint or None, args.revision))
@@ -72,7 +72,7 @@ def add_teacher_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _teacher(args: argparse.Namespace):
     """The loaded GGUF (``--model``) or an OpenAI-compatible server (``--server``); returns (ask, closer)."""
-    from muse_desktop.docbuilder import DEFAULT_SERVER, engine_teacher, server_teacher
+    from muse_desktop.data.docbuilder import DEFAULT_SERVER, engine_teacher, server_teacher
 
     if args.model:
         from muse_desktop.chat.engine import ChatEngine, EngineSettings
@@ -83,7 +83,7 @@ def _teacher(args: argparse.Namespace):
 
 
 def _cmd_build_data(args: argparse.Namespace) -> int:
-    from muse_desktop.docbuilder import build_dataset
+    from muse_desktop.data.docbuilder import build_dataset
 
     ask, close = _teacher(args)
     try:
@@ -96,9 +96,9 @@ def _cmd_build_data(args: argparse.Namespace) -> int:
 def _cmd_augment(args: argparse.Namespace) -> int:
     import json
 
-    from muse_desktop.augment import self_instruct
-    from muse_desktop.datasets import load_dataset
-    from muse_desktop.fileio import atomic_write_text
+    from muse_desktop.data.augment import self_instruct
+    from muse_desktop.data.datasets import load_dataset
+    from muse_desktop.base.fileio import atomic_write_text
 
     report = load_dataset(args.seeds)
     seeds = [{"user_type": e.user_type or "Adult", "question": e.turns[0].content, "answer": e.turns[-1].content}
@@ -119,8 +119,8 @@ def _cmd_augment(args: argparse.Namespace) -> int:
 
 
 def _cmd_preferences(args: argparse.Namespace) -> int:
-    from muse_desktop.preferences import export_instruction_data, export_pairs
-    from muse_desktop.store import Store
+    from muse_desktop.evaluation.preferences import export_instruction_data, export_pairs
+    from muse_desktop.chat.store import Store
 
     if not (args.instructions or args.pairs):
         raise CliError("say where to write: --instructions OUT.jsonl and/or --pairs OUT.jsonl")

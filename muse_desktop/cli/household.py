@@ -28,7 +28,7 @@ def _caregiver_check(settings, what: str) -> None:
     """With a PIN set, the command line asks for it too: it may do only what the window's caregiver menu may."""
     import getpass
 
-    from muse_desktop import lock
+    from muse_desktop.household import lock
 
     if not lock.has_pin(settings):
         return
@@ -37,7 +37,7 @@ def _caregiver_check(settings, what: str) -> None:
     except EOFError:
         pin = ""
     attempt = lock.try_pin(settings, pin)
-    from muse_desktop.settings import save_settings
+    from muse_desktop.household.settings import save_settings
 
     save_settings(settings)  # the failure count and the wait, as in the window
     if not attempt.ok:
@@ -45,8 +45,8 @@ def _caregiver_check(settings, what: str) -> None:
 
 
 def _cmd_lock(args: argparse.Namespace) -> int:
-    from muse_desktop import lock
-    from muse_desktop.settings import load_settings
+    from muse_desktop.household import lock
+    from muse_desktop.household.settings import load_settings
 
     loaded = load_settings()
     if args.action == "status":
@@ -73,15 +73,15 @@ def _cmd_lock(args: argparse.Namespace) -> int:
 
 
 def _cmd_kiosk(args: argparse.Namespace) -> int:
-    from muse_desktop.scope import MIN_F1, ScopeGuard, train_scope_guard
-    from muse_desktop.settings import load_settings, save_settings
+    from muse_desktop.household.scope import MIN_F1, ScopeGuard, train_scope_guard
+    from muse_desktop.household.settings import load_settings, save_settings
 
     settings = load_settings().settings
     if args.action in ("train", "on", "off"):
         _caregiver_check(settings, {"train": "train the kiosk guard", "on": "switch kiosk mode on",
                                     "off": "switch kiosk mode off"}[args.action])
     if args.action == "train":
-        from muse_desktop.datasets import load_dataset
+        from muse_desktop.data.datasets import load_dataset
 
         if not args.dataset:
             raise CliError("kiosk train needs the dataset whose questions are in scope")

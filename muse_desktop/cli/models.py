@@ -10,7 +10,7 @@ from muse_desktop.cli.common import CliError, run_events, training_imports
 def add_parsers(commands) -> None:
     from converters.pipeline import DEFAULT_QUANT as DEFAULT_TYPE
     from converters.pipeline import OUTTYPES, QUANT_TYPES
-    from muse_desktop.demo_model import Variant
+    from muse_desktop.models.demo_model import Variant
 
     demo = commands.add_parser("demo-model", help="build the tiny demo checkpoint (random weights)")
     demo.add_argument("out_dir", metavar="OUT_DIR")
@@ -60,7 +60,7 @@ def add_parsers(commands) -> None:
 
 def _cmd_demo_model(args: argparse.Namespace) -> int:
     try:
-        from muse_desktop.demo_model import build_demo_model
+        from muse_desktop.models.demo_model import build_demo_model
     except ImportError as exc:  # pragma: no cover - depends on the install
         raise CliError(f"building the demo model needs sentencepiece and safetensors ({exc})") from None
     path = build_demo_model(args.out_dir, args.variant, seed=args.seed)
@@ -107,9 +107,9 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
 
 
 def _cmd_get_muse(args: argparse.Namespace) -> int:
-    from muse_desktop.getmuse import add_to_library, get_muse, standard_check
-    from muse_desktop.settings import load_settings, save_settings
-    from muse_desktop.store import Store
+    from muse_desktop.models.getmuse import add_to_library, get_muse, standard_check
+    from muse_desktop.household.settings import load_settings, save_settings
+    from muse_desktop.chat.store import Store
 
     loaded = load_settings().settings
     if args.check_logits:

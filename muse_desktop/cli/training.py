@@ -44,7 +44,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from muse_desktop.store import Store
+    from muse_desktop.chat.store import Store
     from muse_desktop.training.export import export_run
 
     training_imports()

@@ -25,7 +25,7 @@ import traceback
 from collections.abc import Iterator
 from pathlib import Path
 
-from muse_desktop.events import CancelToken, Error, Event, from_json, to_json
+from muse_desktop.base.events import CancelToken, Error, Event, from_json, to_json
 from muse_desktop.training.config import ConfigError, TrainConfig, TrainingError
 from muse_desktop.training.runfolder import RunFolder, RunState
 
@@ -42,7 +42,7 @@ def default_run_dir(config: TrainConfig) -> Path:
 
 
 def child_command(run_dir: Path) -> list[str]:
-    from muse_desktop.process import module_command
+    from muse_desktop.base.process import module_command
 
     return module_command("muse_desktop.training.child", "--run-dir", str(run_dir))
 
@@ -170,7 +170,7 @@ def _main(argv: list[str]) -> int:
             events_file.write(line + "\n")
             events_file.flush()
 
-    from muse_desktop.datasets import DatasetError
+    from muse_desktop.data.datasets import DatasetError
 
     try:
         config = run.config()  # as stored when the run was created: no preset is read again

@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from muse_desktop.errors import MuseError
-from muse_desktop.paths import resources_dir
+from muse_desktop.base.errors import MuseError
+from muse_desktop.base.paths import resources_dir
 
 
 # What a run folder holds is known to training/runfolder.py alone.

@@ -25,10 +25,10 @@ from pathlib import Path
 
 import torch
 
-from muse_desktop.datasets import Format, Report, load_dataset
-from muse_desktop.events import CancelToken, Done, Event, Log, Metric, Progress
-from muse_desktop.prompting.contract import IGNORE_INDEX, Role
-from muse_desktop.prompting.hf import HFTokenizer
+from muse_desktop.data.datasets import Format, Report, load_dataset
+from muse_desktop.base.events import CancelToken, Done, Event, Log, Metric, Progress
+from muse_desktop.base.prompting.contract import IGNORE_INDEX, Role
+from muse_desktop.base.prompting.hf import HFTokenizer
 from muse_desktop.training.config import Method, TrainConfig, TrainingError
 from muse_desktop.training.runfolder import RunFolder
 

@@ -21,7 +21,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from muse_desktop.compare import MEASURES, CompareError, Contender, Summary
+from muse_desktop.evaluation.compare import MEASURES, CompareError, Contender, Summary
 from muse_desktop.ui import widgets
 from muse_desktop.ui.widgets import FlowLayout
 from muse_desktop.ui.workers import EventWorker, start_worker
@@ -305,9 +305,9 @@ class ComparePage(QWidget):
 
     def prepare(self) -> None:
         from muse_desktop.chat.engine import EngineSettings
-        from muse_desktop.compare import generate_answers, new_session
+        from muse_desktop.evaluation.compare import generate_answers, new_session
 
-        from muse_desktop.scope import check_question
+        from muse_desktop.household.scope import check_question
 
         # The same scope check as the chat: in kiosk mode no route reaches a model off-topic.
         for question in filter(str.strip, self.questions.toPlainText().splitlines()):
@@ -344,7 +344,7 @@ class ComparePage(QWidget):
         self.progress.hide()
 
     def start_rating(self) -> None:
-        from muse_desktop.compare import rounds
+        from muse_desktop.evaluation.compare import rounds
 
         self.rounds = rounds(self.store, self.session)
         self.round_index = 0
@@ -396,7 +396,7 @@ class ComparePage(QWidget):
             self.best_group.button(best).setChecked(True)
 
     def save_round(self) -> None:
-        from muse_desktop.compare import rate
+        from muse_desktop.evaluation.compare import rate
 
         best = self.best_group.checkedId()
         for position, (answer_id, buttons) in enumerate(self.score_boxes):
@@ -422,7 +422,7 @@ class ComparePage(QWidget):
             first.group.checkedButton().setFocus()
 
     def show_results(self) -> None:
-        from muse_desktop.compare import summarize
+        from muse_desktop.evaluation.compare import summarize
 
         self.summary = summarize(self.store)
         self.chart.show_summary(self.summary)
@@ -432,7 +432,7 @@ class ComparePage(QWidget):
         self.csv_button.setEnabled(bool(self.summary.rows))
 
     def save_csv(self) -> None:
-        from muse_desktop.compare import export_csv
+        from muse_desktop.evaluation.compare import export_csv
 
         path, _ = QFileDialog.getSaveFileName(self, "Save the ratings", str(Path.home() / "ratings.csv"),
                                               "CSV (*.csv)")

@@ -14,8 +14,8 @@ from typing import Any
 
 from PySide6.QtCore import QObject, Qt, QThread, Signal
 
-from muse_desktop.errors import MuseError
-from muse_desktop.events import CancelToken, CandidateText, Cancelled, Done, Event, Log, Metric, Progress, Text
+from muse_desktop.base.errors import MuseError
+from muse_desktop.base.events import CancelToken, CandidateText, Cancelled, Done, Event, Log, Metric, Progress, Text
 
 
 class _Signals(QObject):
