@@ -124,7 +124,7 @@ def test_no_words_on_screen_send_a_person_to_a_terminal():
     """What the app shows never says to type a command (pip, apt, sudo, a package to install)."""
     import ast
 
-    sources = sorted((ROOT / "muse_desktop" / "ui").glob("*.py")) + [ROOT / "muse_desktop" / "speech.py"]
+    sources = sorted((ROOT / "muse_desktop" / "ui").glob("*.py")) + [ROOT / "muse_desktop/speech/speaker.py"]
     found = []
     for source in sources:
         tree = ast.parse(source.read_text())
