@@ -101,7 +101,8 @@ def test_a_run_whose_preset_was_removed_resumes_to_the_same_adapter(tmp_path, ti
 
     data = write_triples(tmp_path / "d.jsonl")
     # Dropout on, so that a resume that lost the random state (or took other settings) would differ.
-    config = tiny_config(tiny_model, data, preset="mine", lora_dropout=0.1, max_steps=16, save_steps=4, batch_size=1)
+    # Room after the cancel: the child runs on while the parent reads its progress (16 steps could all be done).
+    config = tiny_config(tiny_model, data, preset="mine", lora_dropout=0.1, max_steps=120, save_steps=4, batch_size=1)
     assert config.preset == "mine" and config.target_modules == ["qkv_proj", "o_proj"]  # from our preset
     list(run_training(config, tmp_path / "straight"))
     token = CancelToken()
