@@ -2,7 +2,8 @@
 """One-command set-up for MUsE Desktop, on a machine that has only Python (>= 3.10).
 
     python3 dev.py app     set up (first time) and open the app
-    python3 dev.py test    set up everything (first time) and run the whole test suite
+    python3 dev.py test    set up everything (first time), check the import layers and the linter,
+                           and run the whole test suite
 
 Both create ``.venv`` beside this file and install into it; nothing is installed
 system-wide. The first run compiles llama.cpp (llama-cpp-python ships only as
@@ -81,6 +82,11 @@ def cmd_test(argv: list[str]) -> int:
     code = subprocess.call([str(bindir / "lint-imports")], cwd=ROOT, env=env)
     if code != 0:
         print("Import boundary broken (see above).", file=sys.stderr)
+        return code
+    print("+ ruff check", flush=True)
+    code = subprocess.call([str(python), "-m", "ruff", "check", "."], cwd=ROOT, env=env)
+    if code != 0:
+        print("The linter found problems (see above; pyproject.toml says which rules).", file=sys.stderr)
         return code
     code = subprocess.call([str(python), "-m", "pytest", *argv], cwd=ROOT, env=env)
     if code == 5:

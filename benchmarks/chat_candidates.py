@@ -28,8 +28,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from muse_desktop.chat.engine import ChatEngine, EngineSettings, Request, Sampling  # noqa: E402
-from muse_desktop.preferences import DEFAULT_GRID, Framing  # noqa: E402
-from muse_desktop.prompting import Turn  # noqa: E402
+from muse_desktop.evaluation.preferences import DEFAULT_GRID, Framing  # noqa: E402
+from muse_desktop.base.prompting import Turn  # noqa: E402
 
 QUESTIONS = ["Why is a balanced diet important?", "How do I keep my garden green in summer?",
              "What is a good way to remember names?", "Why does the moon change shape?",
@@ -71,7 +71,7 @@ def one_answer(engine: ChatEngine, request: Request) -> float:
 def batched(engine: ChatEngine, requests: list[Request]) -> float:
     start = time.perf_counter()
     done = list(engine.generate_batch(requests))[-1]
-    assert all(len(c["token_ids"]) == r.sampling.max_new_tokens for c, r in zip(done.data["candidates"], requests))
+    assert all(len(c["token_ids"]) == r.sampling.max_new_tokens for c, r in zip(done.data["candidates"], requests, strict=True))
     return time.perf_counter() - start
 
 
@@ -90,7 +90,7 @@ def greedy_flips(engine: ChatEngine, tokens: int, questions: int) -> tuple[int, 
         turns = [Turn("user", question)]
         requests = [Request(user_type, turns, None, greedy) for user_type in ("Elderly", None, "Elderly", "Child")]
         got = [c["token_ids"] for c in list(engine.generate_batch(requests))[-1].data["candidates"]]
-        for request, ids in zip(requests, got):
+        for request, ids in zip(requests, got, strict=True):
             engine.llm.reset()
             steps = []
 
@@ -102,7 +102,7 @@ def greedy_flips(engine: ChatEngine, tokens: int, questions: int) -> tuple[int, 
                                             logits_processor=record))[-1].data["token_ids"]
             compared += 1
             if ids != expected:
-                step = next((i for i, (a, b) in enumerate(zip(ids, expected)) if a != b), min(len(ids), len(expected)))
+                step = next((i for i, (a, b) in enumerate(zip(ids, expected, strict=False)) if a != b), min(len(ids), len(expected)))
                 lead = float(steps[step][expected[step]] - steps[step][ids[step]]) if step < min(len(ids), len(expected)) \
                     else float("nan")
                 diverged.append((step, lead))

@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from muse_desktop.chat.engine import ChatEngine, EngineSettings, Sampling  # noqa: E402
-from muse_desktop.prompting import Turn  # noqa: E402
+from muse_desktop.base.prompting import Turn  # noqa: E402
 
 
 def no_stop(stop_ids):
@@ -163,7 +163,7 @@ def main() -> int:
     print(f"| prompt tokens/s (256) | {pp:.1f} | | |")
     print("\n| prompt tokens | TTFT with prefix reuse (s) | TTFT, cache thrown away (s) |")
     print("| ---: | ---: | ---: |")
-    for (n, t_reuse), (_, t_fresh) in zip(reuse, fresh):
+    for (n, t_reuse), (_, t_fresh) in zip(reuse, fresh, strict=True):
         print(f"| {n} | {t_reuse:.2f} | {t_fresh:.2f} |")
     print(f"\n20-turn conversation, TTFT per turn (s): {' '.join(f'{t:.2f}' for t in turn_ttfts)}")
     print(f"TTFT turn 20 / turn 1: {turn_ttfts[-1] / turn_ttfts[0]:.2f}x (bar <= 1.2x)")

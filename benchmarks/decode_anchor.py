@@ -120,7 +120,7 @@ def main() -> int:
     bandwidth, weights = read_bandwidth(), weight_bytes(args.model)
     print(f"model: {args.model.name} ({weights / 2**30:.2f} GiB of weights), threads {args.threads}, "
           f"llama-cpp-python {version('llama_cpp_python')}")
-    print(f"| | llama-bench before | MUsE engine | llama-bench after | engine × mean llama-bench |")
+    print("| | llama-bench before | MUsE engine | llama-bench after | engine × mean llama-bench |")
     print("| --- | ---: | ---: | ---: | ---: |")
     for key, name in (("pp", f"pp{args.pp} tokens/s"), ("tg", f"tg{args.tg} tokens/s")):
         mean = (before[key] + after[key]) / 2

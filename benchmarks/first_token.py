@@ -43,7 +43,7 @@ if sys.argv[4] == "norepack":  # llama-cpp-python's Llama() has no keyword for i
         return params
     llama_cpp.llama_model_default_params = no_repack
 from muse_desktop.chat.engine import ChatEngine, EngineSettings, Sampling
-from muse_desktop.prompting import Turn
+from muse_desktop.base.prompting import Turn
 state = sys.argv[3] or None
 engine = ChatEngine(sys.argv[2], EngineSettings(threads=int(sys.argv[5]), context_length=4096, prefix_state_dir=state))
 if sys.argv[6] == "prepare":

@@ -77,7 +77,7 @@ def _random_bf16(shape, rng, block) -> np.ndarray:
 def make_checkpoint(folder: Path) -> None:
     from converters.phi3 import read_config
     from converters.safetensors_io import TensorSource, float32_to_bf16, write_safetensors
-    from muse_desktop.demo_model import _tokenizer_files, train_tokenizer
+    from muse_desktop.models.demo_model import _tokenizer_files, train_tokenizer
 
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.json").write_text(json.dumps(PHI3_MINI, indent=2))

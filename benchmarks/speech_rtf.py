@@ -48,9 +48,9 @@ def audio(seconds: float):
 
 
 def run_whispercpp(args, work: Path) -> dict:
-    from muse_desktop.whisper_demo import Shape, write_model
+    from muse_desktop.models.whisper_demo import Shape, write_model
 
-    from muse_desktop.listen import Recognizer
+    from muse_desktop.speech.listen import Recognizer
 
     s = SHAPES[args.shape]
     shape = Shape(n_audio_state=s["d"], n_audio_head=s["heads"], n_audio_layer=s["layers"], n_text_state=s["d"],

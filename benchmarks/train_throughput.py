@@ -25,7 +25,6 @@ import random
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -36,7 +35,7 @@ PHI3_MINI = dict(hidden_size=3072, num_hidden_layers=32, num_attention_heads=32,
 
 
 def make_dataset(path: Path, rows: int = 300, seed: int = 0) -> Path:
-    from muse_desktop.demo_model import corpus_text
+    from muse_desktop.models.demo_model import corpus_text
 
     words = corpus_text().split()
     rng = random.Random(seed)
@@ -52,7 +51,7 @@ def make_dataset(path: Path, rows: int = 300, seed: int = 0) -> Path:
 
 
 def run_ours(base: str, data: str, steps: int, seq: int, batch: int, method: str, out: str) -> dict:
-    from muse_desktop.events import Done, Metric
+    from muse_desktop.base.events import Done, Metric
     from muse_desktop.training.config import config_from_dict
     from muse_desktop.training.recipe import memory_gb, pick_device, train
 
@@ -151,7 +150,7 @@ def main() -> int:
         return one(args.one)
     import torch
 
-    from muse_desktop.demo_model import build_demo_model
+    from muse_desktop.models.demo_model import build_demo_model
 
     work = Path(tempfile.mkdtemp(prefix="muse-train-bench-"))
     base = build_demo_model(work / "tiny")

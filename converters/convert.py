@@ -1,6 +1,6 @@
 """Hugging Face Phi-3 checkpoint (+ optional PEFT LoRA) -> GGUF, and PEFT LoRA -> GGUF LoRA.
 
-Both are generators of events (muse_desktop.events) that stream one tensor at a time.
+Both are generators of events (muse_desktop.base.events) that stream one tensor at a time.
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ from converters.phi3 import (
     write_vocab,
 )
 from converters.safetensors_io import DTYPES, Checkpoint, Scratch, TensorSource, float32_to_bf16, write_safetensors
-from muse_desktop.events import CancelToken, Done, Event, Log, Progress
-from muse_desktop.fileio import atomic_path
+from muse_desktop.base.events import CancelToken, Done, Event, Log, Progress
+from muse_desktop.base.fileio import atomic_path
 
 
 def _open_checked(config: Phi3Config) -> Checkpoint:

@@ -1,7 +1,9 @@
 """Errors the converters raise: each message names the file (and tensor) and says what to do."""
 
+from muse_desktop.base.errors import MuseError
 
-class ConversionError(ValueError):
+
+class ConversionError(MuseError, ValueError):
     """A conversion cannot go on; the message is meant for the user as it is."""
 
 

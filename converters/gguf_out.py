@@ -20,8 +20,8 @@ import numpy as np
 
 from converters.errors import ConversionError
 from converters.safetensors_io import Scratch
-from muse_desktop.events import CancelToken, Done, Event, Progress
-from muse_desktop.fileio import atomic_path
+from muse_desktop.base.events import CancelToken, Done, Event, Progress
+from muse_desktop.base.fileio import atomic_path
 
 Q = gguf.GGMLQuantizationType
 OUTTYPES = {
@@ -105,8 +105,8 @@ class TensorPlan:
 
 
 def check_free_space(out_path: Path, needed: int) -> None:
-    """The app's one free-space rule (muse_desktop.fileio), as a ConversionError."""
-    from muse_desktop.fileio import check_free_space as rule
+    """The app's one free-space rule (muse_desktop.base.fileio), as a ConversionError."""
+    from muse_desktop.base.fileio import check_free_space as rule
 
     rule(Path(out_path).parent, needed, "the output", ConversionError)
 

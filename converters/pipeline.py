@@ -14,7 +14,7 @@ Get MUsE, the Trainer's export and the command line all make their GGUF files he
   command line offers as choices.
 
 Free disk space is checked before every file is written, by the app's one rule
-(:func:`muse_desktop.fileio.check_free_space`).
+(:func:`muse_desktop.base.fileio.check_free_space`).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from pathlib import Path
 from converters.errors import ConversionError
 from converters.gguf_out import OUTTYPES as _OUTTYPES
 from converters.quantize import DEFAULT_TYPE, QUANT_TYPES as _QUANT_TYPES
-from muse_desktop.events import CancelToken, Done, Event, Log, Progress
+from muse_desktop.base.events import CancelToken, Done, Event, Log, Progress
 
 OUTTYPES = tuple(_OUTTYPES)  # what convert writes: f32, f16, bf16, q8_0
 QUANT_TYPES = tuple(_QUANT_TYPES)  # what llama.cpp's quantizer makes (F16 means: keep the F16)

@@ -54,8 +54,8 @@ def check_ids(gguf_path: str | Path, conversations=CHECK_CONVERSATIONS) -> list[
     """The check's token ids, through the prompt contract and llama.cpp's tokenizer."""
     from llama_cpp import Llama
 
-    from muse_desktop.chat.engine import LlamaCppTokenizer
-    from muse_desktop.prompting import Turn, build_pieces, encode
+    from muse_desktop.base.prompting import Turn, build_pieces, encode
+    from muse_desktop.base.prompting.llama import LlamaCppTokenizer
 
     llm = Llama(model_path=str(gguf_path), vocab_only=True, verbose=False)
     try:

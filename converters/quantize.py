@@ -17,9 +17,9 @@ from pathlib import Path
 from converters.errors import ConversionError
 from converters.gguf_check import inspect_gguf
 from converters.gguf_out import check_free_space
-from muse_desktop.events import CancelToken, Cancelled, Done, Event, Log, Progress
-from muse_desktop.fileio import atomic_path
-from muse_desktop.process import module_command
+from muse_desktop.base.events import CancelToken, Cancelled, Done, Event, Log, Progress
+from muse_desktop.base.fileio import atomic_path
+from muse_desktop.base.process import module_command
 
 # Type name -> (llama_cpp ftype constant name, approximate bits per weight).
 QUANT_TYPES = {

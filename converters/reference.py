@@ -28,8 +28,8 @@ from pathlib import Path
 import numpy as np
 
 from converters.errors import ConversionError
-from muse_desktop.events import CancelToken, Cancelled
-from muse_desktop.process import module_command
+from muse_desktop.base.events import CancelToken, Cancelled
+from muse_desktop.base.process import module_command
 
 _INDEX = "model.safetensors.index.json"
 

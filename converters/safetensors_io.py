@@ -102,7 +102,7 @@ class TensorSource:
 def write_safetensors(path: Path, tensors: list[TensorSource], metadata: dict[str, str] | None = None) -> Iterator[str]:
     """Write a safetensors file one tensor at a time (header first); yields each name once written.
 
-    ``path`` is written directly: callers wrap it in :func:`muse_desktop.fileio.atomic_path`.
+    ``path`` is written directly: callers wrap it in :func:`muse_desktop.base.fileio.atomic_path`.
     """
     header: dict = {"__metadata__": metadata or {"format": "pt"}}
     offset = 0

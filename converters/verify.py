@@ -140,8 +140,8 @@ def default_token_ids(model_dir: str | Path, max_tokens: int = 200) -> list[int]
     """A MUsE prompt with an answer, tokenized through the prompt contract."""
     from transformers import AutoTokenizer
 
-    from muse_desktop.prompting import Turn, build_pieces, encode
-    from muse_desktop.prompting.hf import HFTokenizer
+    from muse_desktop.base.prompting import Turn, build_pieces, encode
+    from muse_desktop.base.prompting.hf import HFTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     turns = [

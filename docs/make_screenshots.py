@@ -33,8 +33,8 @@ REAL_SIZES = {
 
 def _get_muse_choice(window, settle) -> None:
     """The two ways of Get MUsE with their sizes, at 1366x768."""
-    from muse_desktop.download import RemoteFile, RepoListing
-    from muse_desktop.getmuse import Plan
+    from muse_desktop.models.download import RemoteFile, RepoListing
+    from muse_desktop.models.getmuse import Plan
 
     listings = [RepoListing(repo, "0" * 40, tuple(RemoteFile(name, size, None, None) for name, size in files.items()))
                 for repo, files in REAL_SIZES.items()]
@@ -46,7 +46,7 @@ def _get_muse_choice(window, settle) -> None:
     settle()
     window._model_scroll.ensureWidgetVisible(window.model_page.ways)
     settle()
-    window.grab().save(str(OUT / "get-muse-choice.png"))
+    shot(window, "get-muse-choice")
     window.model_page.ways.hide()
     window.show_chat()
     window.resize(1000, 800)
@@ -60,10 +60,10 @@ def speak_button_states(window, settle) -> None:
     so "writing down" lasts long enough to be seen; its words would be nonsense.
     """
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-    from muse_desktop.whisper_demo import BASE_EN, write_model
+    from muse_desktop.models.whisper_demo import BASE_EN, write_model
     from test_listen import write_wav
 
-    from muse_desktop import listen
+    from muse_desktop.speech import listen
 
     chat = window.chat
     model = listen.models_folder() / "ggml-base-random.bin"
@@ -75,14 +75,14 @@ def speak_button_states(window, settle) -> None:
     window.resize(1366, 768)
     window.pages.setCurrentWidget(chat)
     settle()
-    window.grab().save(str(OUT / "speak-idle.png"))
+    shot(window, "speak-idle")
     chat.speech.speak_button.click()
     settle(lambda: chat.speech.meter.value() > 60)
-    window.grab().save(str(OUT / "speak-listening.png"))
+    shot(window, "speak-listening")
     settle(lambda: chat.speech.state == "writing")
     time.sleep(0.3)
     settle()
-    window.grab().save(str(OUT / "speak-writing-down.png"))
+    shot(window, "speak-writing-down")
     chat.speech.speak_button.click()  # "Cancel"
     settle(lambda: chat.speech.state == "idle")
 
@@ -100,7 +100,7 @@ def natural_voice_dialog(window, settle) -> None:
     from PySide6.QtGui import QColor, QPainter, QPen
     from PySide6.QtWidgets import QMessageBox
 
-    from muse_desktop import voice, voice_runtime
+    from muse_desktop.speech import voice, voice_runtime
 
     scale = "200" if os.environ.get("QT_SCALE_FACTOR") == "2" else "100"
     folder = Path(tempfile.mkdtemp(prefix="muse-wheels-"))
@@ -115,7 +115,7 @@ def natural_voice_dialog(window, settle) -> None:
         for width, height in ((1366, 768), (1280, 720)):
             shown = []
 
-            def exec_(box, width=width, height=height):
+            def exec_(box, width=width, height=height, shown=shown):
                 box.show()
                 settle()
                 shot = window.grab()
@@ -137,68 +137,18 @@ def natural_voice_dialog(window, settle) -> None:
             window.pages.setCurrentWidget(chat)
             settle()
             chat.speech.natural_action.trigger()
-            settle(lambda: bool(shown) and chat.speech.planning.worker is None)
+            settle(lambda shown=shown: bool(shown) and chat.speech.planning.worker is None)
 
 
-def main() -> int:
-    if sys.argv[1:2] == ["--natural-voice"]:  # the one-click natural voice's question
-        os.environ["MUSE_HOME"] = tempfile.mkdtemp(prefix="muse-shots-")
-        os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
-        sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-        from PySide6.QtWidgets import QApplication
-
-        from muse_desktop.settings import Settings
-        from muse_desktop.store import Store
-        from muse_desktop.ui.app import MainWindow
-
-        app = QApplication([])
-
-        def settle(condition=lambda: True):
-            while not condition():
-                app.processEvents()
-                time.sleep(0.01)
-            for _ in range(5):
-                app.processEvents()
-
-        window = MainWindow(Settings(user_type_id="older-adult"), store=Store())
-        window.show()
-        window.chat.set_user_type(window.page.current(), open_saved_model=False)
-        natural_voice_dialog(window, settle)
-        window.close()
-        return 0
-    if sys.argv[1:2] == ["--speech"]:  # only the Speak button's screenshots (no chat model needed)
-        os.environ["MUSE_HOME"] = tempfile.mkdtemp(prefix="muse-shots-")
-        os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
-        sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-        from PySide6.QtWidgets import QApplication
-
-        from muse_desktop.settings import Settings
-        from muse_desktop.store import Store
-        from muse_desktop.ui.app import MainWindow
-
-        app = QApplication([])
-
-        def settle(condition=lambda: True):
-            while not condition():
-                app.processEvents()
-                time.sleep(0.01)
-            for _ in range(5):
-                app.processEvents()
-
-        window = MainWindow(Settings(user_type_id="older-adult"), store=Store())
-        window.show()
-        window.chat.set_user_type(window.page.current(), open_saved_model=False)
-        speak_button_states(window, settle)
-        window.close()
-        return 0
-    model = sys.argv[1]
+def open_window():
+    """The real main window in a throwaway MUSE_HOME, and ``settle`` (run Qt until a condition holds)."""
     os.environ["MUSE_HOME"] = tempfile.mkdtemp(prefix="muse-shots-")
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from PySide6.QtWidgets import QApplication
 
-    from muse_desktop.settings import Settings, Theme
-    from muse_desktop.store import Store
+    from muse_desktop.household.settings import Settings
+    from muse_desktop.chat.store import Store
     from muse_desktop.ui.app import MainWindow
 
     app = QApplication([])
@@ -210,17 +160,43 @@ def main() -> int:
         for _ in range(5):
             app.processEvents()
 
+    OUT.mkdir(exist_ok=True)
     window = MainWindow(Settings(user_type_id="older-adult"), store=Store())
+    return app, window, settle
+
+
+def shot(window, name: str) -> None:
+    window.grab().save(str(OUT / f"{name}.png"))
+
+
+def main() -> int:
+    if sys.argv[1:2] == ["--natural-voice"]:  # the one-click natural voice's question
+        _app, window, settle = open_window()
+        window.show()
+        window.chat.set_user_type(window.page.current(), open_saved_model=False)
+        natural_voice_dialog(window, settle)
+        window.close()
+        return 0
+    if sys.argv[1:2] == ["--speech"]:  # only the Speak button's screenshots (no chat model needed)
+        _app, window, settle = open_window()
+        window.show()
+        window.chat.set_user_type(window.page.current(), open_saved_model=False)
+        speak_button_states(window, settle)
+        window.close()
+        return 0
+    model = sys.argv[1]
+    _app, window, settle = open_window()
+    from muse_desktop.household.settings import Theme
+
     window.resize(1000, 800)
     window.show()
     settle()
     window.page.search.setText("nurse")
     settle()
-    OUT.mkdir(exist_ok=True)
-    window.grab().save(str(OUT / "who-is-using.png"))
+    shot(window, "who-is-using")
     window.show_chat()  # no model yet: the model step of the first run
     settle()
-    window.grab().save(str(OUT / "first-run-model.png"))
+    shot(window, "first-run-model")
     _get_muse_choice(window, settle)
     window.use_model(model)
     settle(lambda: window.chat.engine is not None and window.chat.worker is None)
@@ -232,19 +208,19 @@ def main() -> int:
     if "--only-laptop" in sys.argv:
         window.close()
         return 0
-    window.grab().save(str(OUT / "chat-default-zoom.png"))
+    shot(window, "chat-default-zoom")
     window.contrast.setChecked(True)
     settle()
-    window.grab().save(str(OUT / "chat-high-contrast.png"))
+    shot(window, "chat-high-contrast")
     window.contrast.setChecked(False)
     for _ in range(4):
         window.zoom(+1)
     settle()
-    window.grab().save(str(OUT / "chat-200-percent.png"))
+    shot(window, "chat-200-percent")
     window.zoom(0)
     window.set_theme(Theme.DARK)
     settle()
-    window.grab().save(str(OUT / "chat-dark.png"))
+    shot(window, "chat-dark")
     window.set_theme(Theme.NORMAL)
     personalisation(window, settle)
     compare_results(window, settle, model)
@@ -257,21 +233,21 @@ def laptop(window, settle) -> None:
     """The chat on a 1366×768 laptop: normal text, 200 %, high contrast, and keyboard focus on Send."""
     window.resize(1366, 768)
     settle()
-    window.grab().save(str(OUT / "laptop-100-percent.png"))
+    shot(window, "laptop-100-percent")
     for _ in range(4):
         window.zoom(+1)
     settle()
-    window.grab().save(str(OUT / "laptop-200-percent.png"))
+    shot(window, "laptop-200-percent")
     window.zoom(0)
     window.contrast.setChecked(True)
     settle()
-    window.grab().save(str(OUT / "laptop-high-contrast.png"))
+    shot(window, "laptop-high-contrast")
     window.contrast.setChecked(False)
     window.activateWindow()
     window.chat.input.setText("What should I cook tonight?")
     window.chat.send_button.setFocus()
     settle()
-    window.grab().save(str(OUT / "laptop-focus-on-send.png"))
+    shot(window, "laptop-focus-on-send")
     window.chat.input.clear()
     laptop_compare(window, settle)
     window.resize(1000, 800)
@@ -305,7 +281,7 @@ def personalisation(window, settle) -> None:
     """Preference mode with its four candidates, a kiosk refusal, and simple mode."""
     import itertools
 
-    from muse_desktop.scope import train_scope_guard
+    from muse_desktop.household.scope import train_scope_guard
 
     chat = window.chat
     window.resize(1000, 1000)
@@ -316,7 +292,7 @@ def personalisation(window, settle) -> None:
     settle(lambda: chat.worker is None and len(getattr(chat, "_candidates", [])) == 4)
     chat.preference_panel.choose(best=1, worst=2, reason="Short and kind")
     settle()
-    window.grab().save(str(OUT / "preference-mode.png"))
+    shot(window, "preference-mode")
     chat.preference_panel.keep.click()
     chat.preference_toggle.setChecked(False)
     names = ["Tutankhamun", "Ramesses II", "Khufu", "Hatshepsut", "Akhenaten", "Cleopatra"]
@@ -329,12 +305,12 @@ def personalisation(window, settle) -> None:
     chat.input.setText("Who won the football match last night?")
     chat.send()
     settle(lambda: chat.worker is None)
-    window.grab().save(str(OUT / "kiosk-refusal.png"))
+    shot(window, "kiosk-refusal")
     window.settings.kiosk_mode = False
     window.resize(1000, 800)
     window.set_simple_mode(True)
     settle()
-    window.grab().save(str(OUT / "simple-mode.png"))
+    shot(window, "simple-mode")
     window.set_simple_mode(False)
     locked(window, settle)
 
@@ -345,7 +321,7 @@ def locked(window, settle) -> None:
     window.set_pin("2468")
     window.lock_now()
     settle()
-    window.grab().save(str(OUT / "locked.png"))
+    shot(window, "locked")
     window.unlock("2468")
     settle()
 
@@ -353,7 +329,6 @@ def locked(window, settle) -> None:
 def compare_results(window, settle, model: str) -> None:
     """A blind comparison of the demo model and its Q8_0 version, rated by a script, to the chart."""
     from converters.quantize import quantize
-    from muse_desktop.compare import Contender
 
     q8 = Path(os.environ["MUSE_HOME"]) / "demo-q8.gguf"
     list(quantize(model, q8, "Q8_0"))
@@ -368,13 +343,13 @@ def compare_results(window, settle, model: str) -> None:
     page.rater.setText("Screenshot rater")
     page.prepare()
     settle(lambda: page.worker is None and page.rating.isVisible())
-    window.grab().save(str(OUT / "compare-rating.png"))
+    shot(window, "compare-rating")
     for n in range(len(page.rounds)):
         page.rate_current([(3 + n % 3, 2 + n % 4, 4), (2 + n % 2, 3, 1 + n % 5)], best=n % 2)
         page.save_round()
     settle()
     page.chart.parentWidget().parentWidget()  # the results group
-    window.grab().save(str(OUT / "compare-results.png"))
+    shot(window, "compare-results")
     window.tabs.setCurrentIndex(0)
 
 
@@ -382,7 +357,7 @@ def trainer_mid_run(window, settle) -> None:
     """The Trainer tab with a real run on the tiny demo checkpoint, captured mid-run."""
     import json
 
-    from muse_desktop.demo_model import build_demo_model
+    from muse_desktop.models.demo_model import build_demo_model
 
     work = Path(os.environ["MUSE_HOME"])
     base = build_demo_model(work / "tiny-base")
@@ -410,7 +385,7 @@ def trainer_mid_run(window, settle) -> None:
     page.options["save_steps"].setValue(20)
     page.start()
     settle(lambda: len(page.chart.series["train_loss"]) >= 150 and len(page.chart.series["val_loss"]) >= 1)
-    window.grab().save(str(OUT / "trainer-mid-run.png"))
+    shot(window, "trainer-mid-run")
     page.cancel()
     settle(lambda: page.worker is None)
 

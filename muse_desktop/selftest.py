@@ -39,8 +39,8 @@ def run_self_test(model: str | None = None, out=None) -> int:
     state: dict = {}
 
     def resources() -> str:
-        from muse_desktop.paths import resources_dir
-        from muse_desktop.usertypes import load_catalog
+        from muse_desktop.base.paths import resources_dir
+        from muse_desktop.chat.usertypes import load_catalog
 
         catalog = load_catalog()
         presets = sorted(p.stem for p in (resources_dir() / "presets").glob("*.yaml"))
@@ -49,7 +49,7 @@ def run_self_test(model: str | None = None, out=None) -> int:
         return f"{len(catalog)} user types, presets {', '.join(presets)}"
 
     def database() -> str:
-        from muse_desktop.store import Store
+        from muse_desktop.chat.store import Store
 
         path = work / "self-test.sqlite3"
         store = Store(path)
@@ -59,7 +59,7 @@ def run_self_test(model: str | None = None, out=None) -> int:
         store = Store(path)
         try:
             messages = store.messages(conversation.id)
-            verdict = store.db.execute("PRAGMA integrity_check").fetchone()[0]
+            verdict = store.integrity()
         finally:
             store.close()
         if [m.content for m in messages] != ["Hello"] or verdict != "ok":
@@ -68,12 +68,12 @@ def run_self_test(model: str | None = None, out=None) -> int:
 
     def chat() -> str:
         from muse_desktop.chat.engine import ChatEngine, EngineSettings, Sampling
-        from muse_desktop.events import Done
-        from muse_desktop.prompting import Turn
+        from muse_desktop.base.events import Done
+        from muse_desktop.base.prompting import Turn
 
         path = model
         if path is None:
-            from muse_desktop.demo_model import ensure_demo_gguf
+            from muse_desktop.models.demo_model import ensure_demo_gguf
 
             path = [e for e in ensure_demo_gguf(work / "demo") if isinstance(e, Done)][-1].path
         state["model"] = path
@@ -99,8 +99,8 @@ def run_self_test(model: str | None = None, out=None) -> int:
     def trainer() -> str:
         import json
 
-        from muse_desktop.demo_model import build_demo_model
-        from muse_desktop.events import Done
+        from muse_desktop.models.demo_model import build_demo_model
+        from muse_desktop.base.events import Done
         from muse_desktop.training.child import run_training
         from muse_desktop.training.config import config_from_dict
         from muse_desktop.training.runfolder import RunFolder
@@ -120,8 +120,8 @@ def run_self_test(model: str | None = None, out=None) -> int:
     def speech_input() -> str:
         import numpy as np
 
-        from muse_desktop.listen import Recognizer
-        from muse_desktop.whisper_demo import write_model
+        from muse_desktop.speech.listen import Recognizer
+        from muse_desktop.models.whisper_demo import write_model
 
         model = write_model(work / "whisper-random.bin")
         text = Recognizer(model, threads=2).transcribe(np.zeros(16000, np.float32), max_tokens=3)
@@ -130,7 +130,7 @@ def run_self_test(model: str | None = None, out=None) -> int:
         return f"whisper.cpp wrote down {text.split()[0]!r} with a random-weight model"
 
     def natural_voice() -> str:
-        from muse_desktop import voice, voice_runtime
+        from muse_desktop.speech import voice, voice_runtime
 
         model = voice.find_voice(voice.PACKAGED_VOICE, voice.voices_folder())
         if model is None:
@@ -164,7 +164,7 @@ def run_self_test(model: str | None = None, out=None) -> int:
         checks.append(("trainer", trainer))
     if importlib.util.find_spec("pywhispercpp") is not None:  # speech input, in the bundles and the [speech] extra
         checks.append(("speech input", speech_input))
-    from muse_desktop import voice
+    from muse_desktop.speech import voice
 
     if voice.engine_missing_reason() is None:  # the [speech] extra, or the bundle's one-click download
         checks.append(("natural voice", natural_voice))

@@ -10,9 +10,9 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
-from helpers import make_peft_adapter  # noqa: E402
+from helpers import make_peft_adapter, museum_questions  # noqa: E402
 
-from muse_desktop.demo_model import Variant, build_demo_model, train_tokenizer  # noqa: E402
+from muse_desktop.models.demo_model import Variant, build_demo_model, train_tokenizer  # noqa: E402
 
 
 
@@ -37,6 +37,14 @@ def isolated_home(tmp_path, monkeypatch):
     home = tmp_path / "muse-home"
     monkeypatch.setenv("MUSE_HOME", str(home))
     return home
+
+
+@pytest.fixture(scope="session")
+def museum_guard():
+    """The kiosk's scope guard trained once on the museum questions (the report: guard and metrics)."""
+    from muse_desktop.household.scope import train_scope_guard
+
+    return train_scope_guard(museum_questions(), topic="ancient Egypt")
 
 
 @pytest.fixture(scope="session")

@@ -2,9 +2,56 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+
+# The kiosk tests' topic: questions a museum of ancient Egypt is asked.
+PHARAOHS = ["Tutankhamun", "Ramesses II", "Khufu", "Hatshepsut", "Akhenaten", "Cleopatra"]
+FORMS = ["Who was {}?", "When did {} rule Egypt?", "Where is the tomb of {}?", "What treasures belonged to {}?",
+         "Which statue of {} is in this museum?", "How was {} mummified?", "What did {} build along the Nile?",
+         "Is the mask of {} in the Egyptian gallery?", "Why is {} famous among the pharaohs?",
+         "What hieroglyphs mention {}?"]
+
+
+def museum_questions() -> list[str]:
+    return [form.format(name) for form, name in itertools.product(FORMS, PHARAOHS)]
+
+
+# --- the real main window (Qt is imported only when these run) -----------------------------
+
+
+def wait_for_model(qtbot, win, action, timeout: int = 30000) -> None:
+    """Run ``action`` (which opens or reopens a model) and wait until it is loaded and the worker gone."""
+    with qtbot.waitSignal(win.chat.model_ready, timeout=timeout):
+        action()
+    qtbot.waitUntil(lambda: win.chat.worker is None)
+
+
+def load_model_and_wait(qtbot, win, path) -> None:
+    """Open ``path`` on the chat page and wait until the model is loaded and the worker gone."""
+    wait_for_model(qtbot, win, lambda: win.use_model(str(path)))
+
+
+def answer_and_wait(qtbot, win, action) -> None:
+    """Run ``action`` (which asks something) and wait for the whole answer."""
+    with qtbot.waitSignal(win.chat.answer_done, timeout=30000):
+        action()
+    qtbot.waitUntil(lambda: win.chat.worker is None)
+
+
+def window_with_model(qtbot, settings, model, store=None, show_chat: bool = True):
+    """The main window, shown, with ``model`` loaded and ready to answer."""
+    from muse_desktop.ui.app import MainWindow
+
+    win = MainWindow(settings, store=store)
+    qtbot.addWidget(win)
+    win.show()
+    if show_chat:
+        win.show_chat()
+    load_model_and_wait(qtbot, win, model)
+    return win
 
 
 def make_peft_adapter(base_dir: Path, out_dir: Path, seed: int = 0, b_scale: float = 3.0, **lora_kwargs) -> Path:

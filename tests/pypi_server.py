@@ -39,7 +39,7 @@ def wheel_from_installed(dist_name: str, out_dir: Path, compression: int = zipfi
     tags = [line.split(":", 1)[1].strip() for line in wheel_text.splitlines() if line.startswith("Tag:")]
     pythons, abis, platforms = ([], [], [])
     for tag in tags:
-        for bucket, value in zip((pythons, abis, platforms), tag.split("-")):
+        for bucket, value in zip((pythons, abis, platforms), tag.split("-"), strict=True):
             if value not in bucket:
                 bucket.append(value)
     filename = f"{stem}-{'.'.join(pythons)}-{'.'.join(abis)}-{'.'.join(platforms)}.whl"

@@ -12,10 +12,10 @@ from PySide6.QtWidgets import (
     QPlainTextEdit,
 )
 
-from muse_desktop import lock
-from muse_desktop.compare import MEASURES
-from muse_desktop.events import Done
-from muse_desktop.settings import Settings
+from muse_desktop.household import lock
+from muse_desktop.evaluation.compare import MEASURES
+from muse_desktop.base.events import Done
+from muse_desktop.household.settings import Settings
 from muse_desktop.ui import widgets
 from muse_desktop.ui.app import UNLOCKED_MESSAGE, MainWindow
 from muse_desktop.ui.compare import MEANING, MEASURE_LEGEND, OPEN_IN_CHAT, SHORT
@@ -32,7 +32,7 @@ def _rating(page) -> None:
 
 
 def test_compare_offers_the_model_open_in_the_chat(qtbot, isolated_home, tiny_gguf):
-    from muse_desktop.demo_model import Variant
+    from muse_desktop.models.demo_model import Variant
 
     win = MainWindow(Settings(user_type_id="adult"))
     qtbot.addWidget(win)
@@ -124,7 +124,7 @@ def test_no_words_on_screen_send_a_person_to_a_terminal():
     """What the app shows never says to type a command (pip, apt, sudo, a package to install)."""
     import ast
 
-    sources = sorted((ROOT / "muse_desktop" / "ui").glob("*.py")) + [ROOT / "muse_desktop" / "speech.py"]
+    sources = sorted((ROOT / "muse_desktop" / "ui").glob("*.py")) + [ROOT / "muse_desktop/speech/speaker.py"]
     found = []
     for source in sources:
         tree = ast.parse(source.read_text())

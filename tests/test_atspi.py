@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from muse_desktop import APP_NAME, lock
-from muse_desktop.settings import Settings, load_settings, save_settings, settings_path
+from muse_desktop import APP_NAME
+from muse_desktop.household import lock
+from muse_desktop.household.settings import Settings, load_settings, save_settings, settings_path
 
 ROOT = Path(__file__).resolve().parent.parent
 HERE = Path(__file__).resolve().parent
@@ -141,7 +142,7 @@ JOURNEY = [{"walk": "who"}, {"press": "Start talking"}, {"sleep": 2}, {"type": [
 @pytest.fixture
 def answered(atspi_python, isolated_home, tiny_gguf, tmp_path):
     """The app with a model, walked through the pages after one question and its answer."""
-    from muse_desktop.demo_model import Variant
+    from muse_desktop.models.demo_model import Variant
 
     save_settings(Settings(user_type_id="adult", model_path=str(tiny_gguf[Variant.MINI_4K])))
     labels = tmp_path / "labels.json"
@@ -269,7 +270,7 @@ def test_four_answers_written_together_do_not_flood_the_screen_reader(atspi_pyth
     plus the question, the status and the list: 25 here. Word by word it is one per token
     per box (617 in the same run with the fixed name taken out).
     """
-    from muse_desktop.demo_model import Variant
+    from muse_desktop.models.demo_model import Variant
 
     save_settings(Settings(user_type_id="adult", model_path=str(tiny_gguf[Variant.MINI_4K])))
     steps = [{"press": "Start talking"}, {"sleep": 2}, {"press": "Choose from 4"},

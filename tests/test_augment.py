@@ -6,8 +6,8 @@ import itertools
 
 import pytest
 
-from muse_desktop.augment import rouge_l, self_instruct
-from muse_desktop.events import Done
+from muse_desktop.data.augment import rouge_l, self_instruct
+from muse_desktop.base.events import Done
 
 SEEDS = [
     {"user_type": "Child", "question": "Why is the sky blue?", "answer": "Air bounces blue light around most."},
@@ -64,8 +64,8 @@ def test_every_kind_of_bad_candidate_is_filtered_and_counted():
 
 def test_self_instruct_runs_on_the_local_model(tiny_gguf):
     from muse_desktop.chat.engine import ChatEngine, EngineSettings
-    from muse_desktop.demo_model import Variant
-    from muse_desktop.docbuilder import engine_teacher
+    from muse_desktop.models.demo_model import Variant
+    from muse_desktop.data.docbuilder import engine_teacher
 
     engine = ChatEngine(str(tiny_gguf[Variant.MINI_4K]), EngineSettings(threads=2, context_length=512))
     try:

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from muse_desktop.chat.engine import ChatEngine, EngineSettings, Request, Sampling
-from muse_desktop.demo_model import Variant
-from muse_desktop.events import CancelToken, CandidateText, Done
-from muse_desktop.prompting import Turn
+from muse_desktop.models.demo_model import Variant
+from muse_desktop.base.events import CancelToken, CandidateText, Done
+from muse_desktop.base.prompting import Turn
 
 GREEDY = Sampling(temperature=0.0, top_p=1.0, repeat_penalty=1.0, max_new_tokens=24)
 QUESTION = [Turn("user", "Why is a balanced diet important?")]
@@ -50,12 +50,12 @@ def test_greedy_candidates_match_sequential_generation_token_by_token(engine, ca
                 Request(None, QUESTION, sampling=GREEDY), Request("Child", OTHER, sampling=GREEDY)]
     _events, data = run_batch(engine, requests)
     flips = 0
-    for request, candidate in zip(requests, data["candidates"]):
+    for request, candidate in zip(requests, data["candidates"], strict=True):
         expected, gaps = sequential(engine, request)
         got = candidate["token_ids"]
         if got == expected:
             continue
-        step = next(i for i, (a, b) in enumerate(zip(got, expected)) if a != b) if got[:len(expected)] != expected[:len(got)] \
+        step = next(i for i, (a, b) in enumerate(zip(got, expected, strict=False)) if a != b) if got[:len(expected)] != expected[:len(got)] \
             else min(len(got), len(expected))
         assert gaps[step] < NEAR_TIE, f"diverged at step {step} where the best logit led by {gaps[step]:.4f}"
         flips += 1
@@ -157,7 +157,7 @@ def test_the_four_candidates_are_a_core_function_the_page_only_shows(engine):
     """The research grid → requests → one batch → what the store keeps, without Qt."""
     import random
 
-    from muse_desktop.preferences import DEFAULT_GRID, Framing, candidate_records, candidate_requests
+    from muse_desktop.evaluation.preferences import DEFAULT_GRID, Framing, candidate_records, candidate_requests
 
     requests = candidate_requests(DEFAULT_GRID, "Elderly", QUESTION, seeds=random.Random(7))
     assert [r.user_type for r in requests] == ["Elderly" if s.framing == Framing.MUSE else None for s in DEFAULT_GRID]
@@ -168,8 +168,8 @@ def test_the_four_candidates_are_a_core_function_the_page_only_shows(engine):
     _events, data = run_batch(engine, requests)
     records = candidate_records(data["candidates"], DEFAULT_GRID, requests)
     assert [(r["framing"], r["temperature"], r["seed"]) for r in records] == \
-        [(s.framing, s.temperature, q.sampling.seed) for s, q in zip(DEFAULT_GRID, requests)]
-    assert all(r["text"] == c["text"].strip() for r, c in zip(records, data["candidates"]))
+        [(s.framing, s.temperature, q.sampling.seed) for s, q in zip(DEFAULT_GRID, requests, strict=True)]
+    assert all(r["text"] == c["text"].strip() for r, c in zip(records, data["candidates"], strict=True))
     # a worded-for-you cell answers what generate() with the same settings answers
     alone = list(engine.generate("Elderly", QUESTION, sampling=requests[1].sampling))[-1].data["token_ids"]
     assert alone == data["candidates"][1]["token_ids"]

@@ -11,10 +11,10 @@ from transformers import AutoModelForCausalLM
 
 from converters.convert import convert_adapter
 from muse_desktop.chat.engine import AdapterSpec, ChatEngine, EngineSettings, ModelError, Sampling, default_sampling
-from muse_desktop.demo_model import Variant
-from muse_desktop.events import CancelToken, Done, Log, Text
-from muse_desktop.prompting import PromptError, Turn, build_pieces, encode
-from muse_desktop.prompting.hf import HFTokenizer
+from muse_desktop.models.demo_model import Variant
+from muse_desktop.base.events import CancelToken, Done, Log, Text
+from muse_desktop.base.prompting import PromptError, Turn, build_pieces, encode
+from muse_desktop.base.prompting.hf import HFTokenizer
 
 GREEDY = Sampling(temperature=0.0, top_p=1.0, repeat_penalty=1.0, max_new_tokens=24)
 QUESTION = [Turn("user", "Why is a balanced diet important?")]

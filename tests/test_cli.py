@@ -122,7 +122,7 @@ def test_chat_prompt_only_prints_the_exact_muse_prompt():
 
 def test_chat_answers_headless(tiny_gguf, adapters, tiny_model, tmp_path):
     from converters.convert import convert_adapter
-    from muse_desktop.demo_model import Variant
+    from muse_desktop.models.demo_model import Variant
 
     lora = tmp_path / "a.gguf"
     for _ in convert_adapter(adapters["all"], lora, tiny_model):
@@ -176,9 +176,34 @@ def test_self_test_fails_with_a_reason_for_a_bad_model(tmp_path, capsys):
 
 def test_run_module_only_starts_the_child_modules(capsys):
     from muse_desktop.cli import main
-    from muse_desktop.process import module_command
+    from muse_desktop.base.process import module_command
 
     assert main(["--run-module", "os"]) == 2
     assert "takes one of" in capsys.readouterr().err
     with pytest.raises(ValueError):
         module_command("shutil")
+
+
+def test_each_domain_holds_its_parsers_beside_their_handlers():
+    """Every command is registered by the domain module whose function handles it."""
+    import argparse
+
+    from muse_desktop import cli
+
+    parser = cli.build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    where = {name: sub.get_default("func").__module__ for name, sub in commands.choices.items()}
+    assert where == {
+        "user-types": "muse_desktop.cli.chat", "chat": "muse_desktop.cli.chat",
+        "demo-model": "muse_desktop.cli.models", "convert": "muse_desktop.cli.models",
+        "convert-adapter": "muse_desktop.cli.models", "quantize": "muse_desktop.cli.models",
+        "get-muse": "muse_desktop.cli.models",
+        "train": "muse_desktop.cli.training", "export": "muse_desktop.cli.training",
+        "get-dataset": "muse_desktop.cli.data", "build-data": "muse_desktop.cli.data",
+        "augment": "muse_desktop.cli.data", "preferences": "muse_desktop.cli.data",
+        "lock": "muse_desktop.cli.household", "kiosk": "muse_desktop.cli.household",
+    }
+    for domain in cli.DOMAINS:  # and each registers only its own: add_parsers sits in the same module
+        sub = argparse.ArgumentParser().add_subparsers()
+        domain.add_parsers(sub)
+        assert {p.get_default("func").__module__ for p in sub.choices.values()} == {domain.__name__}

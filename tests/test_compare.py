@@ -8,7 +8,7 @@ import statistics
 
 import pytest
 
-from muse_desktop.compare import (
+from muse_desktop.evaluation.compare import (
     MEASURES,
     CompareError,
     Contender,
@@ -18,12 +18,12 @@ from muse_desktop.compare import (
     rounds,
     summarize,
 )
-from muse_desktop.store import Store
+from muse_desktop.chat.store import Store
 
 
 def test_a_session_from_answers_to_summary(tiny_gguf, isolated_home):
     from muse_desktop.chat.engine import EngineSettings
-    from muse_desktop.demo_model import Variant
+    from muse_desktop.models.demo_model import Variant
 
     store = Store()
     contenders = [Contender("Base", str(tiny_gguf[Variant.MINI_4K])), Contender("GQA", str(tiny_gguf[Variant.GQA]))]
@@ -51,7 +51,7 @@ def test_a_session_from_answers_to_summary(tiny_gguf, isolated_home):
             scores = (5, 4, 4 + n % 2) if index == 0 else (2, 1 + n % 2, 3)
             rate(store, answer["id"], *scores, best=index == 0)
             name = contenders[index].name
-            for measure, score in zip(MEASURES, scores):
+            for measure, score in zip(MEASURES, scores, strict=True):
                 expected.setdefault((name, measure, answer["user_type"]), []).append(score)
     with pytest.raises(CompareError):
         rate(store, shown[0][0]["id"], 6, 1, 1)

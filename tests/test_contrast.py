@@ -5,9 +5,8 @@ from __future__ import annotations
 import pytest
 from PySide6.QtCore import Qt
 from PySide6.QtGui import QColor
-from PySide6.QtWidgets import QApplication
 
-from muse_desktop.settings import Settings, Theme
+from muse_desktop.household.settings import Settings, Theme
 from muse_desktop.ui.app import MainWindow
 from muse_desktop.ui.theme import PALETTES, contrast_ratio, placeholder_colour, stylesheet
 

@@ -4,24 +4,19 @@ from __future__ import annotations
 
 import pytest
 
-from muse_desktop.demo_model import Variant
-from muse_desktop.prompting import Turn, build_pieces
-from muse_desktop.settings import Settings
-from muse_desktop.store import Store
+from helpers import wait_for_model, window_with_model
+
+from muse_desktop.models.demo_model import Variant
+from muse_desktop.base.prompting import Turn, build_pieces
+from muse_desktop.household.settings import Settings
+from muse_desktop.chat.store import Store
 
 
 @pytest.fixture
 def chat_window(qtbot, tiny_gguf):
-    from muse_desktop.ui.app import MainWindow
-
     store = Store()
-    win = MainWindow(Settings(user_type_id="teenager", context_length=256), store=store)
-    qtbot.addWidget(win)
-    win.show()
-    win.show_chat()
-    with qtbot.waitSignal(win.chat.model_ready, timeout=30000):
-        win.use_model(str(tiny_gguf[Variant.MINI_4K]))
-    qtbot.waitUntil(lambda: win.chat.worker is None)
+    win = window_with_model(qtbot, Settings(user_type_id="teenager", context_length=256), tiny_gguf[Variant.MINI_4K],
+                            store=store)
     yield win
     win.close()
     store.close()
@@ -152,8 +147,8 @@ def test_deleting_a_conversation_deletes_its_preferences_after_asking(qtbot, cha
 
 def test_compare_never_stores_an_answer_cut_off_by_stop(tiny_gguf):
     from muse_desktop.chat.engine import EngineSettings
-    from muse_desktop.compare import Contender, generate_answers, new_session
-    from muse_desktop.events import Cancelled, Progress
+    from muse_desktop.evaluation.compare import Contender, generate_answers, new_session
+    from muse_desktop.base.events import Cancelled, Progress
     from test_chat_safety import CancelledAfter
 
     class StopDuringTheLastAnswer(CancelledAfter):
@@ -225,22 +220,17 @@ def test_a_model_reopened_while_busy_keeps_its_add_on(qtbot, chat_window, tiny_m
     from converters.convert import convert_adapter
     from helpers import make_peft_adapter
 
-    from muse_desktop.settings import load_settings
+    from muse_desktop.household.settings import load_settings
 
     win = chat_window
     lora = tmp_path / "addon.gguf"
     for _ in convert_adapter(make_peft_adapter(tiny_model, tmp_path / "adapter", b_scale=0.3), lora, tiny_model):
         pass
     model = win.settings.model_path
-    with qtbot.waitSignal(win.chat.model_ready, timeout=30000):
-        win.chat.load_model(model, [str(lora)])
-    qtbot.waitUntil(lambda: win.chat.worker is None)
+    wait_for_model(qtbot, win, lambda: win.chat.load_model(model, [str(lora)]))
     win.chat.input.setText("Tell me a long story about tea.")
     win.chat.send()
     assert win.chat.busy
-    win.chat.reopen_model()  # e.g. "Longer memory…" while the answer is written
-    with qtbot.waitSignal(win.chat.model_ready, timeout=60000):
-        pass
-    qtbot.waitUntil(lambda: win.chat.worker is None)
+    wait_for_model(qtbot, win, win.chat.reopen_model, timeout=60000)  # e.g. "Longer memory…" while it writes
     assert [spec.path for spec in win.chat.engine.adapters] == [str(lora)]
     assert load_settings().settings.adapter_path == str(lora)

@@ -23,10 +23,10 @@ from converters.lora import LoraAdapter
 from converters.phi3 import read_config
 from converters.reference import streamed_logits
 from converters.verify import compare_logits, default_token_ids, hf_logits, llama_logits, verify
-from muse_desktop.demo_model import Variant
-from muse_desktop.events import Done, Log
-from muse_desktop.prompting import Turn, build_pieces, encode, prompt_text
-from muse_desktop.prompting.hf import HFTokenizer
+from muse_desktop.models.demo_model import Variant
+from muse_desktop.base.events import Done, Log
+from muse_desktop.base.prompting import Turn, build_pieces, encode, prompt_text
+from muse_desktop.base.prompting.hf import HFTokenizer
 
 from helpers import make_peft_adapter
 
@@ -97,7 +97,7 @@ def test_both_forms_give_the_same_gguf_tensors(matrix, tmp_path):
     old, new = (gguf.GGUFReader(files[form], "r") for form in FORMS)
     assert [t.name for t in old.tensors] == [t.name for t in new.tensors]
     assert "rope_factors_long.weight" in {t.name for t in new.tensors}
-    for a, b in zip(old.tensors, new.tensors):
+    for a, b in zip(old.tensors, new.tensors, strict=True):
         np.testing.assert_array_equal(a.data, b.data, err_msg=a.name)
     for key in ("phi3.rope.scaling.attn_factor", "phi3.rope.freq_base", "phi3.rope.scaling.original_context_length"):
         assert old.get_field(key).contents() == new.get_field(key).contents(), key
@@ -402,7 +402,7 @@ def test_a_cancel_ends_the_reference_child_at_once(tiny_model, adapters):
     import threading
     import time
 
-    from muse_desktop.events import CancelToken, Cancelled
+    from muse_desktop.base.events import CancelToken, Cancelled
     from converters.reference import reference_logits
 
     token = CancelToken()

@@ -22,11 +22,12 @@ from converters.errors import ConversionError
 from converters.gguf_check import inspect_gguf
 from converters.quantize import quantize
 from converters.verify import compare_logits, default_token_ids, hf_logits, llama_logits, verify
-from muse_desktop.demo_model import Variant
-from muse_desktop.events import CancelToken, Cancelled, Done, Progress
-from muse_desktop.fileio import TEMP_MARK
-from muse_desktop.prompting import Special, Turn, build_pieces, encode, prompt_text
-from muse_desktop.prompting.hf import HFTokenizer
+from muse_desktop.models.demo_model import Variant
+from muse_desktop.base.events import CancelToken, Cancelled, Done, Progress
+from muse_desktop.base.fileio import TEMP_MARK
+from muse_desktop.base.prompting import Special, Turn, build_pieces, encode, prompt_text
+from muse_desktop.base.prompting.hf import HFTokenizer
+from muse_desktop.base.prompting.llama import LlamaCppTokenizer
 
 from helpers import REPO, make_peft_adapter
 
@@ -105,24 +106,6 @@ def test_metadata_as_llama_cpp_expects(tiny_models, tiny_gguf):
 
 
 # --- token ids ---------------------------------------------------------------------------
-
-
-class LlamaCppTokenizer:
-    """The contract's adapter over llama.cpp's tokenizer, as the chat engine uses it."""
-
-    def __init__(self, llm):
-        self.llm = llm
-        self.bos_id = llm.token_bos()
-        self.add_bos = True
-
-    def special_id(self, token):
-        ids = self.llm.tokenize(token.encode(), add_bos=False, special=True)
-        if len(ids) != 1:
-            raise KeyError(token)
-        return ids[0]
-
-    def encode_text(self, text):
-        return self.llm.tokenize(text.encode(), add_bos=False, special=False)
 
 
 def test_llama_cpp_tokenizes_like_transformers_and_the_contract(tiny_model, tiny_gguf, hf_tokenizer):

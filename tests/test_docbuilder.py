@@ -10,8 +10,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from PySide6.QtCore import Qt
 
-from muse_desktop.docbuilder import BuilderError, build_dataset, chunks, parse_pair, server_teacher
-from muse_desktop.events import CancelToken, Cancelled, Done, Progress
+from muse_desktop.data.docbuilder import BuilderError, build_dataset, chunks, parse_pair, server_teacher
+from muse_desktop.base.events import CancelToken, Cancelled, Done, Progress
 
 
 @pytest.fixture
@@ -100,7 +100,7 @@ def test_a_server_teacher_writes_triples_and_a_cancelled_run_resumes(documents, 
         assert len(rows) == total - 1 and len({(r["question"], r["answer"]) for r in rows}) == len(rows)
         assert done.data["per_user_type"] == {"Child": total // 2, "Elderly": total // 2 - 1}
         assert all("make Child understand" in p or "make Elderly understand" in p for p in teacher.prompts)
-        from muse_desktop.datasets import Format, load_dataset
+        from muse_desktop.data.datasets import Format, load_dataset
 
         report = load_dataset(out)
         assert report.format == Format.MUSE and len(report.examples) == len(rows)
@@ -117,8 +117,8 @@ def test_an_unreachable_teacher_is_said_plainly(documents, tmp_path):
 
 def test_the_loaded_model_can_be_the_teacher(documents, tmp_path, tiny_gguf):
     from muse_desktop.chat.engine import ChatEngine, EngineSettings
-    from muse_desktop.demo_model import Variant
-    from muse_desktop.docbuilder import engine_teacher
+    from muse_desktop.models.demo_model import Variant
+    from muse_desktop.data.docbuilder import engine_teacher
 
     engine = ChatEngine(str(tiny_gguf[Variant.MINI_4K]), EngineSettings(threads=2, context_length=1024))
     try:
@@ -133,7 +133,7 @@ def test_the_loaded_model_can_be_the_teacher(documents, tmp_path, tiny_gguf):
 
 def test_build_data_and_augment_from_the_command_line(documents, tmp_path, tiny_gguf, capsys):
     from muse_desktop.cli import main
-    from muse_desktop.demo_model import Variant
+    from muse_desktop.models.demo_model import Variant
 
     teacher = Teacher()
     try:

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from hub_server import COMMIT, FakeHub
 
-from muse_desktop import download as dl
-from muse_desktop.download import DownloadError, download_repo, list_repo
-from muse_desktop.events import CancelToken, Cancelled, Done, Log, Progress
+from muse_desktop.models import download as dl
+from muse_desktop.models.download import DownloadError, download_repo, list_repo
+from muse_desktop.base.events import CancelToken, Cancelled, Done, Log, Progress
 
 
 def run(events):
@@ -166,8 +166,8 @@ def test_get_muse_builds_the_same_model_as_converting_locally(muse_hub, tmp_path
     from converters.convert import convert_model
     from converters.quantize import quantize
     from muse_desktop.chat.engine import ChatEngine, EngineSettings, Sampling
-    from muse_desktop.getmuse import get_muse
-    from muse_desktop.prompting.contract import Role, Turn
+    from muse_desktop.models.getmuse import get_muse
+    from muse_desktop.base.prompting.contract import Role, Turn
 
     models = tmp_path / "models"
     with FakeHub(muse_hub) as hub:
@@ -186,7 +186,7 @@ def test_get_muse_builds_the_same_model_as_converting_locally(muse_hub, tmp_path
 
     ours, theirs = GGUFReader(final), GGUFReader(local_q)
     assert [t.name for t in ours.tensors] == [t.name for t in theirs.tensors]
-    for mine, other in zip(ours.tensors, theirs.tensors):
+    for mine, other in zip(ours.tensors, theirs.tensors, strict=True):
         assert mine.tensor_type == other.tensor_type and bytes(mine.data) == bytes(other.data), mine.name
 
     engine = ChatEngine(str(final), EngineSettings(threads=2, context_length=256))
@@ -199,7 +199,7 @@ def test_get_muse_builds_the_same_model_as_converting_locally(muse_hub, tmp_path
 
 
 def test_get_muse_with_the_adapter_set_to_none_sets_up_the_base_alone_and_says_so(muse_hub, tmp_path, monkeypatch):
-    from muse_desktop.getmuse import get_muse
+    from muse_desktop.models.getmuse import get_muse
 
     monkeypatch.setenv("MUSE_ADAPTER_REPO", "none")
     with FakeHub(muse_hub) as hub:
@@ -212,7 +212,7 @@ def test_get_muse_with_the_adapter_set_to_none_sets_up_the_base_alone_and_says_s
 
 def test_get_muse_from_the_command_line(muse_hub, tmp_path, capsys):
     from muse_desktop.cli import main
-    from muse_desktop.settings import load_settings
+    from muse_desktop.household.settings import load_settings
 
     with FakeHub(muse_hub) as hub:
         code = main(["get-muse", "--endpoint", hub.endpoint, "--adapter-repo", "muse/muse-3-adapter",

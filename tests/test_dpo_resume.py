@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from muse_desktop.events import CancelToken, Log, Metric, Progress
-from muse_desktop.preferences import export_pairs
-from muse_desktop.store import Store
+from muse_desktop.base.events import CancelToken, Log, Metric, Progress
+from muse_desktop.evaluation.preferences import export_pairs
+from muse_desktop.chat.store import Store
 from test_preferences import record_all
 from test_training import adapter_tensors
 
@@ -64,8 +64,8 @@ def test_a_cancelled_dpo_run_resumes_to_the_same_adapter_with_the_schedule(tmp_p
 
 def test_dpo_leaves_out_pairs_longer_than_seq_len(tmp_path, tiny_model, pairs):
     from muse_desktop.training.dpo import encode_pair, train_dpo
-    from muse_desktop.preferences import read_pairs
-    from muse_desktop.prompting.hf import HFTokenizer
+    from muse_desktop.evaluation.preferences import read_pairs
+    from muse_desktop.base.prompting.hf import HFTokenizer
     from transformers import AutoTokenizer
 
     tokenizer = HFTokenizer(AutoTokenizer.from_pretrained(str(tiny_model)))

@@ -20,8 +20,8 @@ import pytest
 from helpers import make_peft_adapter
 from hub_server import COMMIT, FakeHub
 
-from muse_desktop.demo_model import Variant, build_demo_model
-from muse_desktop.events import Done
+from muse_desktop.models.demo_model import Variant, build_demo_model
+from muse_desktop.base.events import Done
 
 BASE = "microsoft/Phi-3-mini-128k-instruct"
 MUSE = "seohyunqkr/MUsE"
@@ -125,7 +125,7 @@ def _logits_against(hub_root: Path, gguf: Path, lora: Path | None = None, merged
 
 def test_get_muse_from_the_command_line_uses_the_published_muse_by_default(real_hub, tmp_path, monkeypatch, capsys):
     from muse_desktop.cli import main
-    from muse_desktop.store import Store
+    from muse_desktop.chat.store import Store
 
     monkeypatch.delenv("MUSE_ADAPTER_REPO", raising=False)
     models = tmp_path / "models"
@@ -162,9 +162,9 @@ def test_get_muse_from_the_command_line_uses_the_published_muse_by_default(real_
 
 def test_get_muse_as_an_add_on_matches_base_plus_adapter(real_hub, tmp_path, monkeypatch):
     from muse_desktop.chat.engine import AdapterSpec, ChatEngine, EngineSettings, Sampling
-    from muse_desktop.getmuse import Built, Way, add_to_library, get_muse
-    from muse_desktop.prompting.contract import Role, Turn
-    from muse_desktop.store import Store
+    from muse_desktop.models.getmuse import Built, Way, add_to_library, get_muse
+    from muse_desktop.base.prompting.contract import Role, Turn
+    from muse_desktop.chat.store import Store
 
     monkeypatch.delenv("MUSE_ADAPTER_REPO", raising=False)
     seen = {}
@@ -223,8 +223,8 @@ def test_get_muse_as_an_add_on_matches_base_plus_adapter(real_hub, tmp_path, mon
 
 
 def test_the_add_on_reuses_the_base_file_only_if_made_from_the_same_commit(real_hub, tmp_path):
-    from muse_desktop.events import Log
-    from muse_desktop.getmuse import Way, get_muse
+    from muse_desktop.base.events import Log
+    from muse_desktop.models.getmuse import Way, get_muse
 
     models = tmp_path / "models"
     with FakeHub(real_hub) as hub:
@@ -250,7 +250,7 @@ def test_the_add_on_reuses_the_base_file_only_if_made_from_the_same_commit(real_
 
 def test_a_failed_check_keeps_nothing_under_a_final_name(real_hub, tmp_path):
     from converters.errors import ConversionError
-    from muse_desktop.getmuse import Way, get_muse
+    from muse_desktop.models.getmuse import Way, get_muse
 
     def check(built):
         assert built.f16.is_file() and built.quantized.is_file() and built.lora.is_file()
@@ -300,7 +300,7 @@ def test_an_adapter_that_cannot_be_merged_exactly_is_refused_before_downloading(
 
 
 def test_the_base_name_is_compared_ignoring_case_and_a_local_path_only_warns(hub_copy, tmp_path, monkeypatch):
-    from muse_desktop.getmuse import plan_muse
+    from muse_desktop.models.getmuse import plan_muse
 
     path = hub_copy / MUSE / "adapter_config.json"
     config = json.loads(path.read_text())
@@ -349,7 +349,7 @@ def test_an_adapter_published_only_as_a_pickle_is_refused_and_never_fetched(hub_
 
 
 def test_an_explicit_none_sets_up_the_base_alone(real_hub, tmp_path, monkeypatch):
-    from muse_desktop.getmuse import get_muse
+    from muse_desktop.models.getmuse import get_muse
 
     monkeypatch.setenv("MUSE_ADAPTER_REPO", "none")
     with FakeHub(real_hub) as hub:
@@ -361,7 +361,7 @@ def test_an_explicit_none_sets_up_the_base_alone(real_hub, tmp_path, monkeypatch
 
 
 def test_base_revision_pins_the_base(real_hub, tmp_path):
-    from muse_desktop.getmuse import plan_muse
+    from muse_desktop.models.getmuse import plan_muse
 
     with FakeHub(real_hub) as hub:
         plan_muse(tmp_path / "m", MUSE, hub.endpoint, base_revision=COMMIT)
@@ -370,7 +370,7 @@ def test_base_revision_pins_the_base(real_hub, tmp_path):
 
 
 def test_the_plan_sizes_both_ways_before_anything_is_downloaded(real_hub, tmp_path):
-    from muse_desktop.getmuse import Way, plan_muse
+    from muse_desktop.models.getmuse import Way, plan_muse
 
     with FakeHub(real_hub) as hub:
         plan = plan_muse(tmp_path / "models", "", hub.endpoint)
@@ -384,7 +384,7 @@ def test_the_plan_sizes_both_ways_before_anything_is_downloaded(real_hub, tmp_pa
 
 def test_malformed_tokenizer_files_get_a_plain_refusal():
     """Found in review: an added token without an id escaped as a bare KeyError: 'id'."""
-    from muse_desktop.tokenizer_check import TokenizerMismatch, check_same_tokenizer
+    from muse_desktop.models.tokenizer_check import TokenizerMismatch, check_same_tokenizer
 
     good = {"tokenizer.json": json.dumps({"model": {"vocab": {"a": 0}}, "added_tokens": []}).encode()}
     bad = {"tokenizer.json": json.dumps({"model": {"vocab": {"a": 0}}, "added_tokens": [{"content": "x"}]}).encode()}

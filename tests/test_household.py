@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from muse_desktop import household
-from muse_desktop.demo_model import Variant
-from muse_desktop.preferences import export_instruction_data, export_pairs, read_pairs
-from muse_desktop.settings import Settings
-from muse_desktop.store import Store
+from muse_desktop.household import people as household
+from muse_desktop.models.demo_model import Variant
+from muse_desktop.evaluation.preferences import export_instruction_data, export_pairs, read_pairs
+from muse_desktop.household.settings import Settings
+from muse_desktop.chat.store import Store
 
 CANDIDATES = [{"text": t, "framing": "muse", "temperature": 1.0} for t in ("one", "two", "three", "four")]
 
@@ -128,7 +128,7 @@ def test_switching_person_applies_their_add_on_in_the_engine(tiny_gguf, tiny_mod
 
     from converters.convert import convert_adapter
     from muse_desktop.chat.engine import AdapterSpec, ChatEngine, EngineSettings
-    from muse_desktop.prompting import Turn
+    from muse_desktop.base.prompting import Turn
 
     files = {}
     for name in ("all", "rslora"):

@@ -7,7 +7,7 @@ from PySide6.QtCore import Qt
 from PySide6.QtTest import QTest
 from PySide6.QtWidgets import QApplication
 
-from muse_desktop.settings import Settings
+from muse_desktop.household.settings import Settings
 from muse_desktop.ui.app import MainWindow
 
 
@@ -34,8 +34,8 @@ class Keyboard:
 @pytest.fixture
 def returning(qtbot, isolated_home, tiny_gguf):
     """Someone who used MUsE before: their user type and model are saved."""
-    from muse_desktop.demo_model import Variant
-    from muse_desktop.settings import save_settings
+    from muse_desktop.models.demo_model import Variant
+    from muse_desktop.household.settings import save_settings
 
     settings = Settings(user_type_id="older-adult", model_path=str(tiny_gguf[Variant.MINI_4K]))
     save_settings(settings)

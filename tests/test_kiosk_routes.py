@@ -4,37 +4,32 @@ from __future__ import annotations
 
 import pytest
 
-from muse_desktop.demo_model import Variant
-from muse_desktop.scope import ScopeGuard, guard_path, train_scope_guard
-from muse_desktop.settings import Settings
-from muse_desktop.store import Store
-from test_scope import museum_questions
+from muse_desktop.models.demo_model import Variant
+from helpers import window_with_model
+
+from muse_desktop.household.scope import guard_path
+from muse_desktop.household.settings import Settings
+from muse_desktop.chat.store import Store
 
 OFF_TOPIC = "How do I bake chocolate chip cookies?"
 ON_TOPIC = "Where is the tomb of Khufu?"
 
 
 @pytest.fixture(scope="module")
-def guard_json(tmp_path_factory):
+def guard_json(tmp_path_factory, museum_guard):
     path = tmp_path_factory.mktemp("guard") / "guard.json"
-    train_scope_guard(museum_questions(), topic="ancient Egypt").guard.save(path)
+    museum_guard.guard.save(path)
     return path.read_text()
 
 
 @pytest.fixture
 def kiosk(qtbot, tiny_gguf, guard_json):
     """A kiosk window whose model records every prompt it is really asked (and still answers it)."""
-    from muse_desktop.ui.app import MainWindow
-
     guard_path().parent.mkdir(parents=True, exist_ok=True)
     guard_path().write_text(guard_json)
     store = Store()
-    win = MainWindow(Settings(user_type_id="child", kiosk_mode=True), store=store)
-    qtbot.addWidget(win)
-    win.show()
-    with qtbot.waitSignal(win.chat.model_ready, timeout=30000):
-        win.use_model(str(tiny_gguf[Variant.MINI_4K]))
-    qtbot.waitUntil(lambda: win.chat.worker is None)
+    win = window_with_model(qtbot, Settings(user_type_id="child", kiosk_mode=True), tiny_gguf[Variant.MINI_4K],
+                            store=store, show_chat=False)
     asked: list[str] = []
     real = win.chat.engine.generate
 
@@ -113,7 +108,7 @@ def test_compare_in_kiosk_mode_asks_no_model_an_off_topic_question(qtbot, kiosk,
 
 def test_the_command_line_chat_passes_the_same_scope_check(tiny_gguf, guard_json, capsys):
     from muse_desktop.cli import main
-    from muse_desktop.settings import save_settings
+    from muse_desktop.household.settings import save_settings
 
     guard_path().parent.mkdir(parents=True, exist_ok=True)
     guard_path().write_text(guard_json)

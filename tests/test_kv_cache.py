@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from muse_desktop.chat.engine import ChatEngine, EngineSettings, ModelError
-from muse_desktop.demo_model import Variant
-from muse_desktop.prompting import Turn
+from muse_desktop.models.demo_model import Variant
+from muse_desktop.base.prompting import Turn
 
 QUESTION = [Turn("user", "Why is a balanced diet important? Please explain it slowly.")]
 
@@ -35,7 +35,7 @@ def filled_per_token(chat, ids) -> float:
 def wide_heads(tmp_path_factory, tiny_models):
     """A tiny Phi-3 whose heads are 32 wide: llama.cpp's q8_0 blocks (32 values) must divide them."""
     from converters.convert import convert_model
-    from muse_desktop.demo_model import Shape, build_demo_model
+    from muse_desktop.models.demo_model import Shape, build_demo_model
 
     root = tmp_path_factory.mktemp("wide")
     out = {}

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from muse_desktop.demo_model import Variant
-from muse_desktop.settings import Settings
+from muse_desktop.models.demo_model import Variant
+from muse_desktop.household.settings import Settings
 from muse_desktop.ui.app import MainWindow
 
 

@@ -11,7 +11,7 @@ import pytest
 from PySide6.QtCore import QRect
 from PySide6.QtWidgets import QAbstractButton, QLabel, QScrollArea, QWidget
 
-from muse_desktop.settings import Settings
+from muse_desktop.household.settings import Settings
 from muse_desktop.ui.app import MainWindow, pin_dialog
 
 SCREENS = [(1280, 720), (1366, 768)]

@@ -7,10 +7,10 @@ import wave
 
 import numpy as np
 import pytest
-from muse_desktop.whisper_demo import write_model
+from muse_desktop.models.whisper_demo import write_model
 
-from muse_desktop.events import CancelToken, Cancelled, Done, Log, Metric
-from muse_desktop.listen import (LISTENING, NO_MICROPHONE, SAMPLE_RATE, WRITING, MicrophoneSource, Recognizer,
+from muse_desktop.base.events import CancelToken, Cancelled, Done, Log, Metric
+from muse_desktop.speech.listen import (LISTENING, NO_MICROPHONE, SAMPLE_RATE, WRITING, MicrophoneSource, Recognizer,
                                  WavFileSource, level, listen, microphone_problem, record)
 
 pytest.importorskip("pywhispercpp.model")
@@ -116,7 +116,7 @@ def test_the_listening_model_is_fetched_once_checked_and_its_size_known_first(tm
 
     from hub_server import FakeHub
 
-    from muse_desktop.listen import MODEL_REPO, download_model, download_size, find_model
+    from muse_desktop.speech.listen import MODEL_REPO, download_model, download_size, find_model
 
     root = tmp_path / "hub"
     (root / MODEL_REPO).mkdir(parents=True)

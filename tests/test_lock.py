@@ -5,10 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
-from PySide6.QtCore import Qt
 
-from muse_desktop import lock
-from muse_desktop.settings import Settings, load_settings, save_settings, settings_path
+from muse_desktop.household import lock
+from muse_desktop.household.settings import Settings, load_settings, save_settings, settings_path
 
 
 def test_the_pin_is_stored_only_as_a_salted_hash():

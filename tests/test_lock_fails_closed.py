@@ -5,16 +5,14 @@ from __future__ import annotations
 import json
 import os
 import stat
-import subprocess
-import sys
 import time
 
 import pytest
 from PySide6.QtCore import Qt
 from PySide6.QtTest import QTest
 
-from muse_desktop import lock
-from muse_desktop.settings import Settings, load_settings, save_settings, settings_path
+from muse_desktop.household import lock
+from muse_desktop.household.settings import Settings, load_settings, save_settings, settings_path
 
 
 def locked_settings(pin: str = "2468") -> Settings:
@@ -118,16 +116,14 @@ def test_every_guess_costs_a_quarter_second_and_passphrases_are_allowed():
         lock.set_pin(settings, "short")  # neither 4+ digits nor an 8+ character passphrase
 
 
-def test_the_command_line_asks_for_the_pin_to_change_kiosk_mode(monkeypatch, tmp_path, capsys):
+def test_the_command_line_asks_for_the_pin_to_change_kiosk_mode(monkeypatch, tmp_path, capsys, museum_guard):
     from muse_desktop.cli import main
-    from muse_desktop.scope import train_scope_guard
-    from test_scope import museum_questions
 
     settings = Settings(kiosk_mode=True)
     lock.set_pin(settings, "2468")
     lock.lock(settings)
     save_settings(settings)
-    train_scope_guard(museum_questions(), topic="ancient Egypt").guard.save()
+    museum_guard.guard.save()
     monkeypatch.setattr("getpass.getpass", lambda prompt="": "1111")
     assert main(["kiosk", "off"]) == 2
     assert "not right" in capsys.readouterr().err and load_settings().settings.kiosk_mode
@@ -135,17 +131,16 @@ def test_the_command_line_asks_for_the_pin_to_change_kiosk_mode(monkeypatch, tmp
     assert main(["kiosk", "off"]) == 0 and not load_settings().settings.kiosk_mode
 
 
-def test_the_command_line_keeps_the_windows_f1_gate(tmp_path, capsys):
+def test_the_command_line_keeps_the_windows_f1_gate(tmp_path, capsys, museum_guard):
     """A guard too weak to switch on never replaces the live one."""
     from muse_desktop.cli import main
-    from muse_desktop.scope import ScopeGuard, guard_path, train_scope_guard
-    from test_scope import museum_questions
+    from muse_desktop.household.scope import ScopeGuard, guard_path
 
-    train_scope_guard(museum_questions(), topic="ancient Egypt").guard.save()
+    museum_guard.guard.save()
     before = guard_path().read_bytes()
     weak = tmp_path / "weak.jsonl"
     # Questions that look exactly like the off-topic set: the held-out F1 is poor.
-    from muse_desktop.scope import out_of_scope_questions
+    from muse_desktop.household.scope import out_of_scope_questions
 
     off = out_of_scope_questions()
     weak.write_text("".join(json.dumps({"user_type": "Child", "question": q, "answer": "x"}) + "\n"
@@ -300,16 +295,11 @@ def test_locking_from_the_picker_opens_the_chosen_persons_chat_and_needs_a_choic
 
 
 def test_an_answer_while_locked_does_not_reopen_the_model_button(qtbot, tiny_gguf):
-    from muse_desktop.demo_model import Variant
-    from muse_desktop.ui.app import MainWindow
+    from helpers import window_with_model
 
-    win = MainWindow(Settings(user_type_id="child"))
-    qtbot.addWidget(win)
-    win.show()
-    win.show_chat()
-    with qtbot.waitSignal(win.chat.model_ready, timeout=30000):
-        win.use_model(str(tiny_gguf[Variant.MINI_4K]))
-    qtbot.waitUntil(lambda: win.chat.worker is None)
+    from muse_desktop.models.demo_model import Variant
+
+    win = window_with_model(qtbot, Settings(user_type_id="child"), tiny_gguf[Variant.MINI_4K])
     win.set_pin("2468")
     win.lock_now()
     win.chat.input.setText("Hello?")
@@ -336,7 +326,7 @@ def _kiosk_locked_settings():
 @pytest.mark.parametrize("damage", ["delete-all", "empty-pin-all", "garbage-all"])
 def test_losing_every_lock_file_keeps_the_lock_and_the_kiosk(damage):
     """On Windows and macOS both copies are one file: deleting it must not open the app."""
-    from muse_desktop.scope import guard_path
+    from muse_desktop.household.scope import guard_path
 
     _kiosk_locked_settings()
     assert not guard_path().exists()  # the worst case: no guard either
@@ -357,8 +347,8 @@ def test_losing_every_lock_file_keeps_the_lock_and_the_kiosk(damage):
 
 
 def test_a_fresh_install_without_a_pin_writes_no_witness_and_stays_open():
-    from muse_desktop.paths import user_dirs
-    from muse_desktop.store import DB_FILE
+    from muse_desktop.base.paths import user_dirs
+    from muse_desktop.chat.store import DB_FILE
 
     save_settings(Settings(user_type_id="child"))
     assert not (user_dirs().data / DB_FILE).exists()

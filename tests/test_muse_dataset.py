@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from hub_server import COMMIT, FakeHub
 
-from muse_desktop.datasets import DatasetError, Format, load_dataset
-from muse_desktop.prompting.contract import Role, Turn, parse_prompt, prompt_text
+from muse_desktop.data.datasets import DatasetError, Format, load_dataset
+from muse_desktop.base.prompting.contract import Role, Turn, parse_prompt, prompt_text
 
 PAIRS = [
     ("Elderly", "Why is a balanced diet important?", "It gives your body what it needs to stay well."),
@@ -61,7 +61,7 @@ def test_the_same_records_in_every_format_give_identical_examples(tmp_path):
 
 
 def test_rendered_prompts_round_trip_byte_for_byte():
-    for record, (user, question, _answer) in zip(muse_records(), PAIRS):
+    for record, (user, question, _answer) in zip(muse_records(), PAIRS, strict=True):
         assert parse_prompt(record["questions"]) == (user, question)
         again = prompt_text(*parse_prompt(record["questions"])[:1], [Turn(Role.USER, question)],
                             add_generation_prompt=True)
@@ -86,7 +86,7 @@ def test_a_stored_prompt_that_does_not_come_back_exactly_is_reported_with_its_ro
 
 
 def test_the_data_check_counts_rows_user_types_and_tokens(tmp_path, hf_tokenizer):
-    from muse_desktop.prompting.hf import HFTokenizer
+    from muse_desktop.base.prompting.hf import HFTokenizer
 
     report = load_dataset(write_all(tmp_path, muse_records())["jsonl"], tokenizer=HFTokenizer(hf_tokenizer))
     assert report.rows == 5 and report.tokens > report.trained_tokens > 0

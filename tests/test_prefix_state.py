@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from muse_desktop.chat.engine import ChatEngine, EngineSettings, Sampling
-from muse_desktop.demo_model import Variant
-from muse_desktop.events import Done, Log
-from muse_desktop.prompting import Turn
+from muse_desktop.models.demo_model import Variant
+from muse_desktop.base.events import Done, Log
+from muse_desktop.base.prompting import Turn
 
 GREEDY = Sampling(temperature=0.0, top_p=1.0, repeat_penalty=1.0, max_new_tokens=16)
 QUESTION = [Turn("user", "Why is a balanced diet important?")]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import sentencepiece as spm
 
-from muse_desktop.prompting import (
+from muse_desktop.base.prompting import (
     DEFAULT_INSTRUCTION_TEMPLATE,
     InstructionTemplate,
     PromptError,
@@ -17,8 +17,8 @@ from muse_desktop.prompting import (
     encode,
     prompt_text,
 )
-from muse_desktop.prompting.contract import IGNORE_INDEX
-from muse_desktop.prompting.hf import HFTokenizer
+from muse_desktop.base.prompting.contract import IGNORE_INDEX
+from muse_desktop.base.prompting.hf import HFTokenizer
 
 QUESTION = "Why is a balanced diet important?"
 ANSWER = "Food is like fuel for a car: with the right mix, everything runs smoothly."

@@ -8,8 +8,8 @@ import torch
 from converters.convert import convert_model
 from converters.quality import CHECK_CONVERSATIONS, check_ids, compare_distributions, compare_quantized
 from converters.quantize import quantize
-from muse_desktop.demo_model import Variant, build_demo_model
-from muse_desktop.events import Done
+from muse_desktop.models.demo_model import Variant, build_demo_model
+from muse_desktop.base.events import Done
 
 
 def run(events):

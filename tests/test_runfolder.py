@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from muse_desktop.paths import resources_dir
+from muse_desktop.base.paths import resources_dir
 from muse_desktop.training.config import config_from_dict
 from muse_desktop.training.runfolder import NotARun, RunFolder, RunState
 from test_training import tiny_config, write_triples
@@ -95,8 +95,9 @@ def test_a_run_whose_preset_was_removed_resumes_to_the_same_adapter(tmp_path, ti
     import torch
     from safetensors.torch import load_file
 
-    from muse_desktop.events import CancelToken, Progress
-    from muse_desktop.training.child import TrainingFailed, run_training
+    from muse_desktop.base.events import CancelToken, Progress
+    from muse_desktop.training.child import run_training
+    from muse_desktop.training.config import TrainingError
 
     data = write_triples(tmp_path / "d.jsonl")
     # Dropout on, so that a resume that lost the random state (or took other settings) would differ.
@@ -105,7 +106,7 @@ def test_a_run_whose_preset_was_removed_resumes_to_the_same_adapter(tmp_path, ti
     assert config.preset == "mine" and config.target_modules == ["qkv_proj", "o_proj"]  # from our preset
     list(run_training(config, tmp_path / "straight"))
     token = CancelToken()
-    with pytest.raises(TrainingFailed):
+    with pytest.raises(TrainingError):
         for event in run_training(config, tmp_path / "run", token):
             if isinstance(event, Progress) and event.done >= 6:
                 token.cancel()
@@ -156,8 +157,8 @@ def test_the_dataset_check_counts_tokens_and_estimates_the_time(tmp_path, tiny_m
 
 
 def test_a_dpo_run_is_made_with_its_pairs_in_place_and_no_placeholder(tmp_path, isolated_home):
-    from muse_desktop.preferences import read_pairs
-    from muse_desktop.store import Store
+    from muse_desktop.evaluation.preferences import read_pairs
+    from muse_desktop.chat.store import Store
     from muse_desktop.training.plan import dpo_run
 
     store = Store()

@@ -2,27 +2,18 @@
 
 from __future__ import annotations
 
-import itertools
 import json
 
 import numpy as np
 import pytest
 
-from muse_desktop.scope import MIN_PER_CLASS, ScopeError, ScopeGuard, out_of_scope_questions, train_scope_guard
+from helpers import museum_questions
 
-PHARAOHS = ["Tutankhamun", "Ramesses II", "Khufu", "Hatshepsut", "Akhenaten", "Cleopatra"]
-FORMS = ["Who was {}?", "When did {} rule Egypt?", "Where is the tomb of {}?", "What treasures belonged to {}?",
-         "Which statue of {} is in this museum?", "How was {} mummified?", "What did {} build along the Nile?",
-         "Is the mask of {} in the Egyptian gallery?", "Why is {} famous among the pharaohs?",
-         "What hieroglyphs mention {}?"]
+from muse_desktop.household.scope import MIN_PER_CLASS, ScopeError, ScopeGuard, out_of_scope_questions, train_scope_guard
 
 
-def museum_questions() -> list[str]:
-    return [form.format(name) for form, name in itertools.product(FORMS, PHARAOHS)]
-
-
-def test_the_guard_reports_held_out_metrics_and_refuses_off_topic_questions():
-    report = train_scope_guard(museum_questions(), topic="ancient Egypt")
+def test_the_guard_reports_held_out_metrics_and_refuses_off_topic_questions(museum_guard):
+    report = museum_guard
     assert report.n_test >= 40 and report.f1 > 0.9 and report.good_enough
     assert "precision" in report.summary() and "recall" in report.summary() and "F1" in report.summary()
     guard = report.guard
@@ -54,8 +45,8 @@ def test_too_little_data_is_refused():
         train_scope_guard(museum_questions()[:5])
 
 
-def test_the_guard_survives_saving_and_loading(tmp_path):
-    guard = train_scope_guard(museum_questions(), topic="ancient Egypt").guard
+def test_the_guard_survives_saving_and_loading(tmp_path, museum_guard):
+    guard = museum_guard.guard
     path = guard.save(tmp_path / "guard.json")
     loaded = ScopeGuard.load(path)
     assert loaded.allows("Who was Hatshepsut?") and loaded.metrics["f1"] == guard.metrics["f1"]
@@ -64,7 +55,7 @@ def test_the_guard_survives_saving_and_loading(tmp_path):
 
 def test_kiosk_mode_from_the_command_line(tmp_path, capsys):
     from muse_desktop.cli import main
-    from muse_desktop.settings import load_settings
+    from muse_desktop.household.settings import load_settings
 
     data = tmp_path / "museum.jsonl"
     data.write_text("".join(json.dumps({"user_type": "Child", "question": q, "answer": "It is in room 3."}) + "\n"
@@ -79,21 +70,18 @@ def test_kiosk_mode_from_the_command_line(tmp_path, capsys):
     assert main(["kiosk", "off"]) == 0 and not load_settings().settings.kiosk_mode
 
 
-def test_an_off_topic_question_is_refused_without_calling_the_model(qtbot, tiny_gguf):
-    from muse_desktop.demo_model import Variant
-    from muse_desktop.settings import Settings
-    from muse_desktop.store import Store
-    from muse_desktop.ui.app import MainWindow
+def test_an_off_topic_question_is_refused_without_calling_the_model(qtbot, tiny_gguf, museum_guard):
+    from helpers import window_with_model
+
+    from muse_desktop.models.demo_model import Variant
+    from muse_desktop.household.settings import Settings
+    from muse_desktop.chat.store import Store
     from muse_desktop.ui.chat import Bubble
 
-    train_scope_guard(museum_questions(), topic="ancient Egypt").guard.save()
+    museum_guard.guard.save()
     store = Store()
-    win = MainWindow(Settings(user_type_id="child", kiosk_mode=True), store=store)
-    qtbot.addWidget(win)
-    win.show()
-    with qtbot.waitSignal(win.chat.model_ready, timeout=30000):
-        win.use_model(str(tiny_gguf[Variant.MINI_4K]))
-    qtbot.waitUntil(lambda: win.chat.worker is None)
+    win = window_with_model(qtbot, Settings(user_type_id="child", kiosk_mode=True), tiny_gguf[Variant.MINI_4K],
+                            store=store, show_chat=False)
 
     def no_model(*_args, **_kwargs):
         raise AssertionError("the model was asked an off-topic question")
@@ -117,7 +105,7 @@ def test_an_off_topic_question_is_refused_without_calling_the_model(qtbot, tiny_
 
 
 def test_the_caregiver_sees_the_metrics_before_switching_kiosk_mode_on(qtbot, tmp_path):
-    from muse_desktop.settings import Settings, load_settings
+    from muse_desktop.household.settings import Settings, load_settings
     from muse_desktop.ui.app import MainWindow
 
     data = tmp_path / "museum.jsonl"
@@ -149,8 +137,8 @@ def test_the_caregiver_sees_the_metrics_before_switching_kiosk_mode_on(qtbot, tm
 
 
 def test_the_guard_is_read_once_and_again_only_when_its_file_changes(tmp_path, monkeypatch):
-    from muse_desktop import scope
-    from muse_desktop.scope import check_question
+    from muse_desktop.household import scope
+    from muse_desktop.household.scope import check_question
 
     reads = []
     real_load = ScopeGuard.load.__func__

@@ -7,9 +7,9 @@ import os
 
 import pytest
 
-from muse_desktop.fileio import TEMP_MARK, atomic_path, atomic_write_text
-from muse_desktop.paths import resource, resources_dir, user_dirs
-from muse_desktop.settings import Settings, Theme, load_settings, save_settings, settings_path
+from muse_desktop.base.fileio import TEMP_MARK, atomic_path, atomic_write_text
+from muse_desktop.base.paths import resource, resources_dir, user_dirs
+from muse_desktop.household.settings import Settings, Theme, load_settings, save_settings, settings_path
 
 
 def test_missing_file_gives_defaults_without_a_message():

@@ -10,7 +10,7 @@ import wave
 
 import pytest
 
-from muse_desktop.speech import Backend, Speaker, find_backend
+from muse_desktop.speech.speaker import Backend, Speaker, find_backend
 
 
 def test_without_an_engine_the_reason_is_given(tmp_path):

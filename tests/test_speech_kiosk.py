@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from muse_desktop.events import Done
+from muse_desktop.base.events import Done
 from test_kiosk_routes import OFF_TOPIC, ON_TOPIC, guard_json, kiosk  # noqa: F401  (fixtures)
 
 pytest.importorskip("pywhispercpp.model")

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import pytest
-from muse_desktop.whisper_demo import write_model
+from muse_desktop.models.whisper_demo import write_model
 from PySide6.QtCore import Qt
 from test_listen import write_wav
 
-from muse_desktop import listen
-from muse_desktop.settings import Settings
+from muse_desktop.speech import listen
+from muse_desktop.household.settings import Settings
 from muse_desktop.ui.app import MainWindow
-from muse_desktop.voice import PACKAGED_VOICE, WavSink, find_voice
+from muse_desktop.speech.voice import PACKAGED_VOICE, WavSink, find_voice
 
 pytest.importorskip("pywhispercpp.model")
 pytest.importorskip("piper")

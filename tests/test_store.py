@@ -11,8 +11,8 @@ import sys
 import pytest
 
 from helpers import REPO
-from muse_desktop.prompting import Turn
-from muse_desktop.store import DB_FILE, SCHEMA_VERSION, Store, StoreError
+from muse_desktop.base.prompting import Turn
+from muse_desktop.chat.store import DB_FILE, SCHEMA_VERSION, Store, StoreError
 
 
 @pytest.fixture
@@ -71,7 +71,7 @@ def test_exports(store):
 
 KILL = """
 import os, sys, time
-from muse_desktop.store import Store
+from muse_desktop.chat.store import Store
 store = Store()
 chat = store.create_conversation("Elderly", "kept")
 store.add_message(chat.id, "user", "a question")
@@ -127,8 +127,8 @@ STREAM_AND_DIE = """
 import sys, time
 import numpy as np
 from muse_desktop.chat.engine import ChatEngine, EngineSettings, Sampling
-from muse_desktop.events import Text
-from muse_desktop.store import Store
+from muse_desktop.base.events import Text
+from muse_desktop.chat.store import Store
 
 store = Store()
 chat = store.create_conversation("Elderly", "before the kill")
@@ -151,7 +151,7 @@ for event in engine.generate("Elderly", store.turns(chat.id), sampling=Sampling(
 
 
 def test_killing_the_app_while_an_answer_streams_keeps_earlier_messages(tiny_gguf, isolated_home):
-    from muse_desktop.demo_model import Variant
+    from muse_desktop.models.demo_model import Variant
 
     process = subprocess.Popen([sys.executable, "-c", STREAM_AND_DIE, str(tiny_gguf[Variant.MINI_4K])],
                                stdout=subprocess.PIPE, text=True, cwd=REPO)

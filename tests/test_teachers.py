@@ -7,10 +7,10 @@ import json
 import numpy as np
 import pytest
 
-from muse_desktop.augment import self_instruct
+from muse_desktop.data.augment import self_instruct
 from muse_desktop.chat.engine import ChatEngine, EngineSettings
-from muse_desktop.demo_model import Variant
-from muse_desktop.docbuilder import TEACHER_PROMPT, build_dataset, chunks, engine_teacher
+from muse_desktop.models.demo_model import Variant
+from muse_desktop.data.docbuilder import TEACHER_PROMPT, build_dataset, chunks, engine_teacher
 from test_docbuilder import Teacher, documents  # noqa: F401 (a fixture)
 
 
@@ -75,7 +75,7 @@ def test_a_kill_between_the_row_and_the_progress_file_writes_no_duplicate(docume
     teacher = Teacher()
     try:
         out = tmp_path / "b.jsonl"
-        from muse_desktop.docbuilder import server_teacher
+        from muse_desktop.data.docbuilder import server_teacher
 
         list(build_dataset(documents, ["Child"], out, server_teacher(teacher.url)))
         rows = out.read_text().splitlines()

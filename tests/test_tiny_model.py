@@ -11,8 +11,8 @@ import torch
 from safetensors.numpy import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from muse_desktop.demo_model import VOCAB_MULTIPLE, Variant, build_demo_model
-from muse_desktop.prompting import Special
+from muse_desktop.models.demo_model import VOCAB_MULTIPLE, Variant, build_demo_model
+from muse_desktop.base.prompting import Special
 
 
 def config_of(path):

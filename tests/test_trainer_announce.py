@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from muse_desktop.events import Done
-from muse_desktop.settings import Settings
+from muse_desktop.base.events import Done
+from muse_desktop.household.settings import Settings
 from muse_desktop.ui import widgets
 from muse_desktop.ui.app import MainWindow
 

@@ -7,13 +7,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from muse_desktop.datasets import DatasetError, Format, detect_format, load_dataset
-from muse_desktop.events import Done, Metric, Progress
+from muse_desktop.data.datasets import DatasetError, Format, detect_format, load_dataset
+from muse_desktop.base.events import Done, Metric, Progress
 from muse_desktop.training.config import ConfigError, config_from_dict, load_config, load_preset, preset_names
 
 FACTS = [
@@ -82,7 +81,7 @@ def test_a_config_file_builds_on_its_preset_and_refuses_typos(tmp_path):
 
 
 def test_every_kind_of_bad_row_is_reported_with_its_line(tmp_path, hf_tokenizer):
-    from muse_desktop.prompting.hf import HFTokenizer
+    from muse_desktop.base.prompting.hf import HFTokenizer
 
     lines = [
         json.dumps({"user_type": "Child", "question": "Why is grass green?", "answer": "Because of chlorophyll."}),
@@ -146,8 +145,8 @@ def test_formats_are_detected_and_read(tmp_path):
 
 def test_training_ids_are_the_prompt_contract_ids(tmp_path, tiny_model, hf_tokenizer):
     """The trainer tokenizes through the same contract the chat engine uses (answer + <|end|> trained)."""
-    from muse_desktop.prompting import Turn, build_pieces, encode
-    from muse_desktop.prompting.hf import HFTokenizer
+    from muse_desktop.base.prompting import Turn, build_pieces, encode
+    from muse_desktop.base.prompting.hf import HFTokenizer
     from muse_desktop.training.recipe import prepare_data
 
     config = tiny_config(tiny_model, write_triples(tmp_path / "d.jsonl", FACTS[:1]))
@@ -243,8 +242,9 @@ def test_a_killed_or_cancelled_run_resumes_to_the_same_adapter(tmp_path, tiny_mo
     """Cancel mid-window and SIGKILL mid-run; resuming gives the adapter of an uninterrupted run, bit for bit."""
     import torch
 
-    from muse_desktop.events import CancelToken
-    from muse_desktop.training.child import TrainingFailed, read_events, run_training
+    from muse_desktop.base.events import CancelToken
+    from muse_desktop.training.child import read_events, run_training
+    from muse_desktop.training.config import TrainingError
 
     data = write_triples(tmp_path / "d.jsonl")
     # Dropout on, so that a resume that lost the random state would differ.
@@ -254,14 +254,14 @@ def test_a_killed_or_cancelled_run_resumes_to_the_same_adapter(tmp_path, tiny_mo
 
     run = tmp_path / "interrupted"
     token = CancelToken()
-    with pytest.raises(TrainingFailed) as stopped:
+    with pytest.raises(TrainingError) as stopped:
         for event in run_training(config, run, token):
             if isinstance(event, Progress) and event.done >= 6:
                 token.cancel()
     assert stopped.value.kind == "cancelled"
     # SIGKILL: no chance to save anything; the run continues from its last checkpoint.
     children = []
-    with pytest.raises(TrainingFailed, match="killed by signal 9") as killed:
+    with pytest.raises(TrainingError, match="killed by signal 9") as killed:
         for event in run_training(None, run, on_start=children.append):
             if isinstance(event, Progress) and event.done >= 14:
                 os.kill(children[0].pid, signal.SIGKILL)
@@ -308,8 +308,8 @@ def test_two_processes_under_accelerate_launch_save_one_adapter(tmp_path, tiny_m
 
 def test_a_memorised_answer_survives_export_both_ways_into_the_chat(tmp_path, tiny_model, isolated_home):
     from muse_desktop.chat.engine import AdapterSpec, ChatEngine, EngineSettings, Sampling
-    from muse_desktop.prompting import Turn
-    from muse_desktop.store import Store
+    from muse_desktop.base.prompting import Turn
+    from muse_desktop.chat.store import Store
     from muse_desktop.training.export import export_run
     from muse_desktop.training.recipe import train
 
@@ -345,7 +345,7 @@ def test_a_memorised_answer_survives_export_both_ways_into_the_chat(tmp_path, ti
 def test_train_and_export_from_the_command_line(tmp_path, tiny_model, capsys):
     from muse_desktop.cli import main
 
-    data = write_triples(tmp_path / "d.jsonl")
+    write_triples(tmp_path / "d.jsonl")
     (tmp_path / "c.yaml").write_text(
         f"preset: muse-1\nbase_model: {tiny_model}\ndataset: d.jsonl\nmax_steps: 4\nbatch_size: 2\n"
         "lora_r: 4\nlora_alpha: 8\nvalidation_split: 0\neval_questions: 0\n")
@@ -380,7 +380,7 @@ def test_the_hardware_check_recommends_a_preset_or_says_why_not():
 
     qlora = load_preset("qlora")
     qlora.seq_len = 1024
-    assert estimate_memory(qlora, PHI3_MINI).gb < 6  # DESIGN: QLoRA on Phi-3-mini fits a 6 GB laptop GPU
+    assert estimate_memory(qlora, PHI3_MINI).gb < 6  # QLoRA on Phi-3-mini fits a 6 GB laptop GPU
     gpu = lambda gb: Hardware("cuda", "Laptop GPU", gb * 2**30, True)  # noqa: E731
     assert recommend(PHI3_MINI, gpu(6)).preset == "qlora"
     assert recommend(PHI3_MINI, gpu(24)).preset == "muse-3" and not recommend(PHI3_MINI, gpu(24)).overrides

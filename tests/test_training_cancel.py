@@ -6,12 +6,13 @@ import subprocess
 
 import pytest
 
-from muse_desktop.events import CancelToken, Progress
+from muse_desktop.base.events import CancelToken, Progress
 from test_training import tiny_config, write_triples
 
 
 def test_cancel_asks_the_child_without_a_signal_and_it_checkpoints(tmp_path, tiny_model, monkeypatch):
-    from muse_desktop.training.child import TrainingFailed, run_training
+    from muse_desktop.training.child import run_training
+    from muse_desktop.training.config import TrainingError
     from muse_desktop.training.runfolder import RunFolder
     from muse_desktop.training.recipe import latest_checkpoint
 
@@ -22,7 +23,7 @@ def test_cancel_asks_the_child_without_a_signal_and_it_checkpoints(tmp_path, tin
     config = tiny_config(tiny_model, write_triples(tmp_path / "d.jsonl"), max_steps=400, save_steps=1000)
     run = tmp_path / "run"
     token = CancelToken()
-    with pytest.raises(TrainingFailed) as stopped:
+    with pytest.raises(TrainingError) as stopped:
         for event in run_training(config, run, token):
             if isinstance(event, Progress) and event.done >= 3:
                 token.cancel()

@@ -5,10 +5,11 @@ from __future__ import annotations
 import os
 
 import pytest
+from helpers import answer_and_wait, load_model_and_wait, wait_for_model
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QAbstractButton, QAbstractItemView, QLineEdit
 
-from muse_desktop.settings import Settings, Theme, load_settings
+from muse_desktop.household.settings import Settings, Theme, load_settings
 from muse_desktop.ui.app import MainWindow
 from muse_desktop.ui.theme import MIN_TARGET_PX, PALETTES, contrast_ratio
 
@@ -33,19 +34,6 @@ def exposed_name(widget) -> str:
 
 def interactive_widgets(window):
     return [w for w in window.findChildren(QAbstractButton) + window.findChildren(QLineEdit) + window.findChildren(QAbstractItemView) if w.isVisible()]
-
-def load_model_and_wait(qtbot, win, path) -> None:
-    """Open ``path`` on the chat page and wait until the model is loaded and the worker gone."""
-    with qtbot.waitSignal(win.chat.model_ready, timeout=30000):
-        win.use_model(str(path))
-    qtbot.waitUntil(lambda: win.chat.worker is None)
-
-
-def answer_and_wait(qtbot, win, action) -> None:
-    """Run ``action`` (which asks something) and wait for the whole answer."""
-    with qtbot.waitSignal(win.chat.answer_done, timeout=30000):
-        action()
-    qtbot.waitUntil(lambda: win.chat.worker is None)
 
 
 
@@ -149,8 +137,8 @@ def test_no_arguments_opens_the_window(qtbot, monkeypatch):
 def test_talking_to_a_model_streams_the_answer_and_saves_both_messages(qtbot, tiny_gguf, isolated_home, monkeypatch):
     from PySide6.QtWidgets import QFileDialog
 
-    from muse_desktop.demo_model import Variant
-    from muse_desktop.store import Store
+    from muse_desktop.models.demo_model import Variant
+    from muse_desktop.chat.store import Store
     from muse_desktop.ui.chat import Bubble
 
     store = Store()
@@ -161,9 +149,7 @@ def test_talking_to_a_model_streams_the_answer_and_saves_both_messages(qtbot, ti
     # No model yet: the second step of the first run asks which one.
     assert win.pages.currentWidget() is win._model_scroll
     monkeypatch.setattr(QFileDialog, "getOpenFileName", lambda *a, **k: (str(tiny_gguf[Variant.MINI_4K]), ""))
-    with qtbot.waitSignal(win.chat.model_ready, timeout=30000):
-        qtbot.mouseClick(win.model_page.open_button, Qt.LeftButton)
-    qtbot.waitUntil(lambda: win.chat.worker is None)
+    wait_for_model(qtbot, win, lambda: qtbot.mouseClick(win.model_page.open_button, Qt.LeftButton))
     assert win.pages.currentWidget() is win.chat and win.chat.who.text() == "Answers for: Older adult"
     assert load_settings().settings.model_path == str(tiny_gguf[Variant.MINI_4K])
     qtbot.keyClicks(win.chat.input, "Why is a balanced diet important?")
@@ -206,8 +192,8 @@ def test_a_bad_model_file_is_explained_and_the_app_stays_up(qtbot, tmp_path):
 
 
 def test_stop_ends_the_answer_and_keeps_what_was_said(qtbot, tiny_gguf):
-    from muse_desktop.demo_model import Variant
-    from muse_desktop.store import Store
+    from muse_desktop.models.demo_model import Variant
+    from muse_desktop.chat.store import Store
 
     store = Store()
     win = MainWindow(Settings(user_type_id="teenager"), store=store)
@@ -232,8 +218,8 @@ def test_stop_ends_the_answer_and_keeps_what_was_said(qtbot, tiny_gguf):
 def test_regenerate_copy_and_history_after_reopening(qtbot, tiny_gguf, isolated_home):
     from PySide6.QtGui import QGuiApplication
 
-    from muse_desktop.demo_model import Variant
-    from muse_desktop.store import Store
+    from muse_desktop.models.demo_model import Variant
+    from muse_desktop.chat.store import Store
     from muse_desktop.ui.chat import Bubble
 
     def open_window():
@@ -243,7 +229,7 @@ def test_regenerate_copy_and_history_after_reopening(qtbot, tiny_gguf, isolated_
         win.show_chat()
         return win
 
-    from muse_desktop.settings import save_settings
+    from muse_desktop.household.settings import save_settings
 
     save_settings(Settings(user_type_id="farmer"))
     win = open_window()
@@ -286,9 +272,7 @@ def test_the_demo_is_a_usable_default_with_no_model(qtbot, isolated_home):
     win.show_chat()
     assert win.pages.currentWidget() is win._model_scroll
     assert "has not learnt anything" in win.model_page.demo_button.accessibleDescription()
-    with qtbot.waitSignal(win.chat.model_ready, timeout=60000):
-        qtbot.mouseClick(win.model_page.demo_button, Qt.LeftButton)
-    qtbot.waitUntil(lambda: win.chat.worker is None)
+    wait_for_model(qtbot, win, lambda: qtbot.mouseClick(win.model_page.demo_button, Qt.LeftButton), timeout=60000)
     assert win.chat.model_label.text() == PRACTICE_MODEL and "nonsense" in PRACTICE_MODEL
     demo = load_settings().settings.model_path
     assert demo.startswith(str(isolated_home)) and demo.endswith(".gguf")
@@ -298,8 +282,8 @@ def test_the_demo_is_a_usable_default_with_no_model(qtbot, isolated_home):
 
 
 def test_read_aloud_speaks_or_says_why_not(qtbot, tiny_gguf, tmp_path, monkeypatch):
-    from muse_desktop.demo_model import Variant
-    from muse_desktop.speech import find_backend
+    from muse_desktop.models.demo_model import Variant
+    from muse_desktop.speech.speaker import find_backend
 
     # Only PATH changes here: monkeypatch.undo() would also undo the isolated MUSE_HOME and
     # let the rest of the test write into the real user folders (it once did).
@@ -373,7 +357,7 @@ def test_get_muse_from_the_first_run_wizard_with_progress_and_cancel(qtbot, tmp_
 
     from hub_server import FakeHub
 
-    from muse_desktop.download import PARTIAL_DIR
+    from muse_desktop.models.download import PARTIAL_DIR
 
     root = tmp_path / "hub"
     shutil.copytree(tiny_model, root / "microsoft" / "Phi-3-mini-128k-instruct")
@@ -415,9 +399,7 @@ def test_get_muse_from_the_first_run_wizard_with_progress_and_cancel(qtbot, tmp_
         hub.throttle_s = 0.0
         qtbot.mouseClick(page.get_button, Qt.LeftButton)
         qtbot.waitUntil(page.ways.isVisible, timeout=20000)
-        with qtbot.waitSignal(win.chat.model_ready, timeout=60000):
-            qtbot.mouseClick(page.merged_button, Qt.LeftButton)
-        qtbot.waitUntil(lambda: win.chat.worker is None)
+        wait_for_model(qtbot, win, lambda: qtbot.mouseClick(page.merged_button, Qt.LeftButton), timeout=60000)
         assert hub.range_requests(partial.name.removesuffix(".incomplete"))  # continued, not started again
     assert win.pages.currentWidget() is win.chat
     assert load_settings().settings.model_path.endswith("muse-phi3-mini-128k-Q4_K_M.gguf")
@@ -435,7 +417,7 @@ def test_get_muse_as_an_add_on_from_the_model_page_then_turn_it_down_in_the_chat
     from helpers import make_peft_adapter
     from hub_server import FakeHub
 
-    from muse_desktop.store import Store
+    from muse_desktop.chat.store import Store
 
     root = tmp_path / "hub"
     shutil.copytree(tiny_model, root / "microsoft" / "Phi-3-mini-128k-instruct")
@@ -455,9 +437,7 @@ def test_get_muse_as_an_add_on_from_the_model_page_then_turn_it_down_in_the_chat
         qtbot.mouseClick(page.get_button, Qt.LeftButton)
         qtbot.waitUntil(page.ways.isVisible, timeout=20000)
         assert "adapter" not in page.addon_text.text().lower() and ".gguf" not in page.addon_text.text()
-        with qtbot.waitSignal(win.chat.model_ready, timeout=60000):
-            qtbot.mouseClick(page.addon_button, Qt.LeftButton)
-        qtbot.waitUntil(lambda: win.chat.worker is None)
+        wait_for_model(qtbot, win, lambda: qtbot.mouseClick(page.addon_button, Qt.LeftButton), timeout=60000)
     chat = win.chat
     assert [a.scale for a in chat.engine.adapters] == [1.0]
     assert load_settings().settings.adapter_path.endswith("muse-lora-phi3-mini-128k-F16.gguf")
@@ -477,8 +457,8 @@ def test_conversations_can_be_renamed_saved_and_deleted(qtbot, tiny_gguf, tmp_pa
 
     from PySide6.QtWidgets import QFileDialog, QInputDialog, QMessageBox
 
-    from muse_desktop.demo_model import Variant
-    from muse_desktop.store import Store
+    from muse_desktop.models.demo_model import Variant
+    from muse_desktop.chat.store import Store
 
     store = Store()
     win = MainWindow(Settings(user_type_id="nurse"), store=store)
@@ -652,7 +632,7 @@ def test_reproduce_muse_is_one_click_the_muse_dataset_with_the_muse_3_recipe(qtb
     from hub_server import FakeHub
     from test_muse_dataset import muse_records, write_all
 
-    from muse_desktop.paths import user_dirs
+    from muse_desktop.base.paths import user_dirs
 
     root = tmp_path / "hub"
     (root / "datasets" / "seohyunqkr" / "MUsE").mkdir(parents=True)
@@ -711,7 +691,7 @@ def test_get_the_muse_dataset_downloads_and_checks_it(qtbot, tmp_path, tiny_mode
 
 
 def test_compare_puts_my_training_next_to_the_published_muse(qtbot, tmp_path):
-    from muse_desktop.store import Store
+    from muse_desktop.chat.store import Store
 
     store = Store()
     for name in ("mine.gguf", "muse.gguf", "other.gguf"):
@@ -748,9 +728,9 @@ def test_the_qt_binding_does_not_leak_references_to_none(qtbot):
 
 
 def test_preference_mode_keeps_only_the_best_answer_and_goes_on_from_it(qtbot, tiny_gguf):
-    from muse_desktop.demo_model import Variant
-    from muse_desktop.preferences import DEFAULT_GRID
-    from muse_desktop.store import Store
+    from muse_desktop.models.demo_model import Variant
+    from muse_desktop.evaluation.preferences import DEFAULT_GRID
+    from muse_desktop.chat.store import Store
     from muse_desktop.ui.chat import Bubble
 
     store = Store()
@@ -795,7 +775,7 @@ def test_preference_mode_keeps_only_the_best_answer_and_goes_on_from_it(qtbot, t
 def test_a_blind_comparison_session_from_setup_to_chart(qtbot, tiny_gguf, tmp_path, monkeypatch):
     from PySide6.QtWidgets import QFileDialog
 
-    from muse_desktop.demo_model import Variant
+    from muse_desktop.models.demo_model import Variant
 
     win = MainWindow(Settings(user_type_id="child"))
     qtbot.addWidget(win)
@@ -830,7 +810,7 @@ def test_a_blind_comparison_session_from_setup_to_chart(qtbot, tiny_gguf, tmp_pa
 
 
 def test_trainer_learns_from_recorded_preferences_with_dpo(qtbot, tiny_model, isolated_home):
-    from muse_desktop.store import Store
+    from muse_desktop.chat.store import Store
 
     store = Store()
     win = MainWindow(Settings(user_type_id="child"), store=store)
@@ -858,16 +838,14 @@ def test_trainer_learns_from_recorded_preferences_with_dpo(qtbot, tiny_model, is
 def test_a_model_with_an_adapter_is_reopened_with_it(qtbot, tiny_gguf, tiny_model, adapters, tmp_path):
     from converters.convert import convert_adapter
 
-    from muse_desktop.demo_model import Variant
+    from muse_desktop.models.demo_model import Variant
 
     adapter = tmp_path / "a.gguf"
     list(convert_adapter(adapters["all"], adapter, tiny_model))
     win = MainWindow(Settings(user_type_id="child"))
     qtbot.addWidget(win)
     win.show()
-    with qtbot.waitSignal(win.chat.model_ready, timeout=30000):
-        win.chat_with(str(tiny_gguf[Variant.MINI_4K]), str(adapter))
-    qtbot.waitUntil(lambda: win.chat.worker is None)
+    wait_for_model(qtbot, win, lambda: win.chat_with(str(tiny_gguf[Variant.MINI_4K]), str(adapter)))
     assert win.chat.model_label.text().endswith("with the add-on a")
     saved = load_settings().settings
     assert (saved.model_path, saved.adapter_path) == (str(tiny_gguf[Variant.MINI_4K]), str(adapter))
@@ -885,7 +863,7 @@ def test_longer_memory_is_asked_for_explained_and_reopens_the_model(qtbot, tiny_
     """A LongRoPE model opens at its original context; 'Longer memory…' says the cost, then reopens it."""
     from PySide6.QtWidgets import QMessageBox
 
-    from muse_desktop.demo_model import Variant
+    from muse_desktop.models.demo_model import Variant
 
     win = MainWindow(Settings(user_type_id="child"))
     qtbot.addWidget(win)
@@ -904,13 +882,9 @@ def test_longer_memory_is_asked_for_explained_and_reopens_the_model(qtbot, tiny_
     assert asked and "less exact" in asked[0]
     assert not win.memory_action.isChecked() and not load_settings().settings.long_context
     monkeypatch.setattr(QMessageBox, "question", lambda *args: QMessageBox.Yes)
-    with qtbot.waitSignal(win.chat.model_ready, timeout=30000):
-        win.memory_action.trigger()
-    qtbot.waitUntil(lambda: win.chat.worker is None)
+    wait_for_model(qtbot, win, win.memory_action.trigger)
     assert win.memory_action.isChecked() and load_settings().settings.long_context
     assert win.chat.engine.llm.n_ctx() == 8192 and "Longer memory is on" in win.chat.status.text()
-    with qtbot.waitSignal(win.chat.model_ready, timeout=30000):
-        win.memory_action.trigger()  # off again: no question asked
-    qtbot.waitUntil(lambda: win.chat.worker is None)
+    wait_for_model(qtbot, win, win.memory_action.trigger)  # off again: no question asked
     assert win.chat.engine.llm.n_ctx() <= 256 and not load_settings().settings.long_context
     win.close()

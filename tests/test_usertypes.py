@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from muse_desktop.usertypes import (
+from muse_desktop.chat.usertypes import (
     CUSTOM_MAX_CHARS,
     CatalogError,
     InvalidUserType,

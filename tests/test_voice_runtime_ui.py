@@ -11,8 +11,8 @@ from __future__ import annotations
 import pytest
 from PySide6.QtWidgets import QMessageBox
 
-from muse_desktop import voice, voice_runtime
-from muse_desktop.settings import Settings
+from muse_desktop.speech import voice, voice_runtime
+from muse_desktop.household.settings import Settings
 from test_voice_runtime import registry, wheels  # noqa: F401  (fixtures)
 
 pytest.importorskip("piper")
@@ -96,7 +96,7 @@ def test_where_the_natural_voice_is_already_there_it_says_so(qtbot, chat, regist
 
 
 def test_while_locked_it_downloads_nothing(qtbot, chat, registry, monkeypatch):  # noqa: F811
-    from muse_desktop import lock
+    from muse_desktop.household import lock
 
     monkeypatch.setattr(voice, "engine_missing_reason", lambda: MISSING)
     lock.set_pin(chat.settings, "2468")

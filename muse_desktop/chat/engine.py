@@ -1,6 +1,6 @@
 """Run a GGUF Phi-3 model with llama.cpp and stream answers adapted to a user type.
 
-The token ids come from :mod:`muse_desktop.prompting` with llama.cpp's own
+The token ids come from :mod:`muse_desktop.base.prompting` with llama.cpp's own
 tokenizer behind the contract's adapter, so the model is fed exactly the ids the
 trainer trains on. Text is streamed as whole characters (a character split over
 byte tokens is held back until complete), generation stops at ``<|end|>`` or
@@ -31,12 +31,16 @@ from pathlib import Path
 
 from converters.errors import ConversionError
 from converters.gguf_check import inspect_gguf
-from muse_desktop.events import CandidateText, CancelToken, Done, Event, Log, Text
-from muse_desktop.prompting import InstructionTemplate, PromptError, Special, Turn, build_pieces, encode
+from muse_desktop.base.errors import MuseError
+from muse_desktop.base.events import CandidateText, CancelToken, Done, Event, Log, Text
+from muse_desktop.base.prompting import InstructionTemplate, PromptError, Special, Turn, build_pieces, encode
+from muse_desktop.base.prompting.llama import LlamaCppTokenizer
 
 
-class ModelError(ValueError):
+class ModelError(MuseError, ValueError):
     """The model (or adapter) cannot be used; the message says why, for the user."""
+
+    exit_code = 2  # the command line: what was given cannot be used
 
 
 @dataclass
@@ -143,33 +147,6 @@ class AdapterSpec:
 def default_threads() -> int:
     count = os.cpu_count() or 2
     return max(1, count // 2 if count > 4 else count)
-
-
-class LlamaCppTokenizer:
-    """The prompt contract's tokenizer adapter over llama.cpp's own tokenizer."""
-
-    def __init__(self, llm):
-        self.llm = llm
-        self.bos_id = llm.token_bos()
-        self.add_bos = bool(_vocab_flag(llm, "llama_vocab_get_add_bos", True))
-
-    def special_id(self, token: str) -> int:
-        ids = self.llm.tokenize(token.encode("utf-8"), add_bos=False, special=True)
-        if len(ids) != 1:
-            raise KeyError(token)
-        return ids[0]
-
-    def encode_text(self, text: str) -> list[int]:
-        return self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=False)
-
-
-def _vocab_flag(llm, name: str, default):
-    import llama_cpp
-
-    function = getattr(llama_cpp, name, None)
-    if function is None:
-        return default
-    return function(llama_cpp.llama_model_get_vocab(llm.model))
 
 
 @dataclass
@@ -691,12 +668,12 @@ class ChatEngine:
             return
         samplings = [r.sampling or default_sampling(r.user_type or "") for r in requests]
         prompts = []
-        for request, sampling in zip(requests, samplings):
+        for request, sampling in zip(requests, samplings, strict=True):
             ids, dropped = self.fit(request.user_type, request.turns, request.template, sampling.max_new_tokens)
             prompts.append(ids)
         # Room per sequence as generate() allows it; the cache is unified, so a shared
         # prefix takes its cells once.
-        limits = [min(s.max_new_tokens, self.llm.n_ctx() - 1 - len(ids)) for s, ids in zip(samplings, prompts)]
+        limits = [min(s.max_new_tokens, self.llm.n_ctx() - 1 - len(ids)) for s, ids in zip(samplings, prompts, strict=True)]
         plan = []  # (source sequence or -1, tokens shared with it)
         for k, ids in enumerate(prompts):
             best, shared = -1, 0
@@ -705,7 +682,7 @@ class ChatEngine:
                 if common > shared:
                     best, shared = j, common
             plan.append((best, min(shared, len(ids) - 1)))  # the last token is evaluated for its logits
-        cells = sum(len(ids) - shared for ids, (_, shared) in zip(prompts, plan)) + sum(limits) + n
+        cells = sum(len(ids) - shared for ids, (_, shared) in zip(prompts, plan, strict=True)) + sum(limits) + n
         started = time.perf_counter()
         ctx = self._context_for(cells, n)
         self._apply_adapters(ctx, self._adapters)
@@ -713,7 +690,7 @@ class ChatEngine:
         n_batch = self.llm.n_batch
         n_vocab = llama_cpp.llama_vocab_n_tokens(llama_cpp.llama_model_get_vocab(self.llm.model))
         batch = llama_cpp.llama_batch_init(max(n_batch, n), 0, 1)
-        samplers = [self._sampler(s, r.logit_bias, n_vocab) for s, r in zip(samplings, requests)]
+        samplers = [self._sampler(s, r.logit_bias, n_vocab) for s, r in zip(samplings, requests, strict=True)]
         first: list[int | None] = [None] * n
         evaluated = 0
 

@@ -25,20 +25,12 @@ import traceback
 from collections.abc import Iterator
 from pathlib import Path
 
-from muse_desktop.events import CancelToken, Error, Event, from_json, to_json
-from muse_desktop.training.config import ConfigError, TrainConfig
+from muse_desktop.base.events import CancelToken, Error, Event, from_json, to_json
+from muse_desktop.training.config import ConfigError, TrainConfig, TrainingError
 from muse_desktop.training.runfolder import RunFolder, RunState
 
 EXIT_CANCELLED = 3
 POLL_S = 0.2
-
-
-class TrainingFailed(RuntimeError):
-    """The child ended with an error; ``kind`` says which (error, out-of-memory, nan, cancelled, crashed)."""
-
-    def __init__(self, message: str, kind: str = "error"):
-        super().__init__(message)
-        self.kind = kind
 
 
 def default_run_dir(config: TrainConfig) -> Path:
@@ -50,7 +42,7 @@ def default_run_dir(config: TrainConfig) -> Path:
 
 
 def child_command(run_dir: Path) -> list[str]:
-    from muse_desktop.process import module_command
+    from muse_desktop.base.process import module_command
 
     return module_command("muse_desktop.training.child", "--run-dir", str(run_dir))
 
@@ -114,14 +106,14 @@ def run_training(config: TrainConfig | None, run_dir: str | Path, cancel: Cancel
     if failure is not None:
         run.mark(RunState.CANCELLED if failure.kind == "cancelled" else RunState.FAILED, failure.kind,
                  failure.message)
-        raise TrainingFailed(failure.message, failure.kind)
+        raise TrainingError(failure.message, failure.kind)
     if code != 0:
         how = f"was killed by signal {-code}" if code < 0 else f"ended with exit code {code}"
         tail = _last_log_line(run.log_path)
         message = (f"The training process {how}" + (f" ({tail})" if tail else "") +
                    ". Resume continues from the last checkpoint.")
         run.mark(RunState.FAILED, "crashed", message)
-        raise TrainingFailed(message, "crashed")
+        raise TrainingError(message, "crashed")
     run.mark(RunState.FINISHED)
 
 
@@ -178,11 +170,11 @@ def _main(argv: list[str]) -> int:
             events_file.write(line + "\n")
             events_file.flush()
 
-    from muse_desktop.datasets import DatasetError
+    from muse_desktop.data.datasets import DatasetError
 
     try:
         config = run.config()  # as stored when the run was created: no preset is read again
-        from muse_desktop.training.recipe import TrainingError, train
+        from muse_desktop.training.recipe import train
 
         if config.dpo_pairs:
             from muse_desktop.training.dpo import train_dpo as train

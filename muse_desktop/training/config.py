@@ -21,14 +21,29 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from muse_desktop.paths import resources_dir
+from muse_desktop.base.errors import MuseError
+from muse_desktop.base.paths import resources_dir
 
 
 # What a run folder holds is known to training/runfolder.py alone.
 
 
-class ConfigError(ValueError):
+class ConfigError(MuseError, ValueError):
     """A config that cannot be used; the message names the key and why."""
+
+    exit_code = 2  # the command line: what was given cannot be used
+
+
+class TrainingError(MuseError, RuntimeError):
+    """A run that cannot go on, in the training process or seen from the app that started it.
+
+    ``kind`` is error, out-of-memory, nan, cancelled or crashed (the child process died).
+    """
+
+    exit_code = 2  # what the command line has always returned for it
+
+    def __init__(self, message: str, kind: str = "error", *, advice: str = ""):
+        super().__init__(message, advice=advice, kind=kind)
 
 
 class Method:

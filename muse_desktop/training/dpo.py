@@ -21,11 +21,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from muse_desktop.datasets import Example
-from muse_desktop.events import CancelToken, Done, Event, Log, Metric, Progress
-from muse_desktop.preferences import read_pairs
-from muse_desktop.prompting.contract import IGNORE_INDEX, Role, Turn
-from muse_desktop.prompting.hf import HFTokenizer
+from muse_desktop.data.datasets import Example
+from muse_desktop.base.events import CancelToken, Done, Event, Log, Metric, Progress
+from muse_desktop.evaluation.preferences import read_pairs
+from muse_desktop.base.prompting.contract import IGNORE_INDEX, Role, Turn
+from muse_desktop.base.prompting.hf import HFTokenizer
 from muse_desktop.training.config import TrainConfig
 from muse_desktop.training.recipe import (Position, TrainingError, collate, finish_checkpoint, latest_checkpoint,
                                           load_checkpoint, load_model, lr_at, make_optimizer, pick_device,

@@ -12,8 +12,8 @@ from collections import defaultdict
 
 import torch
 
-from muse_desktop.prompting.contract import Role, Special, Turn, build_pieces, encode
-from muse_desktop.prompting.hf import HFTokenizer
+from muse_desktop.base.prompting.contract import Role, Special, Turn, build_pieces, encode
+from muse_desktop.base.prompting.hf import HFTokenizer
 
 
 @torch.no_grad()

@@ -21,12 +21,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from converters.pipeline import Built, Check, LoraJob, build
-from muse_desktop.events import CancelToken, Done, Event, Log
+from muse_desktop.base.errors import MuseError
+from muse_desktop.base.events import CancelToken, Done, Event, Log
 from muse_desktop.training.runfolder import RunFolder
 
 
-class ExportError(RuntimeError):
-    pass
+class ExportError(MuseError, RuntimeError):
+    """A finished run that cannot be turned into a model file; the message says why."""
+
+    exit_code = 2  # what the command line has always returned for it
 
 
 def _run_info(run_dir: Path) -> tuple[dict, Path]:
@@ -77,7 +80,7 @@ def export_run(run_dir: str | Path, mode: str = "merge", qtype: str = "Q4_K_M", 
                models_dir: str | Path | None = None, verify: bool = True,
                cancel: CancelToken | None = None) -> Iterator[Event]:
     """Export a run; Done's path is the GGUF to open (``data`` says the base for an adapter)."""
-    from muse_desktop.paths import user_dirs
+    from muse_desktop.base.paths import user_dirs
 
     run_dir = Path(run_dir)
     config, adapter = _run_info(run_dir)

@@ -30,13 +30,13 @@ def last_layers_chosen(shown: int, preset_value: Any) -> Any:
 def dataset_report(path: str, fmt: str | None, base: str, config: TrainConfig, seq_len: int | None = None) -> str:
     """Check a dataset (every unusable row with its line) and, with a base model, count tokens and
     estimate one pass on this computer; the text the page shows."""
-    from muse_desktop.datasets import load_dataset
+    from muse_desktop.data.datasets import load_dataset
 
     tokenizer = None
     if base and Path(base, "config.json").is_file():
         from transformers import AutoTokenizer
 
-        from muse_desktop.prompting.hf import HFTokenizer
+        from muse_desktop.base.prompting.hf import HFTokenizer
 
         tokenizer = HFTokenizer(AutoTokenizer.from_pretrained(base))
     report = load_dataset(path, fmt or None, tokenizer, cutoff=seq_len or config.seq_len)
@@ -67,7 +67,7 @@ def dpo_run(settings: dict, store, run_dir: str | Path | None = None) -> tuple[R
     run is created; returns the run (start it with ``run_training(None, run.path)``) and how
     many pairs it learns from. Refuses (ValueError) before making anything when there are none.
     """
-    from muse_desktop.preferences import export_pairs
+    from muse_desktop.evaluation.preferences import export_pairs
     from muse_desktop.training.child import default_run_dir
 
     if not store.preferences():

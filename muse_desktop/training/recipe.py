@@ -25,20 +25,12 @@ from pathlib import Path
 
 import torch
 
-from muse_desktop.datasets import Format, Report, load_dataset
-from muse_desktop.events import CancelToken, Done, Event, Log, Metric, Progress
-from muse_desktop.prompting.contract import IGNORE_INDEX, Role
-from muse_desktop.prompting.hf import HFTokenizer
-from muse_desktop.training.config import Method, TrainConfig
+from muse_desktop.data.datasets import Format, Report, load_dataset
+from muse_desktop.base.events import CancelToken, Done, Event, Log, Metric, Progress
+from muse_desktop.base.prompting.contract import IGNORE_INDEX, Role
+from muse_desktop.base.prompting.hf import HFTokenizer
+from muse_desktop.training.config import Method, TrainConfig, TrainingError
 from muse_desktop.training.runfolder import RunFolder
-
-
-class TrainingError(RuntimeError):
-    """A run that cannot go on; ``kind`` is error, out-of-memory, nan or cancelled."""
-
-    def __init__(self, message: str, kind: str = "error"):
-        super().__init__(message)
-        self.kind = kind
 
 
 # --- data ----------------------------------------------------------------------------------

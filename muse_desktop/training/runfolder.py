@@ -22,7 +22,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from muse_desktop.fileio import atomic_write_text
+from muse_desktop.base.fileio import atomic_write_text
 from muse_desktop.training.config import ConfigError, TrainConfig, config_from_resolved
 
 _CONFIG = "config.json"  # the resolved config, stored once
@@ -309,7 +309,7 @@ def duration(seconds: float) -> str:
 
 def runs_root() -> Path:
     """The app's folder of training runs."""
-    from muse_desktop.paths import user_dirs
+    from muse_desktop.base.paths import user_dirs
 
     return user_dirs().data / "runs"
 

@@ -30,15 +30,16 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from muse_desktop import APP_NAME, __version__, lock
-from muse_desktop.prompting import InstructionTemplate, TemplateError
-from muse_desktop.settings import Settings, Theme, load_settings, save_settings
-from muse_desktop.store import Store
+from muse_desktop import APP_NAME, __version__
+from muse_desktop.household import lock
+from muse_desktop.base.prompting import InstructionTemplate, TemplateError
+from muse_desktop.household.settings import Settings, Theme, load_settings, save_settings
+from muse_desktop.chat.store import Store
 from muse_desktop.ui.chat import ChatPage
 from muse_desktop.ui.model_page import ModelPage
 from muse_desktop.ui.theme import placeholder_colour, stylesheet
 from muse_desktop.ui import widgets
-from muse_desktop.usertypes import Catalog, InvalidUserType, UserType, custom_user_type, load_catalog
+from muse_desktop.chat.usertypes import Catalog, InvalidUserType, UserType, custom_user_type, load_catalog
 
 # The four big tiles: the age groups most people pick.
 TILES = (("child", "Child"), ("teenager", "Teenager"), ("adult", "Adult"), ("older-adult", "Older adult"))

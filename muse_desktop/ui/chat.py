@@ -24,14 +24,14 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from muse_desktop.events import Done, Log
-from muse_desktop.fileio import atomic_write_text
-from muse_desktop.settings import Settings
-from muse_desktop.speech import Speaker
-from muse_desktop.store import Store
+from muse_desktop.base.events import Done, Log
+from muse_desktop.base.fileio import atomic_write_text
+from muse_desktop.household.settings import Settings
+from muse_desktop.speech.speaker import Speaker
+from muse_desktop.chat.store import Store
 from muse_desktop.ui import widgets
 from muse_desktop.ui.workers import EventWorker, start_worker
-from muse_desktop.usertypes import UserType
+from muse_desktop.chat.usertypes import UserType
 
 
 # What the add-on control offers: words, and the scale llama.cpp applies (0 is the base alone).
@@ -295,7 +295,7 @@ class ChatPage(QWidget):
         self._loading = path
         from muse_desktop.chat.engine import AdapterSpec, ChatEngine, EngineSettings
 
-        from muse_desktop.paths import user_dirs
+        from muse_desktop.base.paths import user_dirs
 
         settings = EngineSettings(threads=self.settings.threads, context_length=self.settings.context_length,
                                   gpu_layers=self.settings.gpu_layers, long_context=self.settings.long_context,
@@ -412,7 +412,7 @@ class ChatPage(QWidget):
 
     def _refused(self, question: str) -> bool:
         """The kiosk's scope check, on every route to the model; a refusal is the answer, the model is not asked."""
-        from muse_desktop.scope import check_question
+        from muse_desktop.household.scope import check_question
 
         verdict = check_question(question, self.settings.kiosk_mode)
         if verdict.allowed:
@@ -445,7 +445,7 @@ class ChatPage(QWidget):
 
     def _start_candidates(self) -> None:
         """Write the research grid's candidate answers together (one llama.cpp batch) into the panel."""
-        from muse_desktop.preferences import DEFAULT_GRID, candidate_records, candidate_requests, parse_grid
+        from muse_desktop.evaluation.preferences import DEFAULT_GRID, candidate_records, candidate_requests, parse_grid
 
         try:
             self._specs = list(parse_grid(self.settings.preference_grid))

@@ -21,7 +21,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from muse_desktop.compare import MEASURES, CompareError, Contender, Summary
+from muse_desktop.evaluation.compare import MEASURES, CompareError, Contender, Summary
 from muse_desktop.ui import widgets
 from muse_desktop.ui.widgets import FlowLayout
 from muse_desktop.ui.workers import EventWorker, start_worker
@@ -305,9 +305,9 @@ class ComparePage(QWidget):
 
     def prepare(self) -> None:
         from muse_desktop.chat.engine import EngineSettings
-        from muse_desktop.compare import generate_answers, new_session
+        from muse_desktop.evaluation.compare import generate_answers, new_session
 
-        from muse_desktop.scope import check_question
+        from muse_desktop.household.scope import check_question
 
         # The same scope check as the chat: in kiosk mode no route reaches a model off-topic.
         for question in filter(str.strip, self.questions.toPlainText().splitlines()):
@@ -344,7 +344,7 @@ class ComparePage(QWidget):
         self.progress.hide()
 
     def start_rating(self) -> None:
-        from muse_desktop.compare import rounds
+        from muse_desktop.evaluation.compare import rounds
 
         self.rounds = rounds(self.store, self.session)
         self.round_index = 0
@@ -389,14 +389,14 @@ class ComparePage(QWidget):
 
     def rate_current(self, scores: list[tuple[int, int, int]], best: int | None = None) -> None:
         """Set the scores on screen (for tests and scripts) — the same as pressing the 1–5 buttons."""
-        for (_, buttons), values in zip(self.score_boxes, scores):
-            for measure, value in zip(buttons, values):
+        for (_, buttons), values in zip(self.score_boxes, scores, strict=True):
+            for measure, value in zip(buttons, values, strict=True):
                 measure.setValue(value)
         if best is not None:
             self.best_group.button(best).setChecked(True)
 
     def save_round(self) -> None:
-        from muse_desktop.compare import rate
+        from muse_desktop.evaluation.compare import rate
 
         best = self.best_group.checkedId()
         for position, (answer_id, buttons) in enumerate(self.score_boxes):
@@ -422,7 +422,7 @@ class ComparePage(QWidget):
             first.group.checkedButton().setFocus()
 
     def show_results(self) -> None:
-        from muse_desktop.compare import summarize
+        from muse_desktop.evaluation.compare import summarize
 
         self.summary = summarize(self.store)
         self.chart.show_summary(self.summary)
@@ -432,7 +432,7 @@ class ComparePage(QWidget):
         self.csv_button.setEnabled(bool(self.summary.rows))
 
     def save_csv(self) -> None:
-        from muse_desktop.compare import export_csv
+        from muse_desktop.evaluation.compare import export_csv
 
         path, _ = QFileDialog.getSaveFileName(self, "Save the ratings", str(Path.home() / "ratings.csv"),
                                               "CSV (*.csv)")

@@ -24,14 +24,14 @@ from PySide6.QtWidgets import (
     QVBoxLayout,
 )
 
-from muse_desktop.events import Done
+from muse_desktop.base.events import Done
 from muse_desktop.ui import widgets
 from muse_desktop.ui.workers import EventWorker, start_worker
 
 
 def make_teacher(model_path: str, server: str):
     """(ask, close) for a GGUF file or a server URL; built on the worker thread."""
-    from muse_desktop.docbuilder import DEFAULT_SERVER, engine_teacher, server_teacher
+    from muse_desktop.data.docbuilder import DEFAULT_SERVER, engine_teacher, server_teacher
 
     if model_path:
         from muse_desktop.chat.engine import ChatEngine, EngineSettings
@@ -136,7 +136,7 @@ class DataToolsDialog(QDialog):
             self.folder.setText(path)
 
     def build(self) -> None:
-        from muse_desktop.docbuilder import build_dataset
+        from muse_desktop.data.docbuilder import build_dataset
 
         model, server = self.model_path.text().strip(), self.server.text().strip()
         folder, output = self.folder.text().strip(), self.output.text().strip()
@@ -155,8 +155,8 @@ class DataToolsDialog(QDialog):
         self._run(events, lambda event: self.status.setText(event.message))
 
     def augment(self) -> None:
-        from muse_desktop.augment import self_instruct
-        from muse_desktop.datasets import load_dataset
+        from muse_desktop.data.augment import self_instruct
+        from muse_desktop.data.datasets import load_dataset
 
         model, server, seeds_path, count = (self.model_path.text().strip(), self.server.text().strip(),
                                             self.seeds.text().strip(), self.count.value())

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from PySide6.QtWidgets import QDialog, QFileDialog, QHBoxLayout, QLineEdit, QVBoxLayout
 
-from muse_desktop.events import Done
+from muse_desktop.base.events import Done
 from muse_desktop.ui import widgets
 from muse_desktop.ui.workers import EventWorker, start_worker
 
@@ -60,8 +60,8 @@ class KioskDialog(QDialog):
         path, topic = self.dataset.text().strip(), self.topic.text().strip() or "this topic"
 
         def events(_token):
-            from muse_desktop.datasets import load_dataset
-            from muse_desktop.scope import train_scope_guard
+            from muse_desktop.data.datasets import load_dataset
+            from muse_desktop.household.scope import train_scope_guard
 
             report = load_dataset(path)
             questions = [e.turns[0].content for e in report.examples if e.turns]

@@ -20,8 +20,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from muse_desktop.events import Done
-from muse_desktop.settings import Settings
+from muse_desktop.base.events import Done
+from muse_desktop.household.settings import Settings
 from muse_desktop.ui import widgets
 from muse_desktop.ui.workers import EventWorker, start_worker
 
@@ -52,7 +52,7 @@ class ModelPage(QWidget):
             "The model is the part that writes the answers. It runs on this computer; "
             "after it is set up, no internet is needed."))
 
-        from muse_desktop.getmuse import BASE_ONLY_NOTICE, adapter_repo_from
+        from muse_desktop.models.getmuse import BASE_ONLY_NOTICE, adapter_repo_from
 
         get_text = ("Downloads the model and MUsE once (about 8 GB), then makes them small enough for a laptop. "
                     "You choose how next, and see the sizes before anything is downloaded. This can take an hour "
@@ -166,13 +166,13 @@ class ModelPage(QWidget):
             self.model_chosen.emit(path)
 
     def use_demo(self) -> None:
-        from muse_desktop.demo_model import ensure_demo_gguf
+        from muse_desktop.models.demo_model import ensure_demo_gguf
 
         self._run(lambda token: ensure_demo_gguf(cancel=token), "Preparing the demo model…")
 
     def get_muse(self) -> None:
         """Ask what is needed and show the two ways with their sizes; nothing is downloaded yet."""
-        from muse_desktop.getmuse import plan_muse
+        from muse_desktop.models.getmuse import plan_muse
 
         adapter, endpoint = self.settings.muse_adapter_repo, self.settings.hub_endpoint or None
         revision = self.settings.base_revision
@@ -184,7 +184,7 @@ class ModelPage(QWidget):
         self._run(events, "Asking the internet what is needed (nothing is downloaded yet)…")
 
     def _show_ways(self, plan) -> None:
-        from muse_desktop.getmuse import Way
+        from muse_desktop.models.getmuse import Way
 
         self.plan = plan
         if plan.adapter is None:  # the base alone: there is nothing to choose
@@ -206,7 +206,7 @@ class ModelPage(QWidget):
         self.merged_button.setFocus()
 
     def start_muse(self, way: str) -> None:
-        from muse_desktop.getmuse import get_muse
+        from muse_desktop.models.getmuse import get_muse
 
         plan, self.plan = self.plan, None
         self.ways.hide()
@@ -249,7 +249,7 @@ class ModelPage(QWidget):
             return
         self.status.setText(event.message)
         if self.store is not None and "provenance" in (event.data or {}):
-            from muse_desktop.getmuse import add_to_library
+            from muse_desktop.models.getmuse import add_to_library
 
             add_to_library(self.store, event)
         if event.path:

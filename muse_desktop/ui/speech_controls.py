@@ -1,6 +1,6 @@
 """The chat's speech controls: the Speak button with its level meter, and the natural reading voice.
 
-The work itself lives in :mod:`muse_desktop.listen` and :mod:`muse_desktop.voice`;
+The work itself lives in :mod:`muse_desktop.speech.listen` and :mod:`muse_desktop.speech.voice`;
 here it runs on worker threads (never blocking the window) and its events become
 the button's states, the meter and the marked sentence.
 """
@@ -15,8 +15,8 @@ from PySide6.QtCore import QEvent, QObject, Qt
 from PySide6.QtGui import QAction, QActionGroup, QKeySequence, QShortcut
 from PySide6.QtWidgets import QMessageBox, QProgressBar
 
-from muse_desktop import listen, voice, voice_runtime
-from muse_desktop.events import Done
+from muse_desktop.speech import listen, voice, voice_runtime
+from muse_desktop.base.events import Done
 from muse_desktop.ui import widgets
 from muse_desktop.ui.workers import start_worker
 
@@ -362,7 +362,7 @@ class SpeechControls(QObject):
             else:
                 self.page.status.setText("Another download is running. Please wait for it to finish.")
             return
-        from muse_desktop import lock
+        from muse_desktop.household import lock
 
         if lock.is_locked(self.settings):
             self.page.status.setText("Downloads are closed while MUsE is locked. Please ask the person who "

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from muse_desktop.settings import Theme
+from muse_desktop.household.settings import Theme
 
 BASE_POINT_SIZE = 14  # large text by default; zoom multiplies it
 MIN_TARGET_PX = 44  # WCAG 2.2 target size at default zoom

@@ -24,9 +24,9 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from muse_desktop.events import Done
-from muse_desktop.paths import user_dirs
-from muse_desktop.settings import Settings
+from muse_desktop.base.events import Done
+from muse_desktop.base.paths import user_dirs
+from muse_desktop.household.settings import Settings
 from muse_desktop.training.runfolder import duration
 from muse_desktop.ui import widgets
 from muse_desktop.ui.chart import LossChart
@@ -165,7 +165,7 @@ class TrainerPage(QWidget):
         from muse_desktop.training.config import load_preset, preset_names
 
         self._presets = {name: load_preset(name) for name in preset_names()}
-        for name, preset in self._presets.items():
+        for name in self._presets:
             self.preset.addItem(name, name)
         self.preset.currentIndexChanged.connect(self._preset_changed)
         self.preset.setCurrentIndex(list(self._presets).index("muse-3"))
@@ -226,7 +226,7 @@ class TrainerPage(QWidget):
 
     @staticmethod
     def _default_base() -> str:
-        from muse_desktop.getmuse import BASE_REPO
+        from muse_desktop.models.getmuse import BASE_REPO
 
         folder = user_dirs().models / BASE_REPO.split("/")[-1]
         return str(folder) if (folder / "config.json").is_file() else ""
@@ -293,7 +293,7 @@ class TrainerPage(QWidget):
 
     def get_muse_dataset(self, then=None) -> None:
         """Download the published MUsE examples (or find them already here) and check them."""
-        from muse_desktop.getdataset import MUSE_DATASET, get_dataset
+        from muse_desktop.data.getdataset import MUSE_DATASET, get_dataset
 
         endpoint = self.settings.hub_endpoint or None
 
@@ -317,7 +317,7 @@ class TrainerPage(QWidget):
 
     def reproduce_muse(self) -> None:
         """One click: the MUsE dataset, the MUsE-3 recipe, the base MUsE was trained on; then Start."""
-        from muse_desktop.getmuse import BASE_REPO
+        from muse_desktop.models.getmuse import BASE_REPO
 
         base = self._default_base()
         if not base:

@@ -14,7 +14,8 @@ from typing import Any
 
 from PySide6.QtCore import QObject, Qt, QThread, Signal
 
-from muse_desktop.events import CancelToken, CandidateText, Cancelled, Done, Event, Log, Metric, Progress, Text
+from muse_desktop.base.errors import MuseError
+from muse_desktop.base.events import CancelToken, CandidateText, Cancelled, Done, Event, Log, Metric, Progress, Text
 
 
 class _Signals(QObject):
@@ -51,7 +52,9 @@ class _Runner(_Signals):
                     self.done.emit(event)
         except Cancelled:
             self.failed.emit("Stopped.")
-        except Exception as exc:  # shown to the person; the app stays up
+        except MuseError as exc:  # every error the app raises on purpose: its words, then its advice
+            self.failed.emit(exc.for_person())
+        except Exception as exc:  # a fault in the app: shown as it is, and the app stays up
             self.failed.emit(str(exc) or type(exc).__name__)
         finally:
             self.finished.emit()

@@ -1,0 +1,1 @@
+"""Training data: reading datasets, building them from documents, augmenting, downloading."""

@@ -1,0 +1,1 @@
+"""Evaluation: blind comparisons of models and the preferences people record."""

@@ -1,0 +1,1 @@
+"""The household: settings, the caregiver's lock and the kiosk's scope guard."""

@@ -1,0 +1,167 @@
+"""A household on one computer: each person with their own settings, conversations and add-on model.
+
+A person is a row in the store's ``profiles`` table. What is theirs:
+
+- their settings (who they are, text size, colours, read-aloud voice and speed), kept
+  in the profile;
+- their own add-on model with its strength (the profile's ``adapter_path`` and
+  ``adapter_scale``), applied on top of whatever the computer's model is;
+- their conversations and preference records (``profile_id``);
+- the add-on models made for them (library entries whose ``info["person"]`` is theirs).
+
+The app-wide settings file keeps what belongs to the computer (the model file, the
+MUsE add-on when MUsE is installed as one, threads, the caregiver's lock) and the
+person last chosen (``Settings.person_id``). No Qt here: the pages call these.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+from muse_desktop.household.settings import Settings
+from muse_desktop.chat.store import Profile, Store, StoreError
+
+# Settings that belong to a person, not to the computer. Who they are is also a profile
+# column (what the list of people shows without opening JSON). The settings' own
+# adapter_path stays the computer's (e.g. MUsE installed as an add-on).
+COLUMNS = ("user_type_id", "custom_user_type")
+PERSONAL = ("zoom_percent", "theme", "read_aloud", "voice_id", "reading_speed", "speech_sends")
+FIRST_PERSON = "Me"  # the name given to the one person who used MUsE before it knew about people
+
+
+class HouseholdError(StoreError):
+    """A person cannot be made, found or removed; the message says why in plain words."""
+
+
+def personal_settings(settings: Settings) -> dict:
+    """What of ``settings`` belongs to the person using MUsE now."""
+    return {name: getattr(settings, name) for name in PERSONAL}
+
+
+def add_person(store: Store, name: str, settings: Settings, user_type_id: str = "",
+               custom_user_type: str = "") -> Profile:
+    """A new person, starting from the computer's current look (they change it later)."""
+    name = " ".join(name.split())
+    if not name:
+        raise HouseholdError("Please type a name (or a nickname) for the new person.")
+    if len(name) > 40:
+        raise HouseholdError("Please use a shorter name (40 letters at most).")
+    if any(person.name.casefold() == name.casefold() for person in store.profiles()):
+        raise HouseholdError(f"Someone called {name} is already on this computer. "
+                             "Please add a letter or a surname to tell them apart.")
+    return store.create_profile(name, user_type_id=user_type_id, custom_user_type=custom_user_type,
+                                settings=personal_settings(settings))
+
+
+def remember(store: Store, person_id: int, settings: Settings) -> Profile:
+    """Keep the person's part of ``settings`` with them (after they changed text size, voice, …)."""
+    fields = {name: getattr(settings, name) for name in COLUMNS}
+    return store.update_profile(person_id, settings=personal_settings(settings), **fields)
+
+
+def switch_to(settings: Settings, person: Profile) -> Settings:
+    """The settings with ``person``'s own part in place (a copy; the caller saves it)."""
+    out = copy.deepcopy(settings)
+    for name in COLUMNS:
+        setattr(out, name, getattr(person, name))
+    defaults = Settings()
+    for name in PERSONAL:  # a damaged or hand-edited value falls back to the default
+        default = getattr(defaults, name)
+        value = person.settings.get(name, default)
+        if isinstance(default, bool):
+            ok = isinstance(value, bool)
+        elif isinstance(default, (int, float)):
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        else:
+            ok = isinstance(value, type(default))
+        setattr(out, name, value if ok else default)
+    out.person_id = person.id
+    return out.validated()
+
+
+def first_person(store: Store, settings: Settings) -> Profile | None:
+    """Before people existed, everything belonged to the one person using MUsE: make them person one.
+
+    Runs at every start and does nothing once anyone exists. When the computer has
+    no people yet but has been used (a user type was chosen, or there are
+    conversations or preferences), a person called "Me" is made from the current
+    settings and given every conversation and preference record that belongs to
+    nobody; nothing is lost or changed. Returns that person, or None.
+    """
+    if store.profiles():
+        return None
+    used = bool(settings.user_type_id or settings.custom_user_type or store.conversations() or store.preferences())
+    if not used:
+        return None
+    person = store.create_profile(FIRST_PERSON, **{name: getattr(settings, name) for name in COLUMNS},
+                                  settings=personal_settings(settings))
+    store.adopt_unowned(person.id)
+    return person
+
+
+def owned_files(store: Store, person: Profile, data_root: Path) -> list[Path]:
+    """Add-on model files made for ``person`` inside the app's own folder (what removing them deletes).
+
+    A file elsewhere (one the person opened from their own folders) is never deleted.
+    """
+    root = data_root.resolve()
+    paths = {Path(entry.path) for entry in store.library() if entry.info.get("person") == person.id}
+    if person.adapter_path:
+        paths.add(Path(person.adapter_path))
+    inside = []
+    for path in sorted(paths):
+        try:
+            path.resolve().relative_to(root)
+        except ValueError:
+            continue
+        inside.append(path)
+    return inside
+
+
+def remove_person(store: Store, person_id: int, data_root: Path) -> list[Path]:
+    """Remove a person and everything that is theirs; returns the files deleted.
+
+    Their conversations (with messages), preference records, library entries for
+    add-ons made for them, and those add-on files inside the app's folder go. The
+    caller asks first. Files are deleted after the database no longer refers to them,
+    so a crash in between leaves at worst an unused file, never a broken record.
+    """
+    try:
+        person = store.profile(person_id)
+    except StoreError:
+        raise HouseholdError("That person is no longer on this computer.") from None
+    files = owned_files(store, person, data_root)
+    theirs = [entry.id for entry in store.library()
+              if entry.info.get("person") == person.id or Path(entry.path) in files]
+    store.delete_profile(person.id, library_ids=theirs)
+    removed = []
+    for path in files:
+        try:
+            path.unlink()
+            removed.append(path)
+        except FileNotFoundError:
+            pass
+    return removed
+
+
+def attach_adapter(store: Store, person_id: int, path: str | Path, scale: float = 1.0) -> Profile:
+    """Make ``path`` (a GGUF LoRA) the person's own add-on; "" takes it off."""
+    if path and not Path(path).is_file():
+        raise HouseholdError(f"The add-on {Path(path).name} is not there any more.")
+    return store.update_profile(person_id, adapter_path=str(path), adapter_scale=float(scale))
+
+
+def adapters_for(settings: Settings, person: Profile | None) -> list[tuple[str, float]]:
+    """The add-ons the chat applies for ``person``: the computer's (e.g. MUsE's), then their own.
+
+    Each as (path, scale); llama.cpp applies several at once, each with its scale.
+    """
+    out = []
+    if settings.adapter_path:
+        out.append((settings.adapter_path, settings.adapter_scale))
+    if person is not None and person.adapter_path and person.adapter_path != settings.adapter_path:
+        out.append((person.adapter_path, person.adapter_scale))
+    return out
+
+

@@ -1,0 +1,1 @@
+"""Model files: downloads from the hub, Get MUsE, the random-weight demo models, tokenizer checks."""

@@ -1,0 +1,1 @@
+"""Speech: reading answers aloud (system voices and Piper) and listening (whisper.cpp)."""
