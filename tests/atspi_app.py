@@ -63,6 +63,19 @@ if __name__ == "__main__":
     QApplication.setApplicationName(APP_NAME)  # before the app exists: the name AT-SPI registers
     app = QApplication(sys.argv[:1])
     QTimer.singleShot(180_000, app.quit)  # never outlive a stuck test
+    if os.environ.get("MUSE_ATSPI_GREEDY"):
+        # Answers written greedily, so the random test model's answer is the same (and as long) every run:
+        # the streaming test needs one longer than its bound. Everything else is the real app.
+        from muse_desktop.chat import engine as chat_engine
+
+        sampled = chat_engine.default_sampling
+
+        def greedy(prompt_name):
+            sampling = sampled(prompt_name)
+            sampling.temperature = 0.0
+            return sampling
+
+        chat_engine.default_sampling = greedy
     labels = os.environ.get("MUSE_ATSPI_LABELS")
     if labels:
         timer = QTimer()

@@ -147,7 +147,7 @@ def answered(atspi_python, isolated_home, tiny_gguf, tmp_path):
     save_settings(Settings(user_type_id="adult", model_path=str(tiny_gguf[Variant.MINI_4K])))
     labels = tmp_path / "labels.json"
     result = run_and_walk(atspi_python, ["--script", json.dumps(JOURNEY)], isolated_home,
-                          {"MUSE_ATSPI_LABELS": str(labels)})
+                          {"MUSE_ATSPI_LABELS": str(labels), "MUSE_ATSPI_GREEDY": "1"})
     result["labels"] = json.loads(labels.read_text())
     (tmp_path / "heard.json").write_text(json.dumps(result, indent=1))  # to read when a test fails
     return result
@@ -212,7 +212,10 @@ def test_the_answer_is_readable_and_announced_once_when_it_is_complete(answered)
     finished = [e for e in announcements if e["value"].startswith("MUsE said:")]
     # Orca hears it once, whole, politely: not token by token.
     assert len(finished) == 1, announcements
-    assert finished[0]["value"] == f"MUsE said: {answer.strip()}"
+    # The random test model writes control characters now and then (DEL, VT), which the bus carries
+    # differently in a name and in an announcement; the words must be the same.
+    printable = lambda text: "".join(c for c in text if c.isprintable() or c == "\n").strip()  # noqa: E731
+    assert printable(finished[0]["value"]) == printable(f"MUsE said: {answer.strip()}")
     assert any(e["value"] == "Thinking…" for e in announcements), announcements
 
 
