@@ -26,6 +26,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -452,17 +453,24 @@ class ChatEngine:
         Restored from its saved state (or evaluated and saved), so the first question
         evaluates only its own words. Returns a note as :meth:`generate` logs it.
         """
+        try:
+            with self._in_use():
+                if self.llm.n_tokens:
+                    return ""
+                probe = self.prompt_ids(user_type, [Turn("user", "a")], template)
+                return self._restore_or_save_prefix(user_type, template, probe)
+        except (ModelError, PromptError):  # closed meanwhile, or no prompt for this user type: nothing to keep
+            return ""
+
+    @contextmanager
+    def _in_use(self) -> Iterator[None]:
+        """Hold the model open for one piece of work; close() frees it when the last one ends."""
         with self._usage:
             if self._close_pending or self.llm is None:
-                return ""
+                raise ModelError("The model was closed.")
             self._users += 1
         try:
-            if self.llm.n_tokens:
-                return ""
-            probe = self.prompt_ids(user_type, [Turn("user", "a")], template)
-            return self._restore_or_save_prefix(user_type, template, probe)
-        except PromptError:
-            return ""
+            yield
         finally:
             with self._usage:
                 self._users -= 1
@@ -484,18 +492,8 @@ class ChatEngine:
         ``logits_processor`` (``(ids, scores) -> scores``) may reshape each step's
         scores, e.g. to forbid or force tokens.
         """
-        with self._usage:
-            if self._close_pending or self.llm is None:
-                raise ModelError("The model was closed.")
-            self._users += 1
-        try:
+        with self._in_use():
             yield from self._generate(user_type, turns, template, sampling, cancel, logits_processor)
-        finally:
-            with self._usage:
-                self._users -= 1
-                close_now = self._close_pending and self._users == 0
-            if close_now:
-                self._free()
 
     def _generate(self, user_type, turns, template, sampling, cancel, logits_processor) -> Iterator[Event]:
         sampling = sampling or default_sampling(user_type)
@@ -589,18 +587,8 @@ class ChatEngine:
         has its own native sampler chain (seed, temperature, ...) and its own stops.
         ``Done.data["candidates"]`` has, per request, what :meth:`generate` reports.
         """
-        with self._usage:
-            if self._close_pending or self.llm is None:
-                raise ModelError("The model was closed.")
-            self._users += 1
-        try:
+        with self._in_use():
             yield from self._generate_batch(list(requests), cancel)
-        finally:
-            with self._usage:
-                self._users -= 1
-                close_now = self._close_pending and self._users == 0
-            if close_now:
-                self._free()
 
     def _context_for(self, n_ctx: int, n_seq: int):
         """A context with ``n_seq`` sequences in one unified cache of at least ``n_ctx`` cells.
