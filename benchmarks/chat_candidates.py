@@ -27,6 +27,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from chat_decode import no_stop  # noqa: E402  (beside this script: forbid the stop tokens)
 from muse_desktop.chat.engine import ChatEngine, EngineSettings, Request, Sampling  # noqa: E402
 from muse_desktop.evaluation.preferences import DEFAULT_GRID, Framing  # noqa: E402
 from muse_desktop.base.prompting import Turn  # noqa: E402
@@ -45,18 +46,6 @@ def grid_requests(turns, tokens: int, forbid: dict[int, float]) -> list[Request]
                             seed=100 + i)
         out.append(Request("Elderly" if spec.framing == Framing.MUSE else None, turns, None, sampling, forbid))
     return out
-
-
-def no_stop(stop_ids):
-    import numpy as np
-
-    stops = sorted(stop_ids)
-
-    def process(_ids, scores):
-        scores[stops] = -np.inf
-        return scores
-
-    return process
 
 
 def one_answer(engine: ChatEngine, request: Request) -> float:
