@@ -15,6 +15,17 @@ FORMS = ["Who was {}?", "When did {} rule Egypt?", "Where is the tomb of {}?", "
          "What hieroglyphs mention {}?"]
 
 
+def last_logits(chat, ids):
+    """The logits an engine's own llama.cpp context gives the last of ``ids``, evaluated from an empty cache."""
+    import llama_cpp
+    import numpy as np
+
+    chat.llm.reset()
+    chat.llm.eval(ids)
+    return np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(chat.llm.ctx, -1),
+                                 shape=(chat.llm.n_vocab(),)).astype(np.float64).copy()
+
+
 def museum_questions() -> list[str]:
     return [form.format(name) for form, name in itertools.product(FORMS, PHARAOHS)]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from helpers import last_logits
 from muse_desktop.household import people as household
 from muse_desktop.models.demo_model import Variant
 from muse_desktop.evaluation.preferences import export_instruction_data, export_pairs, read_pairs
@@ -124,8 +125,6 @@ def test_removing_a_person_removes_what_is_theirs_and_only_that(tmp_path):
 
 def test_switching_person_applies_their_add_on_in_the_engine(tiny_gguf, tiny_model, adapters, tmp_path):
     """Logits with a person's add-on equal those with that adapter loaded directly, and differ from the base."""
-    import llama_cpp
-
     from converters.convert import convert_adapter
     from muse_desktop.chat.engine import AdapterSpec, ChatEngine, EngineSettings
     from muse_desktop.base.prompting import Turn
@@ -139,13 +138,9 @@ def test_switching_person_applies_their_add_on_in_the_engine(tiny_gguf, tiny_mod
     sam = household.attach_adapter(store, household.add_person(store, "Sam", Settings()).id, files["rslora"], 0.5)
     nobody = household.add_person(store, "Guest", Settings())
     model = tiny_gguf[Variant.MINI_4K]
-    ids = None
 
     def logits(chat):
-        chat.llm.reset()
-        chat.llm.eval(ids)
-        return np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(chat.llm.ctx, -1),
-                                     shape=(chat.llm.n_vocab(),)).astype(np.float64).copy()
+        return last_logits(chat, ids)
 
     shared = ChatEngine(model, EngineSettings(context_length=512, threads=2))
     ids = shared.prompt_ids("Child", [Turn("user", "Why is the sky blue?")])

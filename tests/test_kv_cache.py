@@ -9,16 +9,9 @@ from muse_desktop.chat.engine import ChatEngine, EngineSettings, ModelError
 from muse_desktop.models.demo_model import Variant
 from muse_desktop.base.prompting import Turn
 
+from helpers import last_logits
+
 QUESTION = [Turn("user", "Why is a balanced diet important? Please explain it slowly.")]
-
-
-def last_logits(chat, ids):
-    import llama_cpp
-
-    chat.llm.reset()
-    chat.llm.eval(ids)
-    n_vocab = chat.llm.n_vocab()
-    return np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(chat.llm.ctx, -1), shape=(n_vocab,)).astype(np.float64)
 
 
 def filled_per_token(chat, ids) -> float:
