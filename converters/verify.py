@@ -108,10 +108,10 @@ def llama_logits_many(
 
     The model is loaded once for all of them (seconds at Phi-3-mini size).
     """
-    from llama_cpp import Llama
+    from muse_desktop.base.llamacpp import open_llama
 
     longest = max(len(ids) for ids in sequences)
-    llm = Llama(
+    llm = open_llama(
         model_path=str(gguf_path),
         n_ctx=n_ctx or max(64, longest),
         n_batch=max(64, longest),

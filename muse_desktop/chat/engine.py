@@ -167,7 +167,7 @@ class ChatEngine:
             self.info = inspect_gguf(self.model_path)
         except ConversionError as exc:
             raise ModelError(str(exc)) from None
-        from llama_cpp import Llama
+        from muse_desktop.base.llamacpp import open_llama
 
         n_ctx, self.context_note = effective_context(self.info, self.settings)
         if self.settings.kv_cache not in KV_TYPES:
@@ -177,7 +177,7 @@ class ChatEngine:
             raise ModelError("A quantized key/value cache needs flash attention (llama.cpp cannot use it without).")
         kv_type = KV_TYPES[self.settings.kv_cache][0]
         try:
-            self.llm = Llama(
+            self.llm = open_llama(
                 model_path=str(self.model_path),
                 n_ctx=n_ctx,
                 n_batch=self.settings.batch_size,
