@@ -202,6 +202,7 @@ def test_each_domain_holds_its_parsers_beside_their_handlers():
         "get-dataset": "muse_desktop.cli.data", "build-data": "muse_desktop.cli.data",
         "augment": "muse_desktop.cli.data", "preferences": "muse_desktop.cli.data",
         "lock": "muse_desktop.cli.household", "kiosk": "muse_desktop.cli.household",
+        "people": "muse_desktop.cli.household",
     }
     for domain in cli.DOMAINS:  # and each registers only its own: add_parsers sits in the same module
         sub = argparse.ArgumentParser().add_subparsers()

@@ -94,6 +94,30 @@ def test_preferences_export_from_the_command_line(tmp_path, isolated_home, capsy
     assert main(["preferences", "export"]) == 2
 
 
+def test_one_persons_preferences_export_from_the_command_line(tmp_path, isolated_home, capsys):
+    """`--person NAME` writes only that person's choices; `people` lists who has how many."""
+    from muse_desktop.cli import main
+
+    store = Store()
+    grandma = store.create_profile("Grandma", user_type_id="elderly")
+    leo = store.create_profile("Leo", user_type_id="child")
+    for (user_type, question, good, bad), who in zip(PAIRS, [leo, grandma, leo, None], strict=True):
+        candidates = [{"text": t} for t in (good, "Meh.", "Hmm.", bad)]
+        store.add_preference(user_type, [], question, candidates, best=0, worst=3,
+                             profile_id=who.id if who else None)
+    store.close()
+    assert main(["preferences", "export", "--person", "leo", "--pairs", str(tmp_path / "p.jsonl")]) == 0
+    assert [p["question"] for p in read_pairs(tmp_path / "p.jsonl")] == [PAIRS[0][1], PAIRS[2][1]]
+    assert "for Leo" in capsys.readouterr().out
+    assert main(["preferences", "export", "--person", "Grandpa", "--pairs", str(tmp_path / "q.jsonl")]) == 2
+    err = capsys.readouterr().err
+    assert "No one called Grandpa" in err and "Grandma" in err and not (tmp_path / "q.jsonl").exists()
+    assert main(["people"]) == 0
+    out = capsys.readouterr().out
+    assert "Grandma" in out and "Leo" in out
+    assert [line.split()[-2] for line in out.splitlines() if line.startswith(("Grandma", "Leo"))] == ["1", "2"]
+
+
 def test_the_candidate_grid_can_be_configured():
     from muse_desktop.evaluation.preferences import CandidateSpec, parse_grid
 

@@ -38,6 +38,7 @@ def add_parsers(commands) -> None:
     prefs.add_argument("action", choices=["export"])
     prefs.add_argument("--instructions", metavar="OUT.jsonl", help="question → best answer (MUsE triples)")
     prefs.add_argument("--pairs", metavar="OUT.jsonl", help="chosen = best, rejected = worst (for dpo_pairs)")
+    prefs.add_argument("--person", metavar="NAME", help="only this person's choices (see `muse-desktop people`)")
     prefs.set_defaults(func=_cmd_preferences)
 
 
@@ -126,11 +127,20 @@ def _cmd_preferences(args: argparse.Namespace) -> int:
         raise CliError("say where to write: --instructions OUT.jsonl and/or --pairs OUT.jsonl")
     store = Store()
     try:
+        profile_id, whose = None, ""
+        if args.person:
+            from muse_desktop.household.people import HouseholdError, find_person
+
+            try:
+                person = find_person(store, args.person)
+            except HouseholdError as exc:
+                raise CliError(str(exc)) from None
+            profile_id, whose = person.id, f" for {person.name}"
         if args.instructions:
-            print(f"{export_instruction_data(store, args.instructions)} question → best answer rows "
-                  f"written to {args.instructions}")
+            print(f"{export_instruction_data(store, args.instructions, profile_id)} question → best answer rows"
+                  f"{whose} written to {args.instructions}")
         if args.pairs:
-            print(f"{export_pairs(store, args.pairs)} chosen/rejected pairs written to {args.pairs}")
+            print(f"{export_pairs(store, args.pairs, profile_id)} chosen/rejected pairs{whose} written to {args.pairs}")
     finally:
         store.close()
     return 0

@@ -23,6 +23,31 @@ def add_parsers(commands) -> None:
                                                              "(default: the general set shipped with the app)")
     kiosk.set_defaults(func=_cmd_kiosk)
 
+    people = commands.add_parser("people", help="who uses MUsE on this computer, with their conversations and choices")
+    people.set_defaults(func=_cmd_people)
+
+
+def _cmd_people(args: argparse.Namespace) -> int:
+    from muse_desktop.chat.store import Store
+    from muse_desktop.chat.usertypes import load_catalog
+
+    store = Store()
+    try:
+        people = store.profiles()
+        if not people:
+            print("Nobody yet: the window's first page adds people.")
+            return 0
+        catalog = load_catalog()
+        for person in people:
+            known = catalog.get(person.user_type_id) if person.user_type_id else None
+            who = person.custom_user_type or (known.display_name if known else person.user_type_id) or "-"
+            add_on = f", own add-on {Path(person.adapter_path).name}" if person.adapter_path else ""
+            print(f"{person.name:<20} {who:<24} {len(store.conversations(person.id))} conversations, "
+                  f"{len(store.preferences(person.id))} choices{add_on}")
+    finally:
+        store.close()
+    return 0
+
 
 def _caregiver_check(settings, what: str) -> None:
     """With a PIN set, the command line asks for it too: it may do only what the window's caregiver menu may."""

@@ -165,3 +165,14 @@ def adapters_for(settings: Settings, person: Profile | None) -> list[tuple[str, 
     return out
 
 
+
+
+def find_person(store: Store, name: str) -> Profile:
+    """The person called ``name`` (any capitals), or a HouseholdError naming who is there."""
+    wanted = " ".join(name.split()).casefold()
+    people = store.profiles()
+    for person in people:
+        if person.name.casefold() == wanted:
+            return person
+    names = ", ".join(person.name for person in people) or "nobody yet"
+    raise HouseholdError(f"No one called {name} is on this computer (there is: {names}).")
