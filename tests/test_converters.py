@@ -208,14 +208,14 @@ def test_pickled_adapter_is_refused(tiny_model, adapters, tmp_path):
 
 @pytest.mark.parametrize("qtype", ["Q4_K_M", "Q8_0"])
 def test_quantized_models_load_and_generate(tiny_gguf, tmp_path, qtype):
-    from llama_cpp import Llama
+    from muse_desktop.base.llamacpp import open_llama
 
     out = tmp_path / f"{qtype}.gguf"
     events = list(quantize(tiny_gguf[Variant.MINI_4K], out, qtype, threads=2))
     assert any(isinstance(e, Progress) and e.done == e.total for e in events)
     assert out.stat().st_size < tiny_gguf[Variant.MINI_4K].stat().st_size / 2
     assert not list(tmp_path.glob(f"*{TEMP_MARK}*"))
-    llm = Llama(str(out), n_ctx=128, verbose=False)
+    llm = open_llama(model_path=str(out), n_ctx=128, verbose=False)  # as the app opens models
     result = llm.create_completion("<|user|>Hello<|end|>", max_tokens=8, temperature=0.0)
     assert result["usage"]["completion_tokens"] >= 1
     llm.close()
