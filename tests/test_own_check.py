@@ -12,8 +12,8 @@ from muse_desktop.models.demo_model import Variant
 
 CANDIDATES = [{"text": t, "framing": "muse", "temperature": 1.0} for t in ("one", "two", "three", "four")]
 ROSE_ASKED = [("Elderly", "How do I call my son?"), ("Elderly", "What is a good soup for winter?"),
-              ("Elderly", "How do I call my son?"),  # asked twice: one question
-              ("Elderly", "Why do leaves fall?"), ("Child", "What do bees make?"), ("Elderly", "Is tea good for me?")]
+              ("Elderly", "Why do leaves fall?"), ("Child", "What do bees make?"), ("Elderly", "Is tea good for me?"),
+              ("Elderly", "Why do  leaves fall?")]  # asked twice: one question
 SETTINGS = dict(threads=2, context_length=512)
 
 
@@ -77,8 +77,8 @@ def test_own_questions_answered_by_each_add_on_as_an_engine_with_it_writes_greed
 
     store, settings, rose = household_with(tmp_path, tiny_gguf, sam_adapter=gguf_adapters["rslora"])
     asked = own_check.questions_for(store, rose.id)
-    assert asked == [("Elderly", "Is tea good for me?"), ("Child", "What do bees make?"),
-                     ("Elderly", "Why do leaves fall?"), ("Elderly", "How do I call my son?")]
+    assert asked == [("Elderly", "Why do leaves fall?"), ("Elderly", "Is tea good for me?"),
+                     ("Child", "What do bees make?"), ("Elderly", "What is a good soup for winter?")]
     check = answered_check(store, settings, rose.id, gguf_adapters["all"], max_tokens=12)
     assert [c["role"] for c in store.own_check(check)["models"]] == ["new", "other", "baseline"]
 
