@@ -103,15 +103,16 @@ class OwnCheckWindow(QDialog):
         self.setStyleSheet(sheet)
 
         layout = QVBoxLayout(self)
-        layout.addWidget(widgets.label("Try your new model", "heading"))
-        self.intro = widgets.label(INTRO, "muted")
-        layout.addWidget(self.intro)
+        self.title = widgets.label("Try your new model", "heading")
+        layout.addWidget(self.title)
         self.pages = QStackedWidget()
         layout.addWidget(self.pages, 1)
 
-        # 1. writing the answers
+        # 1. writing the answers (meanwhile the person reads what comes)
         self.preparing = QWidget()
         box = QVBoxLayout(self.preparing)
+        self.intro = widgets.label(INTRO)
+        box.addWidget(self.intro)
         self.status = widgets.label("Getting ready…", name="What MUsE is doing")
         box.addWidget(self.status)
         self.progress = QProgressBar()
@@ -127,8 +128,7 @@ class OwnCheckWindow(QDialog):
         self.asking = QWidget()
         box = QVBoxLayout(self.asking)
         box.setContentsMargins(0, 0, 0, 0)
-        self.round_label = widgets.label(name="Which question")
-        box.addWidget(self.round_label)
+        self.round_label = self.title  # "Question 1 of 4" takes the title's place: more room for the answers
         self.question = widgets.label(name="The question")
         self.question.setObjectName("heading")
         box.addWidget(self.question)
@@ -155,11 +155,23 @@ class OwnCheckWindow(QDialog):
         # 3. the counts and the decision
         self.result = QWidget()
         box = QVBoxLayout(self.result)
+        box.setContentsMargins(0, 0, 0, 0)
+        words = QWidget()
+        inner = QVBoxLayout(words)
         self.result_words = widgets.label(name="The result")
-        self.result_words.setObjectName("heading")
-        box.addWidget(self.result_words)
+        self.result_words.setStyleSheet(f"font-size: {round(BASE_POINT_SIZE * settings.zoom_percent / 100 * ANSWER_SIZE)}pt;"
+                                        " font-weight: bold;")
+        inner.addWidget(self.result_words)
         self.result_detail = widgets.label(style="muted", name="Earlier tries")
-        box.addWidget(self.result_detail)
+        inner.addWidget(self.result_detail)
+        inner.addStretch(1)
+        result_scroll = QScrollArea()
+        result_scroll.setWidgetResizable(True)
+        result_scroll.setFrameShape(QFrame.NoFrame)
+        result_scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
+        result_scroll.setWidget(words)
+        result_scroll.setAccessibleName("The result")
+        box.addWidget(result_scroll, 1)
         row = QHBoxLayout()
         self.anyway_button = widgets.button("Use my new model anyway", "Use the new model for me even so",
                                             self.use_anyway)
@@ -168,7 +180,6 @@ class OwnCheckWindow(QDialog):
         row.addWidget(self.close_button)
         row.addStretch(1)
         box.addLayout(row)
-        box.addStretch(1)
         self.pages.addWidget(self.result)
 
         self.boxes: list[AnswerBox] = []
@@ -266,7 +277,7 @@ class OwnCheckWindow(QDialog):
         for row in self.rounds[self.round_index]:
             row["best"] = int(row["id"] == box.answer_id)
         self.next_button.setEnabled(True)
-        self.hint.setText(f"You picked answer {letter(position)}. You may still change your mind.")
+        self.hint.setText(f"You picked answer {letter(position)}.")
 
     def give_marks(self, position: int, mark: int) -> None:
         box = self.boxes[position]
@@ -288,16 +299,19 @@ class OwnCheckWindow(QDialog):
     def finish(self, choose_anyway: bool = False) -> None:
         self.decision = own_check.decide(self.store, self.check, choose_anyway=choose_anyway)
         self.result_words.setText(self.decision.message)
-        earlier = [c for c in own_check.checks_for(self.store, self.person_id) if c["id"] != self.check]
+        earlier = [c for c in own_check.checks_for(self.store, self.person_id)
+                   if c["id"] != self.check and c["decision"] is not None]
         if earlier:
             lines = []
             for past in earlier[:3]:
                 counts = past["tally"]
-                lines.append(f"{past['created_at'][:10]}: your new model {counts.get('new', 0)}, the usual MUsE "
-                             f"{counts.get('baseline', 0)} of {past['questions']}")
+                kept = "used" if past["decision"]["kept"] else "not used"
+                lines.append(f"{past['created_at'][:10]}, {counts.get('new', 0)} of {past['questions']} for the "
+                             f"new model, {counts.get('baseline', 0)} for the usual MUsE ({kept})")
             self.result_detail.setText("Earlier tries: " + "; ".join(lines) + ".")
         else:
             self.result_detail.setText(f"The new model’s file: {Path(self.adapter_path).name}")
+        self.title.setText("Your new model: the result")
         self.anyway_button.setVisible(not self.decision.kept)
         self.pages.setCurrentWidget(self.result)
         (self.close_button if self.decision.kept else self.anyway_button).setFocus()
