@@ -126,3 +126,31 @@ def test_a_person_without_choices_is_told_so_and_nothing_changes(qtbot, househol
     qtbot.waitUntil(lambda: window.pages.currentWidget() is window.result)
     assert "Guest has not chosen any answers yet" in window.result_words.text()
     assert window.anyway_button.isHidden() and store.profile(guest.id).adapter_path == ""
+
+
+def test_the_check_can_be_done_with_the_keyboard_alone(qtbot, household_of_two, gguf_adapters):
+    from PySide6.QtCore import Qt
+    from PySide6.QtWidgets import QApplication
+
+    store, settings, rose = household_of_two
+    window = open_check(qtbot, settings, store, rose.id, gguf_adapters["all"])
+    window.activateWindow()
+    qtbot.waitUntil(lambda: window.boxes[0].best.hasFocus())
+    for number in range(4):
+        shown = roles_on_screen(store, window)
+        target = window.boxes[shown.index("new")].best
+        seen = []
+        for _ in range(40):  # Tab until the new model's "This one is best" (the person does not know it is)
+            if QApplication.focusWidget() is target:
+                break
+            seen.append((QApplication.focusWidget().text(), QApplication.focusWidget().isVisible()))
+            qtbot.keyClick(QApplication.focusWidget(), Qt.Key_Tab)
+        assert QApplication.focusWidget() is target, (number, seen)
+        qtbot.keyClick(target, Qt.Key_Space)
+        assert target.text() == "✓ Picked as best"
+        assert [box.best.text() for box in window.boxes].count("This one is best") == 2
+        while QApplication.focusWidget() is not window.next_button:
+            qtbot.keyClick(QApplication.focusWidget(), Qt.Key_Tab)
+        qtbot.keyClick(window.next_button, Qt.Key_Space)
+    assert own_check.tally(store, window.check) == {"new": 4, "other": 0, "baseline": 0}
+    assert window.close_button.hasFocus() and store.profile(rose.id).adapter_path == str(gguf_adapters["all"])

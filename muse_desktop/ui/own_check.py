@@ -33,6 +33,7 @@ INTRO = ("MUsE asks your own kinds of questions to a few models: your new one an
          "without names, in a new order each time. Pick the answer you like best. Giving marks is up to you.")
 
 
+BEST, PICKED = "This one is best", "✓ Picked as best"
 ANSWER_SIZE = 1.2  # the answers' text, times the window's
 
 
@@ -55,7 +56,9 @@ class AnswerBox(QGroupBox):
         self.text.setStyleSheet(f"font-size: {round(BASE_POINT_SIZE * zoom_percent / 100 * ANSWER_SIZE)}pt;")
         layout.addWidget(self.text)
         row = QHBoxLayout()
-        self.best = widgets.button("This one is best", f"{name} is the best")
+        # Each "This one is best" is its own Tab stop (in an exclusive group they would be one, reached
+        # with the arrows); OwnCheckWindow.choose() keeps one pick a question.
+        self.best = widgets.button(PICKED if answer["best"] else BEST, f"{name} is the best")
         self.best.setCheckable(True)
         row.addWidget(self.best)
         row.addSpacing(16)
@@ -142,6 +145,7 @@ class OwnCheckWindow(QDialog):
         self.scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
         self.scroll.setWidget(holder)
         self.scroll.setAccessibleName("The answers")
+        self.scroll.setFocusPolicy(Qt.NoFocus)  # Tab goes to the buttons inside; the area follows the focus
         box.addWidget(self.scroll, 1)
         row = QHBoxLayout()
         self.hint = widgets.label("Press “This one is best” under the answer you like most.", "muted")
@@ -183,7 +187,6 @@ class OwnCheckWindow(QDialog):
         self.pages.addWidget(self.result)
 
         self.boxes: list[AnswerBox] = []
-        self.best_group = QButtonGroup(self)
         QTimer.singleShot(0, self.start)
 
     # -- writing the answers ---------------------------------------------------------------
@@ -245,20 +248,18 @@ class OwnCheckWindow(QDialog):
             self.answers_box.removeWidget(box)
             box.hide()
             box.deleteLater()
-        for button in self.best_group.buttons():
-            self.best_group.removeButton(button)
         self.boxes = []
         current = self.rounds[self.round_index]
         self.round_label.setText(f"Question {self.round_index + 1} of {len(self.rounds)}")
         self.question.setText(f"“{current[0]['question']}”")
         for position, answer in enumerate(current):
             box = AnswerBox(position, answer, self.settings.zoom_percent)
-            self.best_group.addButton(box.best, position)
             box.best.clicked.connect(lambda _checked=False, p=position: self.choose(p))
             box.marks.idClicked.connect(lambda mark, p=position: self.give_marks(p, mark))
             if answer["best"]:
                 box.best.setChecked(True)
             self.answers_box.insertWidget(len(self.boxes), box)  # before the stretch
+            box.show()  # now, not when the layout gets to it: the focus goes to its button below
             self.boxes.append(box)
         last = self.round_index == len(self.rounds) - 1
         self.next_button.setText("See the result" if last else "Next question")
@@ -273,6 +274,9 @@ class OwnCheckWindow(QDialog):
         """This answer is the best of the question: stored at once."""
         box = self.boxes[position]
         box.best.setChecked(True)
+        for other in self.boxes:  # the pick is said in words too, not only by the button's colour
+            other.best.setChecked(other is box)
+            other.best.setText(PICKED if other is box else BEST)
         own_check.pick(self.store, self.check, self.round_index, box.answer_id)
         for row in self.rounds[self.round_index]:
             row["best"] = int(row["id"] == box.answer_id)
