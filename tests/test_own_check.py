@@ -195,3 +195,33 @@ def test_with_nobody_else_the_check_has_two_answers_and_goes_with_the_person(tin
     household.remove_person(store, rose.id, tmp_path / "data")
     assert store.own_check_results(check) == [] and store.own_checks(rose.id) == []
     store.close()
+
+
+def test_a_database_from_before_own_checks_keeps_its_comparisons(tmp_path):
+    """Schema 5 (the release before): its Compare sessions stay as they were and belong to nobody."""
+    import sqlite3
+
+    from muse_desktop.chat.store import MIGRATIONS, SCHEMA_VERSION
+
+    path = tmp_path / "muse.sqlite3"
+    db = sqlite3.connect(path)
+    for script in MIGRATIONS[:5]:
+        db.executescript(script)
+    db.executescript(
+        "PRAGMA user_version=5;"
+        "INSERT INTO raters (name, created_at) VALUES ('Ana', '2026-01-01');"
+        "INSERT INTO comparison_sessions (rater_id, models_json, seed, created_at) "
+        "VALUES (1, '[{\"name\": \"Base\", \"path\": \"a.gguf\", \"adapter\": \"\"}]', 7, '2026-01-01');"
+        "INSERT INTO comparison_answers (session_id, round, position, model_index, user_type, question, answer, "
+        "understandability, geniality, applicability, best) VALUES (1, 0, 0, 0, 'Child', 'Why?', 'Because.', 5, 4, 3, 1);")
+    db.close()
+    store = Store(path)
+    assert store.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    from muse_desktop.evaluation.compare import summarize
+
+    assert summarize(store).best_counts == {"Base": 1}
+    assert [tuple(row) for row in store.db.execute("SELECT profile_id, info_json FROM comparison_sessions")] == [
+        (None, "{}")]
+    with pytest.raises(Exception, match="no check number 1"):
+        store.own_check(1)  # a Compare session is nobody's own check
+    store.close()

@@ -61,6 +61,7 @@ class AnswerBox(QGroupBox):
         self.best = widgets.button(PICKED if answer["best"] else BEST, f"{name} is the best")
         self.best.setCheckable(True)
         row.addWidget(self.best)
+
         row.addSpacing(16)
         self.marks_word = widgets.label("Marks (if you like):", "muted")
         self.marks_word.setWordWrap(False)
@@ -76,6 +77,13 @@ class AnswerBox(QGroupBox):
         layout.addLayout(row)
         if answer.get("rating"):
             self.marks.button(answer["rating"]).setChecked(True)
+
+    def showEvent(self, event) -> None:  # noqa: N802 (Qt's name)
+        # As wide with either words, so the marks beside it never move (the sheet's font is known now).
+        self.best.ensurePolished()
+        words = max(self.best.fontMetrics().horizontalAdvance(text) for text in (BEST, PICKED))
+        self.best.setMinimumWidth(words + 2 * self.best.fontMetrics().averageCharWidth() + 40)
+        super().showEvent(event)
 
 
 class OwnCheckWindow(QDialog):
