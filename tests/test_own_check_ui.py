@@ -136,6 +136,18 @@ def test_the_check_can_be_done_with_the_keyboard_alone(qtbot, household_of_two, 
     window = open_check(qtbot, settings, store, rose.id, gguf_adapters["all"])
     window.activateWindow()
     qtbot.waitUntil(lambda: window.boxes[0].best.hasFocus())
+    from PySide6.QtGui import QAccessible
+    from PySide6.QtWidgets import QPushButton
+
+    def said(widget, what=QAccessible.Name) -> str:  # what a screen reader is told
+        return QAccessible.queryAccessibleInterface(widget).text(what)
+
+    shown = [w for w in window.findChildren(QPushButton) if w.isVisibleTo(window)]
+    assert shown and all(said(w) == w.text() for w in shown)  # named by their visible words
+    assert [said(box.best, QAccessible.Description) for box in window.boxes] == [
+        "Answer A is the best", "Answer B is the best", "Answer C is the best"]
+    assert [said(box.marks.button(3), QAccessible.Description) for box in window.boxes] == [
+        "Answer A: 3 of 5", "Answer B: 3 of 5", "Answer C: 3 of 5"]
     for number in range(4):
         shown = roles_on_screen(store, window)
         target = window.boxes[shown.index("new")].best
