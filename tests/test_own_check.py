@@ -192,6 +192,8 @@ def test_with_nobody_else_the_check_has_two_answers_and_goes_with_the_person(tin
     nobody = household.add_person(store, "Guest", settings)
     with pytest.raises(own_check.OwnCheckError, match="not chosen any answers"):
         own_check.new_check(store, settings, nobody.id, gguf_adapters["all"])
+    with pytest.raises(own_check.OwnCheckError, match="no model to answer with"):
+        own_check.new_check(store, Settings(), rose.id, gguf_adapters["all"])
     household.remove_person(store, rose.id, tmp_path / "data")
     assert store.own_check_results(check) == [] and store.own_checks(rose.id) == []
     store.close()
@@ -224,4 +226,17 @@ def test_a_database_from_before_own_checks_keeps_its_comparisons(tmp_path):
         (None, "{}")]
     with pytest.raises(Exception, match="no check number 1"):
         store.own_check(1)  # a Compare session is nobody's own check
+    store.close()
+
+
+def test_with_muse_installed_as_an_add_on_every_answer_has_it_and_the_baseline_only_it(tiny_gguf, gguf_adapters,
+                                                                                      tmp_path):
+    store, settings, rose = household_with(tmp_path, tiny_gguf, sam_adapter=gguf_adapters["rslora"])
+    settings.adapter_path, settings.adapter_scale = str(gguf_adapters["patterns"]), 0.8
+    check = own_check.new_check(store, settings, rose.id, gguf_adapters["all"], seed=1)
+    muse = [str(gguf_adapters["patterns"]), 0.8]
+    assert {c["role"]: c["adapters"] for c in store.own_check(check)["models"]} == {
+        "new": [muse, [str(gguf_adapters["all"]), 1.0]],
+        "other": [muse, [str(gguf_adapters["rslora"]), 0.5]],
+        "baseline": [muse]}
     store.close()
