@@ -76,6 +76,8 @@ def new_check(store, settings, person_id: int, new_adapter: str | Path, seed: in
     new_adapter = str(new_adapter)
     if not Path(new_adapter).is_file():
         raise OwnCheckError(f"The new add-on {Path(new_adapter).name} is not there any more.")
+    if not settings.model_path or not Path(settings.model_path).is_file():
+        raise OwnCheckError("MUsE has no model to answer with yet.", advice="Choose a model in the chat first.")
     person = store.profile(person_id)
     questions = questions_for(store, person_id, count)
     if not questions:
