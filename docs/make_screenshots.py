@@ -225,6 +225,7 @@ def main() -> int:
     personalisation(window, settle)
     compare_results(window, settle, model)
     trainer_mid_run(window, settle)
+    own_check_shots(window, settle)
     window.close()
     return 0
 
@@ -388,6 +389,68 @@ def trainer_mid_run(window, settle) -> None:
     shot(window, "trainer-mid-run")
     page.cancel()
     settle(lambda: page.worker is None)
+
+
+OWN_CHECK_ASKED = ["How do I call my son on the phone?", "What is a good soup for a cold winter day?",
+                   "Why do the leaves fall in autumn?", "Is tea good for me?"]
+
+
+def own_check_shots(window, settle) -> None:
+    """The person's own blind check: one question with three answers A, B, C (Rose's new add-on, Sam's and
+    MUsE without an add-on, in a random order), at 1366x768 and 1280x720, 100 % and 200 %, and the result.
+
+    The add-ons are random LoRAs on the tiny demo model, converted to GGUF like a trained one.
+    """
+    import copy
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    from helpers import make_peft_adapter
+
+    from converters.convert import convert_adapter, convert_model
+    from muse_desktop.household import people
+    from muse_desktop.models.demo_model import build_demo_model
+    from muse_desktop.ui.own_check import OwnCheckWindow
+
+    work = Path(os.environ["MUSE_HOME"]) / "own-check"
+    base = build_demo_model(work / "tiny-base")
+    model = work / "tiny-base-f32.gguf"
+    list(convert_model(base, model, "f32"))
+    files = {}
+    for name, seed in (("rose", 0), ("sam", 1)):
+        files[name] = work / f"{name}-lora.gguf"
+        list(convert_adapter(make_peft_adapter(base, work / f"{name}-peft", seed=seed, b_scale=1.0), files[name], base))
+    store = window.store
+    settings = copy.deepcopy(window.settings)
+    settings.model_path, settings.adapter_path = str(model), ""
+    rose = people.add_person(store, "Rose", settings, user_type_id="older-adult")
+    candidates = [{"text": t, "framing": "muse", "temperature": 1.0} for t in ("one", "two", "three", "four")]
+    for question in OWN_CHECK_ASKED:
+        store.add_preference("Elderly", [], question, candidates, best=0, worst=1, profile_id=rose.id)
+    sam = people.add_person(store, "Sam", settings, user_type_id="child")
+    people.attach_adapter(store, sam.id, files["sam"])
+    before = window.settings.zoom_percent
+    dialog = None
+    for (width, height), zoom in [((1366, 768), 100), ((1366, 768), 200), ((1280, 720), 200), ((1280, 720), 100)]:
+        window.settings.zoom_percent = settings.zoom_percent = zoom
+        window.apply_look()
+        dialog = OwnCheckWindow(window, settings, store, rose.id, str(files["rose"]), seed=5, max_tokens=48)
+        dialog.resize(width, height)
+        dialog.show()
+        settle(lambda d=dialog: d.pages.currentWidget() is d.asking)
+        dialog.choose(1)  # a pick made: "Next question" is on
+        settle()
+        dialog.grab().save(str(OUT / f"own-check-{width}x{height}-{zoom}-percent.png"))
+        if (width, zoom) != (1280, 100):  # the last one goes on to the end
+            dialog.done(0)
+    for _ in range(3):  # the last one to the end: the counts and the decision
+        dialog.next_round()
+        dialog.choose(2)
+    dialog.next_round()
+    settle()
+    dialog.grab().save(str(OUT / "own-check-result-1280x720.png"))
+    dialog.done(0)
+    window.settings.zoom_percent = before
+    window.apply_look()
 
 
 if __name__ == "__main__":

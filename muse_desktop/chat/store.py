@@ -125,6 +125,15 @@ MIGRATIONS = [
         value TEXT NOT NULL
     );
     """,
+    # 6: a person's own blind check of their new add-on (muse_desktop.evaluation.own_check): a
+    # comparison session that belongs to the person (removed with them), what the check is about
+    # and its decision (info_json), and one optional 1–5 rating per answer.
+    """
+    ALTER TABLE comparison_sessions ADD COLUMN profile_id INTEGER REFERENCES profiles(id) ON DELETE CASCADE;
+    ALTER TABLE comparison_sessions ADD COLUMN info_json TEXT NOT NULL DEFAULT '{}';
+    ALTER TABLE comparison_answers ADD COLUMN rating INTEGER CHECK (rating BETWEEN 1 AND 5);
+    CREATE INDEX comparison_sessions_by_profile ON comparison_sessions(profile_id)
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -462,6 +471,68 @@ class Store:
             data["models"] = json.loads(data.pop("models_json"))
             out.append(data)
         return out
+
+    # -- a person's own blind check (the method is in muse_desktop.evaluation.own_check) --------
+
+    def add_own_check(self, profile_id: int, rater: str, models: list[dict[str, Any]], seed: int,
+                      info: dict[str, Any]) -> int:
+        """A comparison session that belongs to person ``profile_id`` (removed with them); its id."""
+        with self.transaction() as db:
+            db.execute("INSERT OR IGNORE INTO raters (name, created_at) VALUES (?, datetime('now'))", (rater,))
+            rater_id = db.execute("SELECT id FROM raters WHERE name = ?", (rater,)).fetchone()[0]
+            cursor = db.execute(
+                "INSERT INTO comparison_sessions (rater_id, models_json, seed, created_at, profile_id, info_json) "
+                "VALUES (?, ?, ?, datetime('now'), ?, ?)",
+                (rater_id, json.dumps(models), seed, profile_id, json.dumps(info)))
+        return cursor.lastrowid
+
+    def own_check(self, session_id: int) -> dict[str, Any]:
+        """One person's check: id, profile_id, models, seed, info and created_at."""
+        row = self.db.execute("SELECT id, profile_id, models_json, seed, info_json, created_at "
+                              "FROM comparison_sessions WHERE id = ? AND profile_id IS NOT NULL",
+                              (session_id,)).fetchone()
+        if row is None:
+            raise StoreError(f"There is no check number {session_id}.")
+        data = dict(row)
+        data["models"] = json.loads(data.pop("models_json"))
+        data["info"] = json.loads(data.pop("info_json"))
+        return data
+
+    def own_checks(self, profile_id: int) -> list[dict[str, Any]]:
+        """A person's checks, newest first (as :meth:`own_check` gives each)."""
+        rows = self.db.execute("SELECT id FROM comparison_sessions WHERE profile_id = ? ORDER BY id DESC",
+                               (profile_id,)).fetchall()
+        return [self.own_check(row[0]) for row in rows]
+
+    def set_own_check_info(self, session_id: int, info: dict[str, Any]) -> None:
+        self.db.execute("UPDATE comparison_sessions SET info_json = ? WHERE id = ? AND profile_id IS NOT NULL",
+                        (json.dumps(info), session_id))
+
+    def own_check_answers(self, session_id: int) -> list[dict[str, Any]]:
+        """A check's answers in the order the person sees them, without the model behind each."""
+        rows = self.db.execute(
+            "SELECT id, round, position, user_type, question, answer, best, rating FROM comparison_answers "
+            "WHERE session_id = ? ORDER BY round, position", (session_id,)).fetchall()
+        return [dict(row) for row in rows]
+
+    def own_check_results(self, session_id: int) -> list[dict[str, Any]]:
+        """Every answer of a check with the model behind it (for the counts, never for the screen)."""
+        rows = self.db.execute(
+            "SELECT id, round, position, model_index, best, rating FROM comparison_answers "
+            "WHERE session_id = ? ORDER BY round, position", (session_id,)).fetchall()
+        return [dict(row) for row in rows]
+
+    def pick_comparison_answer(self, answer_id: int) -> None:
+        """Mark one answer as the best of its round (and no other answer of that round)."""
+        with self.transaction() as db:
+            db.execute("UPDATE comparison_answers SET best = 0 WHERE (session_id, round) = "
+                       "(SELECT session_id, round FROM comparison_answers WHERE id = ?)", (answer_id,))
+            db.execute("UPDATE comparison_answers SET best = 1, rated_at = datetime('now') WHERE id = ?",
+                       (answer_id,))
+
+    def set_answer_rating(self, answer_id: int, rating: int | None) -> None:
+        """One answer's 1–5 rating (None takes it away)."""
+        self.db.execute("UPDATE comparison_answers SET rating = ? WHERE id = ?", (rating, answer_id))
 
     # -- conversations -----------------------------------------------------------------
 
