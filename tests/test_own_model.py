@@ -196,8 +196,23 @@ def test_an_add_on_made_on_top_of_muse_stacks_in_llama_cpp(household_store, tiny
     muse_only = last_logits(engine, ids)
     engine.close()
 
-    hf = AutoModelForCausalLM.from_pretrained(str(tiny_model), dtype=torch.float32)
-    merged = PeftModel.from_pretrained(hf, str(muse_dir)).merge_and_unload()
+    # Trained on top of MUsE: the first step's loss (the new add-on still zero) is base + MUsE's loss.
+    from transformers import AutoTokenizer
+
+    from muse_desktop.training.recipe import collate, epoch_batches, prepare_data
+
+    config = made.stages[0].config
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_model))
+    data = prepare_data(config, tokenizer)
+    batch = collate([data.train[i] for i in epoch_batches(len(data.train), config.batch_size, config.seed, 0)[0]],
+                    tokenizer.pad_token_id, "cpu")
+    hf = AutoModelForCausalLM.from_pretrained(str(tiny_model), dtype=torch.float32).eval()
+    with torch.no_grad():
+        base_loss = float(hf(**batch).loss)
+        merged = PeftModel.from_pretrained(hf, str(muse_dir)).merge_and_unload()
+        muse_loss = float(merged(**batch).loss)
+    first = next(e.value for e in events if isinstance(e, Metric) and e.name == "train_loss")
+    assert first == pytest.approx(muse_loss, rel=1e-5) and abs(muse_loss - base_loss) > 1e-3
     stacked = PeftModel.from_pretrained(merged, str(made.stages[0].run_dir / "adapter")).eval()
     with torch.no_grad():
         expected = stacked(torch.tensor([ids])).logits[0, -1].double().numpy()

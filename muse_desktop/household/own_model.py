@@ -118,7 +118,11 @@ def readiness(store, person_id: int) -> Readiness:
 def suggest_more(store, person_id: int, engine_or_ask, count: int = 8, cancel: CancelToken | None = None,
                  seed: int = 0) -> Iterator[Event]:
     """The model in use writes ``count`` new question + answer pairs in the style of the person's best
-    answers (self-instruct with its filters); Done.data["kept"] lists them for the person to tick."""
+    answers (self-instruct with its filters); Done.data["kept"] lists them for the person to tick.
+
+    The store is read here, at once (on the caller's thread); the writing happens as the events are read.
+    ``engine_or_ask`` is a ChatEngine or a function from a prompt to a reply.
+    """
     from muse_desktop.data.augment import self_instruct
 
     seeds = [{k: row[k] for k in ("user_type", "question", "answer")} for row in _best_rows(store, person_id)]
@@ -131,7 +135,7 @@ def suggest_more(store, person_id: int, engine_or_ask, count: int = 8, cancel: C
         from muse_desktop.data.docbuilder import engine_teacher
 
         ask = engine_teacher(engine_or_ask)
-    yield from self_instruct(seeds, ask, count, seed=seed, cancel=cancel)
+    return self_instruct(seeds, ask, count, seed=seed, cancel=cancel)
 
 
 # -- 3. what the add-on is trained on ---------------------------------------------------------------
@@ -329,11 +333,15 @@ def plan(store, person, base: TrainingBase, extra_rows: Sequence[dict] = (), run
 # -- 5. making it ------------------------------------------------------------------------------------------
 
 
-def make_model(own: OwnPlan, store, cancel: CancelToken | None = None, models_dir: Path | None = None,
+def make_model(own: OwnPlan, store=None, cancel: CancelToken | None = None, models_dir: Path | None = None,
                verify: bool = True) -> Iterator[Event]:
     """Run the stages in the child process, export the add-on (GGUF LoRA, checked), add it to the library
     for the person and keep it as their candidate. Done.path is the add-on; Done.data has "candidate",
-    "previous" (the add-on they have now, kept), "library_id" and "results" per stage."""
+    "previous" (the add-on they have now, kept), "library_id" and "results" per stage.
+
+    With ``store`` None nothing is recorded: the caller passes the last Done to :func:`keep_candidate` on
+    the thread that owns the store (the window runs this on a worker thread).
+    """
     from muse_desktop.training.child import run_training
     from muse_desktop.training.export import export_run
     from muse_desktop.training.runfolder import RunFolder
@@ -369,6 +377,18 @@ def make_model(own: OwnPlan, store, cancel: CancelToken | None = None, models_di
             yield event
     if done is None:
         raise OwnModelError("The add-on was not made.")
+    made = Done(done.message, done.path, {**done.data, "results": results})
+    yield Progress(total, total, "stages", "Your add-on is ready")
+    if store is None:
+        yield made
+        return
+    yield keep_candidate(store, own, made)
+
+
+def keep_candidate(store, own: OwnPlan, done: Done) -> Done:
+    """Add the exported add-on (make_model's Done) to the library for the person and keep it as their
+    candidate, not their default; the Done the window shows."""
+    results = done.data.get("results", {})
     name = f"{own.person_name}'s own add-on"
     info = {key: done.data.get(key) for key in ("run", "qtype", "mode", "quant_check", "start_adapter",
                                                 "adapter_dir")}
@@ -378,8 +398,7 @@ def make_model(own: OwnPlan, store, cancel: CancelToken | None = None, models_di
                                   "muse_add_on": own.base.muse_gguf})
     person = store.profile(own.person_id)
     store.update_profile(own.person_id, settings={**person.settings, CANDIDATE: done.path})
-    yield Progress(total, total, "stages", "Your add-on is ready")
-    yield Done("Your model is ready. Now try it: you will see answers without names and pick the best.", done.path,
+    return Done("Your model is ready. Now try it: you will see answers without names and pick the best.", done.path,
                {"candidate": done.path, "previous": person.adapter_path, "library_id": entry.id,
                 "results": results, "person": own.person_id})
 
@@ -413,5 +432,5 @@ def person_rows(store, person_id: int) -> list[dict]:
 
 
 __all__ = ["CANDIDATE", "NEEDED_CHOICES", "NEEDED_PAIRS", "OwnModelError", "OwnPlan", "Readiness", "Stage",
-           "TrainingBase", "accept", "candidate", "make_model", "person_rows", "plan", "readiness", "suggest_more",
+           "TrainingBase", "accept", "candidate", "keep_candidate", "make_model", "person_rows", "plan", "readiness", "suggest_more",
            "training_base", "turn_down"]
