@@ -220,3 +220,48 @@ def test_an_add_on_made_on_top_of_muse_stacks_in_llama_cpp(household_store, tiny
     assert gap < 2e-3 * max(1.0, np.abs(expected).max()), gap
     # the person's add-on matters on top of MUsE, and MUsE's under it
     assert np.abs(both - muse_only).max() > 50 * gap and np.abs(muse_only - alone).max() > 50 * gap
+
+
+def sft_margin(made) -> float:
+    """Mean log p(best) − log p(worst) of the tiny model with the plan's first add-on (transformers + PEFT)."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from muse_desktop.base.prompting.hf import HFTokenizer
+    from muse_desktop.evaluation.preferences import read_pairs
+    from muse_desktop.training.dpo import encode_pair, sequence_logprobs
+    from muse_desktop.training.recipe import collate
+
+    base = str(made.base.base_dir)
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32),
+                                      str(made.stages[0].run_dir / "adapter")).eval()
+    encoded = [encode_pair(p, HFTokenizer(tokenizer), None) for p in read_pairs(made.pairs_path)]
+    with torch.no_grad():
+        chosen = sequence_logprobs(model, collate([c for c, _r in encoded], tokenizer.pad_token_id, "cpu"))
+        rejected = sequence_logprobs(model, collate([r for _c, r in encoded], tokenizer.pad_token_id, "cpu"))
+    return float((chosen - rejected).mean())
+
+
+def test_with_enough_pairs_a_dpo_stage_goes_on_top_of_the_first_add_on(household_store, tmp_path):
+    """The DPO stage starts from base + the first stage's add-on (its reference), and the person's add-on
+    is both stages' add-ons as one: checked by logits at export, and it still answers as Rose chose."""
+    store, rose, _sam, settings = household_store
+    choose(store, rose.id, ROSE)
+    base = own_model.training_base(settings, store)
+    made = own_model.plan(store, rose, base, runs_root=tmp_path / "runs", settings=TINY, dpo=True,
+                          dpo_settings={"max_steps": 8, "learning_rate": 5e-3, "save_steps": 0})
+    events = list(own_model.make_model(made, store, models_dir=tmp_path / "models"))
+    done = events[-1]
+    prefer = done.data["results"]["prefer"]
+    assert prefer["pairs"] == len(ROSE) and prefer["margin_end"] > prefer["margin_start"]
+    # Its starting point (and reference) is the first stage's model: the same chosen-minus-rejected margin.
+    assert prefer["margin_start"] == pytest.approx(sft_margin(made), rel=1e-4)
+    assert [e.message for e in events if getattr(e, "unit", "") == "stages"][:3] == [
+        "Step 1 of 3: Learning from your answers", "Step 2 of 3: Learning which answers you like least",
+        "Step 3 of 3: Getting your add-on ready"]
+    assert any("Checked against transformers" in getattr(e, "message", "") for e in events)
+    assert own_model.candidate(store, rose.id) == done.path
+    after = greedy_answers(settings.model_path, [done.path], [q for q, _a in ROSE])
+    assert after == [a for _q, a in ROSE]
