@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from PySide6.QtCore import Qt, Signal
+from PySide6.QtCore import QEvent, Qt, Signal
 from PySide6.QtWidgets import (
     QDialog,
     QFrame,
@@ -64,7 +64,7 @@ class OwnModelWindow(QDialog):
 
         outer = QVBoxLayout(self)
         outer.setContentsMargins(0, 0, 0, 0)
-        scroll = QScrollArea()
+        self.scroll = scroll = QScrollArea()
         scroll.setWidgetResizable(True)
         scroll.setFrameShape(QFrame.NoFrame)
         outer.addWidget(scroll)
@@ -82,6 +82,13 @@ class OwnModelWindow(QDialog):
         self.choose_button = widgets.button("Choose more answers in the chat",
                                             "Go back to the chat; press “Choose from 4” and pick the best answer",
                                             self.choose_more)
+        # Steps 1 and 2 fold away while MUsE learns, so the progress and the chart stay in view.
+        self.before_box = QWidget()
+        before = QVBoxLayout(self.before_box)
+        before.setContentsMargins(0, 0, 0, 0)
+        before.setSpacing(12)
+        layout.addWidget(self.before_box)
+        layout = before
         layout.addWidget(self.count_words)
         layout.addWidget(self.count_details)
         layout.addLayout(_row(self.choose_button))
@@ -102,9 +109,10 @@ class OwnModelWindow(QDialog):
         self.suggest_hint.hide()
         layout.addWidget(self.suggest_hint)
         layout.addWidget(self.suggestions)
+        layout.addWidget(_line())
+        layout = body.layout()
 
         # 3. learning
-        layout.addWidget(_line())
         self.start_button = widgets.button("Start learning", "MUsE learns from your answers; this takes a while",
                                            self.start, primary=True)
         self.stop_button = widgets.button("Stop", "Stop learning (your answers are kept)", self.stop)
@@ -123,7 +131,7 @@ class OwnModelWindow(QDialog):
         self.chart.setMinimumHeight(200)
         self.chart.setAccessibleName("How well MUsE knows your answers (lower is better)")
         self.chart.hide()
-        layout.addWidget(self.chart)
+        layout.addWidget(self.chart, 4)  # the chart takes most of the room there is
         self.chart_hint = widgets.label("The line goes down as MUsE learns your answers.", "muted")
         self.chart_hint.hide()
         layout.addWidget(self.chart_hint)
@@ -208,6 +216,7 @@ class OwnModelWindow(QDialog):
         self.ready_words.hide()
         self.try_button.hide()
         self.status.setText(f"Getting ready to learn from {plan.examples} examples…")
+        self.before_box.hide()
         self._busy(True)
         start_worker(self, lambda token: own_model.make_model(plan, None, token, models_dir=models_dir), self._idle,
                      done=self._made, failed=self._failed, progress=self._progress, metric=self._metric)
@@ -228,6 +237,8 @@ class OwnModelWindow(QDialog):
             self.status.setText(f"{self._stage_words} · step {done:g} of {total:g}")
 
     def _metric(self, name: str, value: float, step: int) -> None:
+        if name in ("train_loss", "dpo_loss") and not self.chart.series["train_loss"]:
+            self.scroll.ensureWidgetVisible(self.chart, 0, 0)  # the first point: bring the chart into view
         if name == "train_loss":
             self.chart.add("train_loss", step, value)
         elif name == "dpo_loss":  # the second stage's loss on the same chart
@@ -242,6 +253,7 @@ class OwnModelWindow(QDialog):
         self.ready_words.show()
         self.try_button.show()
         self.try_button.setFocus()
+        self.scroll.ensureWidgetVisible(self.try_button)
         widgets.announce(self, READY_WORDS)
         self.finished_making.emit(done)
 
@@ -265,7 +277,22 @@ class OwnModelWindow(QDialog):
 
     def _idle(self) -> None:
         self._busy(False)
+        if not self.result_path:  # stopped or failed: the first steps come back; when ready, "Try it" stays up
+            self.before_box.show()
         self.refresh()
+
+    def _fit_chart(self) -> None:
+        # Room for the chart's words and a readable curve at every text size (200 % too).
+        self.chart.setMinimumHeight(max(200, 7 * self.chart.fontMetrics().height()))
+
+    def changeEvent(self, event) -> None:  # noqa: N802 (Qt's name)
+        super().changeEvent(event)
+        if event.type() in (QEvent.StyleChange, QEvent.FontChange):
+            self._fit_chart()
+
+    def showEvent(self, event) -> None:  # noqa: N802 (Qt's name)
+        super().showEvent(event)
+        self._fit_chart()
 
     def closeEvent(self, event) -> None:  # noqa: N802 (Qt's name)
         if self.worker is not None:  # the training child saves a checkpoint and stops
