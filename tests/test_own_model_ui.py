@@ -83,3 +83,24 @@ def test_a_run_ends_with_the_add_on_as_candidate_and_the_try_it_signal(qtbot, ho
         window.try_button.click()
     assert requested.args == [rose.id, path]
     window.close()
+
+
+def test_stop_then_start_goes_on_from_where_it_stopped(qtbot, household_store, tmp_path):
+    store, rose, _sam, settings = household_store
+    choose(store, rose.id, ROSE)
+    window = make_window(qtbot, store, settings, rose, tmp_path,
+                         training_settings={**TINY, "max_steps": 30, "save_steps": 0})
+    window.start_button.click()
+    qtbot.waitUntil(lambda: len(window.chart.series["train_loss"]) >= 3, timeout=60000)
+    window.stop_button.click()
+    qtbot.waitUntil(lambda: window.worker is None, timeout=60000)
+    assert window.status.text() == "Learning stopped. Press “Start learning” to go on from there."
+    assert window.before_box.isVisible() and window.start_button.isEnabled() and not window.result_path
+    stopped_at = window.chart.series["train_loss"][-1][0]
+    plan = window.plan
+    with qtbot.waitSignal(window.finished_making, timeout=120000):
+        window.start_button.click()
+        assert window.status.text() == "Going on from where MUsE stopped…"
+    assert window.plan is plan and window.chart.series["train_loss"][0][0] > stopped_at - 1 > 0
+    assert window.chart.series["train_loss"][-1][0] == 30 and own_model.candidate(store, rose.id) == window.result_path
+    window.close()

@@ -55,6 +55,7 @@ class OwnModelWindow(QDialog):
         self.suggestion_count = suggestions
         self.worker: EventWorker | None = None
         self.plan: own_model.OwnPlan | None = None
+        self._planned_rows: list[dict] = []
         self.result_path = ""
         self._stage_words = ""
         self.person = store.profile(person_id)
@@ -200,13 +201,18 @@ class OwnModelWindow(QDialog):
     # -- 3 -------------------------------------------------------------------------------------
 
     def start(self) -> None:
-        try:
-            base = own_model.training_base(self.settings, self.store)
-            self.plan = own_model.plan(self.store, self.person, base, self.ticked_rows(), self.runs_root,
-                                       settings=self.training_settings)
-        except MuseError as exc:
-            self.status.setText(exc.for_person())
-            return
+        ticked = self.ticked_rows()
+        # After a Stop, the same plan goes on from its last checkpoint (unless the examples changed).
+        going_on = self.plan is not None and not self.result_path and ticked == self._planned_rows
+        if not going_on:
+            try:
+                base = own_model.training_base(self.settings, self.store)
+                self.plan = own_model.plan(self.store, self.person, base, ticked, self.runs_root,
+                                           settings=self.training_settings)
+            except MuseError as exc:
+                self.status.setText(exc.for_person())
+                return
+            self._planned_rows = ticked
         plan, models_dir = self.plan, self.models_dir
         self.chart.clear()
         self.chart.show()
@@ -215,7 +221,8 @@ class OwnModelWindow(QDialog):
         self.progress.setRange(0, 0)
         self.ready_words.hide()
         self.try_button.hide()
-        self.status.setText(f"Getting ready to learn from {plan.examples} examples…")
+        self.status.setText("Going on from where MUsE stopped…" if going_on else
+                            f"Getting ready to learn from {plan.examples} examples…")
         self.before_box.hide()
         self._busy(True)
         start_worker(self, lambda token: own_model.make_model(plan, None, token, models_dir=models_dir), self._idle,
@@ -266,7 +273,8 @@ class OwnModelWindow(QDialog):
     # -- shared -------------------------------------------------------------------------------------
 
     def _failed(self, message: str) -> None:
-        self.status.setText("Learning stopped. " + message if message == "Stopped." else message)
+        stopped = self.worker is not None and self.worker.token.cancelled
+        self.status.setText("Learning stopped. Press “Start learning” to go on from there." if stopped else message)
         self.progress.setRange(0, 1)
 
     def _busy(self, busy: bool) -> None:
