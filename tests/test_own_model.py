@@ -265,3 +265,31 @@ def test_with_enough_pairs_a_dpo_stage_goes_on_top_of_the_first_add_on(household
     assert own_model.candidate(store, rose.id) == done.path
     after = greedy_answers(settings.model_path, [done.path], [q for q, _a in ROSE])
     assert after == [a for _q, a in ROSE]
+
+
+@pytest.mark.parametrize("way", ["add-on", "merged"])
+def test_the_training_base_behind_get_muse_both_ways(tmp_path, way):
+    """Get MUsE keeps the checkpoint and MUsE's adapter beside the GGUF files: the person's add-on goes on both."""
+    from muse_desktop.models.getmuse import add_to_library
+
+    models = tmp_path / "models"
+    base_dir, adapter_dir = models / "Phi-3-mini-128k-instruct", models / "adapter-seohyunqkr--MUsE"
+    for path in (base_dir / "config.json", base_dir / "model-00001-of-00002.safetensors",
+                 adapter_dir / "adapter_model.safetensors", adapter_dir / "adapter_config.json"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("{}")
+    provenance = {"base_repo": "microsoft/Phi-3-mini-128k-instruct", "base_commit": "a" * 40,
+                  "adapter_repo": "seohyunqkr/MUsE", "adapter_commit": "b" * 40, "way": way}
+    model = models / ("base-Q4_K_M.gguf" if way == "add-on" else "muse-Q4_K_M.gguf")
+    lora = models / "muse-lora-F16.gguf"
+    store = Store(tmp_path / "muse.sqlite3")
+    add_to_library(store, Done("", str(model), {"adapter_path": str(lora) if way == "add-on" else "",
+                                                 "provenance": provenance}))
+    settings = Settings(model_path=str(model), adapter_path=str(lora) if way == "add-on" else "")
+    base = own_model.training_base(settings, store)
+    assert (base.base_dir, base.start_adapter) == (base_dir, adapter_dir)
+    assert base.muse_gguf == (str(lora) if way == "add-on" else "") and base.words == "Your add-on is made on top of MUsE."
+    (adapter_dir / "adapter_model.safetensors").unlink()  # MUsE's own files gone: said in plain words
+    with pytest.raises(own_model.OwnModelError, match="cannot find the original files of the add-on"):
+        own_model.training_base(settings, store)
+    store.close()
