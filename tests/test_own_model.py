@@ -293,3 +293,21 @@ def test_the_training_base_behind_get_muse_both_ways(tmp_path, way):
     with pytest.raises(own_model.OwnModelError, match="cannot find the original files of the add-on"):
         own_model.training_base(settings, store)
     store.close()
+
+
+def test_the_training_base_of_a_model_made_on_the_trainer_page(tmp_path, tiny_model):
+    from muse_desktop.training.config import config_from_dict
+    from muse_desktop.training.runfolder import RunFolder
+
+    store = Store(tmp_path / "muse.sqlite3")
+    for name, start in (("plain", ""), ("stacked", str(tmp_path / "plain" / "adapter"))):
+        run = RunFolder.create(tmp_path / name, config_from_dict(
+            {"base_model": str(tiny_model), "dataset": "d.jsonl", "start_adapter": start}))
+        run.adapter.mkdir()
+        (run.adapter / "adapter_model.safetensors").write_text("{}")
+        store.add_to_library(name, "model", str(tmp_path / f"{name}.gguf"), info={"run": str(run.path), "mode": "merge"})
+    base = own_model.training_base(Settings(model_path=str(tmp_path / "plain.gguf")), store)
+    assert (base.base_dir, base.start_adapter) == (tiny_model, tmp_path / "plain" / "adapter")
+    with pytest.raises(own_model.OwnModelError, match="made from two add-ons at once"):
+        own_model.training_base(Settings(model_path=str(tmp_path / "stacked.gguf")), store)
+    store.close()

@@ -188,8 +188,9 @@ def _where(path: str, store) -> tuple[Path | None, Path | None]:
         adapter = Path(info.get("adapter_dir") or run.adapter)
         if info.get("mode") == "adapter" or (entry is not None and entry.kind == "adapter"):
             return Path(config.base_model), adapter
-        if config.start_adapter:  # merged with its own start: not one adapter to start from
-            return Path(config.base_model), None
+        if config.start_adapter:  # merged from two add-ons: not one adapter to start from
+            raise OwnModelError(f"The model {Path(path).name} was made from two add-ons at once; MUsE cannot "
+                                "learn on top of it.", advice=NOT_FOUND_ADVICE)
         return Path(config.base_model), adapter
     if info.get("base_repo"):  # Get MUsE: the checkpoints are kept beside the GGUF files
         models = Path(path).parent
