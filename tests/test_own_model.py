@@ -311,3 +311,30 @@ def test_the_training_base_of_a_model_made_on_the_trainer_page(tmp_path, tiny_mo
     with pytest.raises(own_model.OwnModelError, match="made from two add-ons at once"):
         own_model.training_base(Settings(model_path=str(tmp_path / "stacked.gguf")), store)
     store.close()
+
+
+def test_a_run_on_top_of_a_start_adapter_resumes_to_the_same_add_on(tmp_path, tiny_model):
+    """The start add-on is merged again on resume: a cancelled run ends exactly where a straight one does."""
+    import torch
+
+    from muse_desktop.base.events import CancelToken, Progress
+    from muse_desktop.training.config import config_from_dict
+    from muse_desktop.training.recipe import TrainingError, train
+    from test_training import adapter_tensors
+
+    muse_dir = make_peft_adapter(tiny_model, tmp_path / "muse-adapter", seed=5, b_scale=0.5)
+    data = tmp_path / "rose.jsonl"
+    data.write_text("".join(json.dumps({"user_type": "Elderly", "question": q, "answer": a}) + "\n" for q, a in ROSE))
+    config = config_from_dict({**own_model.SFT_SETTINGS, **TINY, "max_steps": 8, "save_steps": 0,
+                               "lora_dropout": 0.1, "base_model": str(tiny_model), "dataset": str(data),
+                               "start_adapter": str(muse_dir)})
+    list(train(config, tmp_path / "straight"))
+    token = CancelToken()
+    with pytest.raises(TrainingError):
+        for event in train(config, tmp_path / "stopped", token):
+            if isinstance(event, Progress) and event.done >= 4:
+                token.cancel()
+    list(train(config, tmp_path / "stopped"))
+    straight, resumed = adapter_tensors(tmp_path / "straight"), adapter_tensors(tmp_path / "stopped")
+    assert straight.keys() == resumed.keys()
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
