@@ -403,7 +403,8 @@ def own_model_mid_run(window, settle) -> None:
     work = Path(os.environ["MUSE_HOME"])
     model = [e for e in ensure_demo_gguf(work / "own-demo")][-1].path  # the demo layout: its checkpoint beside it
     store = window.store
-    rose = people.add_person(store, "Rose", Settings(), user_type_id="older-adult")
+    rose = next((p for p in store.profiles() if p.name == "Rose"), None) or people.add_person(
+        store, "Rose", Settings(), user_type_id="older-adult")
     answers = [("How do I call my son?", "Press the green button twice."),
                ("What is the weather today?", "Look out of the kitchen window."),
                ("When is my doctor visit?", "Tuesday at ten."), ("Where are my glasses?", "On your head."),
