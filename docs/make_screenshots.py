@@ -225,6 +225,7 @@ def main() -> int:
     personalisation(window, settle)
     compare_results(window, settle, model)
     trainer_mid_run(window, settle)
+    own_model_mid_run(window, settle)
     own_check_shots(window, settle)
     window.close()
     return 0
@@ -451,6 +452,48 @@ def own_check_shots(window, settle) -> None:
     dialog.done(0)
     window.settings.zoom_percent = before
     window.apply_look()
+
+
+def own_model_mid_run(window, settle) -> None:
+    """"Make a model that answers the way I like" mid-run on the demo model, for a person with eight chosen
+    answers: 1366x768 and 1280x720, at 100 % and 200 %."""
+    from muse_desktop.household import people
+    from muse_desktop.household.settings import Settings, Theme
+    from muse_desktop.models.demo_model import ensure_demo_gguf
+    from muse_desktop.ui.own_model import OwnModelWindow
+    from muse_desktop.ui.theme import stylesheet
+
+    work = Path(os.environ["MUSE_HOME"])
+    model = [e for e in ensure_demo_gguf(work / "own-demo")][-1].path  # the demo layout: its checkpoint beside it
+    store = window.store
+    rose = next((p for p in store.profiles() if p.name == "Rose"), None) or people.add_person(
+        store, "Rose", Settings(), user_type_id="older-adult")
+    answers = [("How do I call my son?", "Press the green button twice."),
+               ("What is the weather today?", "Look out of the kitchen window."),
+               ("When is my doctor visit?", "Tuesday at ten."), ("Where are my glasses?", "On your head."),
+               ("How do I make tea?", "Kettle first, then the cup."), ("Who won the match?", "Nobody, it rained."),
+               ("What can I cook tonight?", "Soup with bread."), ("Which bus goes to town?", "The number nine.")]
+    for question, best in answers:
+        candidates = [{"text": t, "framing": "muse", "temperature": 1.0}
+                      for t in ("I cannot help with that.", best, "Maybe.", "Ask someone else.")]
+        store.add_preference("Elderly", [], question, candidates, best=1, worst=0, profile_id=rose.id)
+    dialog = OwnModelWindow(store, Settings(model_path=model), rose.id, runs_root=work / "own-runs",
+                            models_dir=work / "own-models",
+                            training_settings={"max_steps": 150, "learning_rate": 5e-3, "save_steps": 0})
+    dialog.setStyleSheet(stylesheet(Theme.NORMAL, 100))
+    dialog.resize(1366, 768)
+    dialog.show()
+    dialog.start()
+    settle(lambda: len(dialog.chart.series["train_loss"]) >= 60)
+    for zoom in (100, 200):
+        dialog.setStyleSheet(stylesheet(Theme.NORMAL, zoom))
+        for width, height in ((1366, 768), (1280, 720)):
+            dialog.resize(width, height)
+            settle()
+            dialog.grab().save(str(OUT / f"own-model-mid-run-{width}x{height}-{zoom}.png"))
+    dialog.stop()
+    settle(lambda: dialog.worker is None)
+    dialog.close()
 
 
 if __name__ == "__main__":

@@ -61,6 +61,9 @@ BATCHING = ("pad", "pack")  # pad: each batch padded to its longest row; pack: r
 @dataclass
 class TrainConfig:
     base_model: str = ""  # a Hugging Face checkpoint folder (safetensors)
+    # A PEFT adapter folder merged into the base (in memory) before this run's add-on is trained:
+    # the new add-on then goes on top of it (e.g. a person's add-on on top of MUsE's). LoRA only.
+    start_adapter: str = ""
     dataset: str = ""
     dataset_format: str = ""  # empty: detected from the file
     preset: str = ""
@@ -140,6 +143,9 @@ class TrainConfig:
         if not (self.train_last_layers == "half" or (isinstance(self.train_last_layers, int)
                                                     and self.train_last_layers >= 0)):
             problems.append("train_last_layers must be a number of layers or 'half'")
+        if self.start_adapter and self.method == Method.QLORA:
+            problems.append("start_adapter works with method lora (an adapter cannot be merged exactly into "
+                            "a 4-bit base)")
         if problems:
             raise ConfigError("The training settings have problems: " + "; ".join(problems) + ".")
         return self
@@ -156,7 +162,7 @@ class TrainConfig:
 
 
 FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
-PATH_FIELDS = ("base_model", "dataset", "dpo_pairs")
+PATH_FIELDS = ("base_model", "dataset", "dpo_pairs", "start_adapter")
 
 
 def _check_keys(data: dict, where: str) -> None:

@@ -1,7 +1,9 @@
 """A DPO stage on the recipe's machinery: preference pairs from preference mode, LoRA on the policy.
 
 Direct Preference Optimization (Rafailov et al., 2023): with the frozen base as the
-reference (the LoRA adapter switched off), minimise
+reference (the LoRA adapter switched off; with ``start_adapter`` the base has that
+add-on merged in, so a DPO stage after an SFT stage takes the SFT model as its
+reference, as in the paper), minimise
 ``-log σ(β · ((log π(chosen) − log π_ref(chosen)) − (log π(rejected) − log π_ref(rejected))))``
 where each log-probability is summed over the answer tokens and ``<|end|>``, encoded
 by the same prompt contract as everything else. The run folder, child process,

@@ -10,6 +10,11 @@ registered in the model library:
   quantized once for every add-on on it; base F16 + adapter is compared with
   transformers + PEFT (the base F16 made again for the check when the base file is reused).
 
+A run trained on top of another add-on (``start_adapter``, e.g. a person's add-on on
+MUsE's) is checked on what it was trained on: for an add-on, llama.cpp runs the base
+with the start add-on merged plus the new GGUF LoRA, against transformers + PEFT on the
+base with both (:mod:`training.stacking`, the exact sum); a merge merges both.
+
 Both are :mod:`converters.pipeline`, the same pipeline as Get MUsE's and the CLI's.
 """
 
@@ -45,9 +50,12 @@ def _run_info(run_dir: Path) -> tuple[dict, Path]:
     return config, run.adapter
 
 
-def _check(verify: bool, qtype: str) -> Check:
+def _check(verify: bool, qtype: str, start_adapter: str = "") -> Check:
     """The export's check, run by the pipeline while the F16 and the new files exist: the F16 (with the
-    GGUF LoRA) against transformers + PEFT by the one pass rule, then the quantized file against the F16."""
+    GGUF LoRA) against transformers + PEFT by the one pass rule, then the quantized file against the F16.
+
+    With ``start_adapter`` and a GGUF LoRA, the LoRA is checked on the base with the start add-on merged
+    (an F16 made for the check) against transformers on the base with both add-ons."""
 
     def check(built: Built) -> dict:
         from converters.pipeline import NotVerified, verify_against_source
@@ -56,8 +64,12 @@ def _check(verify: bool, qtype: str) -> Check:
         lines, result = [], {"quant_check": None}
         if verify:
             try:
-                report = verify_against_source(built.base_dir, built.f16, built.adapter_dir, built.lora, built.cancel,
-                                               refusal="The exported model does not match the trained one")
+                if start_adapter and built.lora is not None:
+                    report = _verify_on_start(built, start_adapter)
+                else:
+                    report = verify_against_source(built.base_dir, built.f16, built.adapter_dir, built.lora,
+                                                   built.cancel,
+                                                   refusal="The exported model does not match the trained one")
             except NotVerified as exc:
                 raise ExportError(f"{exc} It was not added to the library.") from None
             lines.append(f"Checked against transformers: {report.summary()}")
@@ -70,6 +82,23 @@ def _check(verify: bool, qtype: str) -> Check:
     return check
 
 
+def _verify_on_start(built: Built, start_adapter: str):
+    """The new GGUF LoRA on (base + start add-on merged, F16) against transformers on base + start + new."""
+    import tempfile
+
+    from converters.convert import convert_model
+    from converters.pipeline import verify_against_source
+    from muse_desktop.training.stacking import combine_adapters
+
+    with tempfile.TemporaryDirectory(prefix=".check-", dir=built.lora.parent) as tmp:
+        merged = Path(tmp, "base-with-start-f16.gguf")
+        for _event in convert_model(built.base_dir, merged, "f16", adapter_dir=start_adapter, cancel=built.cancel):
+            pass
+        both = combine_adapters([start_adapter, built.adapter_dir], Path(tmp, "both"), built.base_dir)
+        return verify_against_source(built.base_dir, merged, both, built.lora, built.cancel,
+                                     refusal="The exported add-on does not match the trained one")
+
+
 def base_gguf(base: str, models_dir: Path, qtype: str) -> Path:
     """Where the base model's GGUF of ``qtype`` is kept, made once and shared by every add-on on it."""
     key = hashlib.sha256(os.path.realpath(base).encode()).hexdigest()[:10]
@@ -78,39 +107,71 @@ def base_gguf(base: str, models_dir: Path, qtype: str) -> Path:
 
 def export_run(run_dir: str | Path, mode: str = "merge", qtype: str = "Q4_K_M", store=None,
                models_dir: str | Path | None = None, verify: bool = True,
-               cancel: CancelToken | None = None) -> Iterator[Event]:
-    """Export a run; Done's path is the GGUF to open (``data`` says the base for an adapter)."""
+               cancel: CancelToken | None = None, adapter_dir: str | Path | None = None,
+               start_adapter: str | None = None, name: str = "",
+               base_file: str | Path | None = None) -> Iterator[Event]:
+    """Export a run; Done's path is the GGUF to open (``data`` says the base for an adapter).
+
+    ``adapter_dir`` exports another PEFT adapter in the run's place (e.g. the run's add-on put
+    together with the stage before it), ``start_adapter`` replaces the run's own start add-on
+    (what the exported add-on goes on top of); ``name`` replaces the run's name in the file name.
+    ``base_file`` (mode adapter): the GGUF the add-on will be used on, already made from the run's base
+    (with the start add-on merged, or with it as an add-on): reused as it is, nothing made for it.
+    """
+    import shutil
+    import tempfile
+
     from muse_desktop.base.paths import user_dirs
 
     run_dir = Path(run_dir)
     config, adapter = _run_info(run_dir)
+    adapter = Path(adapter_dir) if adapter_dir else adapter
+    start = config.get("start_adapter", "") if start_adapter is None else start_adapter
     base = config["base_model"]
     if not Path(base, "config.json").is_file():  # the base checkpoint's own config, not the run's
         raise ExportError(f"The base model of this run is no longer at {base}.")
     out_dir = RunFolder(run_dir).export_dir
     out_dir.mkdir(parents=True, exist_ok=True)
-    name = run_dir.name
+    name = name or run_dir.name
     qtype = qtype.upper()
-    check = _check(verify, qtype)
+    check = _check(verify, qtype, start)
     if mode == "merge":
         final = out_dir / f"{name}-{qtype}.gguf"
         yield Log("Merging the adapter into the base and converting…")
-        verification = yield from build(base, final, qtype, merge_adapter=adapter, check=check, way="merge",
-                                        cancel=cancel)
+        stacked, merged_in = None, adapter
+        if start:  # the model is the base with both add-ons: their exact sum, merged and checked as one
+            from muse_desktop.training.stacking import combine_adapters
+
+            stacked = Path(tempfile.mkdtemp(prefix=".stacked-", dir=out_dir))
+            merged_in = combine_adapters([start, adapter], stacked / "adapter", base)
+        try:
+            verification = yield from build(base, final, qtype, merge_adapter=merged_in, check=check, way="merge",
+                                            cancel=cancel)
+        finally:
+            if stacked is not None:
+                shutil.rmtree(stacked, ignore_errors=True)
         kind, base_path = "model", ""
     elif mode == "adapter":
         models = Path(models_dir) if models_dir else user_dirs().models
-        base_final = base_gguf(base, models, qtype)
+        base_final = Path(base_file) if base_file else base_gguf(base, models, qtype)
         final = out_dir / f"{name}-lora-F16.gguf"
+        build_qtype = qtype
+        if base_file:
+            from converters.gguf_check import inspect_gguf
+
+            # An F32/F16 file is its own check F16. With a start add-on the check makes its own F16
+            # (base + start), and the file in use is not the bare base, so it is not compared with one.
+            if start or inspect_gguf(base_final).file_type in (0, 1):
+                build_qtype = "F16"
         verification = yield from build(
-            base, None if base_final.is_file() else base_final, qtype, lora=LoraJob(adapter, final, "f16"),
+            base, None if base_final.is_file() else base_final, build_qtype, lora=LoraJob(adapter, final, "f16"),
             reuse=base_final, check=check, way="adapter", cancel=cancel,
             titles={"convert": f"Converting the base model {Path(base).name} (once)"})
         kind, base_path = "adapter", str(base_final)
     else:
         raise ExportError(f"Unknown export mode '{mode}': use merge or adapter.")
     info = {"run": str(run_dir), "qtype": qtype, "mode": mode, "preset": config.get("preset", ""),
-            "quant_check": verification.get("quant_check")}
+            "quant_check": verification.get("quant_check"), "start_adapter": start, "adapter_dir": str(adapter)}
     done = Done(f"Exported to {final}", str(final),
                 {"kind": kind, "base_path": base_path, "name": name if mode == "merge" else f"{name} (adapter)",
                  **info})
@@ -122,5 +183,6 @@ def export_run(run_dir: str | Path, mode: str = "merge", qtype: str = "Q4_K_M", 
 def register(store, done: Done) -> None:
     """Add an export (export_run's Done) to the model library (on the thread that owns ``store``)."""
     data = done.data
-    info = {key: data.get(key) for key in ("run", "qtype", "mode", "preset", "quant_check")}
+    info = {key: data.get(key) for key in ("run", "qtype", "mode", "preset", "quant_check", "start_adapter",
+                                           "adapter_dir")}
     store.add_to_library(data["name"], data["kind"], done.path, data["base_path"], "trainer", info)

@@ -173,6 +173,8 @@ def load_model(config: TrainConfig, device: torch.device, dtype: torch.dtype):
         if device.type == "cuda":
             options["device_map"] = {"": device.index or 0}
     model = AutoModelForCausalLM.from_pretrained(config.base_model, **options)
+    if config.start_adapter:
+        model = merge_start_adapter(model, config.start_adapter)
     if config.method == Method.QLORA:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=config.gradient_checkpointing)
     elif device.type != "cpu":
@@ -189,6 +191,18 @@ def load_model(config: TrainConfig, device: torch.device, dtype: torch.dtype):
         bias="none", task_type="CAUSAL_LM",
     )
     return get_peft_model(model, lora)
+
+
+def merge_start_adapter(model, folder: str):
+    """The base with the adapter in ``folder`` merged in, in memory (PEFT's own merge): the run's new
+    add-on is trained on top of it, and a resume merges it again the same way."""
+    from peft import PeftModel
+
+    path = Path(folder)
+    if not (path / "adapter_model.safetensors").is_file():  # never a pickle (.bin)
+        raise TrainingError(f"The add-on to start from is not in {path} (no adapter_model.safetensors there).",
+                            advice="Choose the model again, or train without starting from an add-on.")
+    return PeftModel.from_pretrained(model, str(path)).merge_and_unload()
 
 
 def make_optimizer(config: TrainConfig, params):
