@@ -160,6 +160,56 @@ def test_the_own_model_answers_with_the_persons_best_answers(household_store, tm
     assert own_model.CANDIDATE not in person.settings
 
 
+def blind_picks(store, check, prefer_own: bool) -> None:
+    """Rose picks by what she reads (the rounds carry no names): her own words, or any other answer."""
+    from muse_desktop.evaluation import own_check
+
+    best = dict(ROSE)
+    for number, answers in enumerate(own_check.rounds(store, check)):
+        assert not {"role", "model", "adapters"} & set(answers[0])
+        mine = [a for a in answers if a["answer"].strip() == best[a["question"]]]
+        others = [a for a in answers if a not in mine]
+        assert len(mine) == 1 and others  # the new add-on wrote her answer; the baseline did not
+        own_check.pick(store, check, number, (mine if prefer_own else others)[0]["id"])
+
+
+def test_the_whole_loop_choices_training_add_on_and_her_blind_check(household_store, tmp_path):
+    """Choices → training in the child process → add-on kept as candidate → greedy answers are hers → the
+    blind check: picked less than the baseline, it is not hers (nothing changes, the candidate goes);
+    picked more often, it becomes hers, and the chat's add-ons for her include it."""
+    from muse_desktop.evaluation import own_check
+
+    store, rose, _sam, settings = household_store
+    choose(store, rose.id, ROSE)
+    made = own_model.plan(store, rose, own_model.training_base(settings, store), runs_root=tmp_path / "runs",
+                          settings=TINY)
+    done = list(own_model.make_model(made, store, models_dir=tmp_path / "models"))[-1]
+    assert own_model.candidate(store, rose.id) == done.path and store.profile(rose.id).adapter_path == ""
+    after = greedy_answers(settings.model_path, [done.path], [q for q, _a in ROSE])
+    assert after == [a for _q, a in ROSE]
+
+    def check(prefer_own: bool):
+        number = own_check.new_check(store, settings, rose.id, done.path, seed=5, count=4)
+        events = list(own_check.generate(store.path, number, settings.model_path, max_tokens=GREEDY_WORDS))
+        assert isinstance(events[-1], Done)
+        blind_picks(store, number, prefer_own)
+        return number, own_check.decide(store, number)
+
+    first, rejected = check(prefer_own=False)
+    assert not rejected.kept and rejected.tally == {"new": 0, "baseline": 4}
+    person = store.profile(rose.id)
+    assert person.adapter_path == "" and own_model.candidate(store, rose.id) == ""  # the previous (none) stays
+    assert household.adapters_for(settings, person) == []
+
+    second, kept = check(prefer_own=True)
+    assert kept.kept and kept.tally == {"new": 4, "baseline": 0}
+    person = store.profile(rose.id)
+    assert person.adapter_path == done.path and own_model.candidate(store, rose.id) == ""
+    assert household.adapters_for(settings, person) == [(done.path, 1.0)]
+    stored = {c["id"]: (c["tally"], c["decision"]["kept"]) for c in own_check.checks_for(store, rose.id)}
+    assert stored == {first: ({"new": 0, "baseline": 4}, False), second: ({"new": 4, "baseline": 0}, True)}
+
+
 def test_an_add_on_made_on_top_of_muse_stacks_in_llama_cpp(household_store, tiny_model, tmp_path):
     """MUsE installed as base + add-on: Rose's add-on is trained on base + MUsE merged (transformers), and
     llama.cpp with the base GGUF and both GGUF LoRAs gives the same logits as transformers."""

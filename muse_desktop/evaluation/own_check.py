@@ -29,7 +29,7 @@ from pathlib import Path
 
 from muse_desktop.base.errors import MuseError
 from muse_desktop.base.events import CancelToken, Cancelled, Done, Event, Progress
-from muse_desktop.household import people
+from muse_desktop.household import own_model, people
 
 ROLES = ("new", "other", "baseline")
 QUESTIONS = 4
@@ -230,7 +230,8 @@ def decide(store, check_id: int, choose_anyway: bool = False) -> Decision:
     """Apply the rule, make the new add-on the person's own when it is kept, and store the decision.
 
     Kept when the new add-on was picked more often than the baseline, or when the
-    person chooses it anyway; otherwise the person's add-on is left as it was.
+    person chooses it anyway; otherwise the person's add-on is left as it was. Either
+    way the candidate that own_model keeps for the person is settled (accepted or let go).
     """
     check = store.own_check(check_id)
     info = check["info"]
@@ -240,8 +241,12 @@ def decide(store, check_id: int, choose_anyway: bool = False) -> Decision:
     kept = won or choose_anyway
     words = summary_words(counts, questions)
     previous = info["previous"][0]
+    person_id = check["profile_id"]
+    if kept:  # hers now; the add-on she had is remembered as her previous one
+        own_model.accept(store, person_id, info["new_adapter"], info["scale"])
+    elif own_model.candidate(store, person_id) == info["new_adapter"]:
+        own_model.turn_down(store, person_id)  # not waiting for a decision any more
     if kept:
-        people.attach_adapter(store, check["profile_id"], info["new_adapter"], info["scale"])
         if won:
             message = f"{words} Your new model is now used for you."
         else:
