@@ -20,9 +20,12 @@ STYLES = {  # name: (label, pen style, marker)
 
 
 class LossChart(QWidget):
-    def __init__(self):
+    def __init__(self, labels: dict[str, str] | None = None):
+        """``labels``: the curves to show with the words for them (default: both, in the Trainer's words)."""
         super().__init__()
-        self.series: dict[str, list[tuple[int, float]]] = {name: [] for name in STYLES}
+        self.styles = {name: (labels.get(name, label) if labels else label, style, marker)
+                       for name, (label, style, marker) in STYLES.items() if not labels or name in labels}
+        self.series: dict[str, list[tuple[int, float]]] = {name: [] for name in self.styles}
         self.total_steps = 0
         self.setMinimumHeight(220)
         self.setSizePolicy(QSizePolicy.Expanding, QSizePolicy.Expanding)
@@ -44,7 +47,7 @@ class LossChart(QWidget):
 
     def _describe(self) -> None:
         parts = []
-        for name, (label, _style, _marker) in STYLES.items():
+        for name, (label, _style, _marker) in self.styles.items():
             points = self.series[name]
             if points:
                 parts.append(f"{label} {points[-1][1]:.3f} at step {points[-1][0]} (started at {points[0][1]:.3f})")
@@ -65,7 +68,7 @@ class LossChart(QWidget):
         points = [p for series in self.series.values() for p in series]
         # Legend: the line style drawn next to the words.
         x = left
-        for name, (label, style, marker) in STYLES.items():
+        for name, (label, style, marker) in self.styles.items():
             painter.setPen(QPen(accent if name == "train_loss" else text, 3, style))
             painter.drawLine(QPointF(x, legend_height / 2 + 2), QPointF(x + 36, legend_height / 2 + 2))
             if marker:
@@ -95,7 +98,7 @@ class LossChart(QWidget):
                          Qt.AlignLeft, "step 0")
         painter.drawText(QRectF(plot.left(), plot.bottom() + 4, plot.width(), metrics.height()),
                          Qt.AlignRight, f"step {max_step}")
-        for name, (_label, style, marker) in STYLES.items():
+        for name, (_label, style, marker) in self.styles.items():
             series = self.series[name]
             if not series:
                 continue

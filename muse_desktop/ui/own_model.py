@@ -128,7 +128,8 @@ class OwnModelWindow(QDialog):
         self.progress.setValue(0)
         self.progress.hide()
         layout.addWidget(self.progress)
-        self.chart = LossChart()
+        # One line in plain words: a person's few answers leave nothing to validate on.
+        self.chart = LossChart({"train_loss": "How far MUsE is from your answers"})
         self.chart.setMinimumHeight(200)
         self.chart.setAccessibleName("How well MUsE knows your answers (lower is better)")
         self.chart.hide()
