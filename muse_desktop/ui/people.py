@@ -62,7 +62,8 @@ class PersonTile(QToolButton):
         self.setCheckable(False)
 
     def fit(self, zoom_percent: int, colour: str, text_colour: str) -> None:
-        side = round(TILE_PX * max(zoom_percent, 100) / 100)
+        # Grows with the text, a little slower: at 200 % four tiles still fit a laptop screen's width.
+        side = round(TILE_PX * (max(zoom_percent, 100) / 100) ** 0.6)
         icon = round(side * 0.42)
         self.setIcon(initial_icon(self.letter, colour, text_colour, icon))
         self.setIconSize(QSize(icon, icon))
