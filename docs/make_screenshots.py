@@ -3,6 +3,9 @@
 
     QT_QPA_PLATFORM=offscreen .venv/bin/python docs/make_screenshots.py MODEL.gguf [--only-laptop]
 
+``--household [MODEL.gguf]`` makes just "Who is using MUsE?" with three people (1366×768 and
+1280×720, 100 % and 200 %) and, with a model, the chat's "Answering:" line.
+
 ``--only-laptop`` makes just the laptop shots (1366×768: 100 %, 200 %, high contrast,
 keyboard focus on Send, and Compare's rating at 200 %).
 
@@ -140,6 +143,40 @@ def natural_voice_dialog(window, settle) -> None:
             settle(lambda shown=shown: bool(shown) and chat.speech.planning.worker is None)
 
 
+def household(settle, model: str = "") -> None:
+    """ "Who is using MUsE?" with Grandma, Leo and Sam, on the two laptop screens at 100 % and 200 %;
+    then Grandma's chat with its "Answering:" line (with a model)."""
+    from muse_desktop.chat.store import Store
+    from muse_desktop.household import people
+    from muse_desktop.household.settings import Settings, save_settings
+    from muse_desktop.ui.app import MainWindow
+
+    os.environ["MUSE_HOME"] = tempfile.mkdtemp(prefix="muse-shots-")
+    store = Store()
+    computer = Settings(model_path=model)
+    for name, user_type in (("Grandma", "older-adult"), ("Leo", "child"), ("Sam", "nurse")):
+        people.add_person(store, name, computer, user_type_id=user_type)
+    save_settings(computer)
+    window = MainWindow(computer, store=store)
+    window.show()
+    for zoom in (100, 200):
+        while window.settings.zoom_percent < zoom:
+            window.zoom(+1)
+        for width, height in ((1366, 768), (1280, 720)):
+            window.resize(width, height)
+            settle()
+            shot(window, f"household-{width}x{height}-{zoom}")
+    window.zoom(0)
+    if model:
+        grandma = next(p for p in store.profiles() if p.name == "Grandma")
+        window.people_page.tiles[grandma.id].click()
+        settle(lambda: window.chat.engine is not None and window.chat.worker is None)
+        window.resize(1366, 768)
+        settle()
+        shot(window, "chat-answering-line")
+    window.close()
+
+
 def open_window():
     """The real main window in a throwaway MUSE_HOME, and ``settle`` (run Qt until a condition holds)."""
     os.environ["MUSE_HOME"] = tempfile.mkdtemp(prefix="muse-shots-")
@@ -170,6 +207,11 @@ def shot(window, name: str) -> None:
 
 
 def main() -> int:
+    if sys.argv[1:2] == ["--household"]:
+        _app, window, settle = open_window()
+        window.close()
+        household(settle, sys.argv[2] if len(sys.argv) > 2 else "")
+        return 0
     if sys.argv[1:2] == ["--natural-voice"]:  # the one-click natural voice's question
         _app, window, settle = open_window()
         window.show()

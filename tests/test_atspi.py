@@ -81,7 +81,8 @@ def run_and_walk(python: str, press: list[str], home: Path, extra_env: dict | No
 
 CLOSED_BY_THE_LOCK = ["Trainer", "Compare", "Change who I am", "Change model", "Start talking",
                       "Adult", "Child", "Set or change the PIN…", "Remove the PIN…", "Kiosk mode…",
-                      "Simple mode", "Lock now", "Use this", "Or find your job or situation"]
+                      "Simple mode", "Lock now", "Use this", "Or find your job or situation",
+                      "Change person", "Change person…"]  # locked without switching: the person is fixed
 CONTROL = "Conversations"  # open while locked: proves the presses really arrive
 
 

@@ -1,7 +1,10 @@
 """The caregiver lock: a PIN or passphrase (only a salted scrypt hash is kept), slowed-down guesses.
 
 When a PIN is set and the app is locked, settings, the trainer, the comparison and
-switching the model or the user type are closed until the PIN is entered.
+switching the model or the user type are closed until the PIN is entered. The person
+using MUsE is fixed too (a kiosk), unless the caregiver let people switch between the
+people already on the computer (``lock_allows_switching``, kept in the lock file, so a
+lost or damaged file means "no switching"); adding or removing people stays closed.
 
 The lock fails closed:
 
@@ -59,9 +62,11 @@ UNREADABLE = "unreadable"  # stands in for a PIN hash that was lost: no PIN matc
 
 # What the lock file holds; these never go into settings.json.
 CAREGIVER_FIELDS = ("caregiver_pin", "locked", "simple_mode", "pin_failures", "pin_wait_until", "kiosk_mode",
-                    "locked_user")
+                    "locked_user", "lock_allows_switching")
 # What "the locked person" is: restored from the lock file whatever settings.json says.
-LOCKED_USER_FIELDS = ("user_type_id", "custom_user_type", "model_path", "adapter_path")
+LOCKED_USER_FIELDS = ("user_type_id", "custom_user_type", "model_path", "adapter_path", "person_id")
+# What follows the person chosen while the lock lets people switch (the computer's model stays fixed).
+PERSON_FIELDS = ("user_type_id", "custom_user_type", "person_id")
 LOCKED_MARK = "Locked by the caregiver"
 
 
@@ -143,6 +148,18 @@ def remove_pin(settings: Settings) -> None:
     settings.pin_wait_until = 0.0
 
 
+def can_switch_person(settings: Settings) -> bool:
+    """Whether the person using MUsE may change now: always while unlocked; while locked only
+    when the caregiver let people switch between the people already on the computer."""
+    return not is_locked(settings) or settings.lock_allows_switching
+
+
+def follow_person(settings: Settings) -> None:
+    """Locked with switching allowed: the lock now fixes the person just chosen (written with the lock file)."""
+    if is_locked(settings) and settings.lock_allows_switching:
+        settings.locked_user = dict(settings.locked_user, **{name: getattr(settings, name) for name in PERSON_FIELDS})
+
+
 def lock(settings: Settings) -> None:
     """Lock for the person chosen now: after a restart the chat opens for them."""
     if has_pin(settings):
@@ -211,13 +228,14 @@ def _parse(raw: str) -> dict[str, Any]:
         raise ValueError("the PIN hash is damaged")
     values: dict[str, Any] = {"caregiver_pin": pin}
     for name, kind in (("pin_failures", int), ("pin_wait_until", (int, float)), ("simple_mode", bool),
-                       ("kiosk_mode", bool), ("locked_user", dict)):
+                       ("kiosk_mode", bool), ("locked_user", dict), ("lock_allows_switching", bool)):
         value = data.get(name)
         if value is not None and isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
             values[name] = value
     values["pin_wait_until"] = float(values.get("pin_wait_until", 0.0))
     user = values.get("locked_user", {})
-    values["locked_user"] = {k: v for k, v in user.items() if k in LOCKED_USER_FIELDS and isinstance(v, str)}
+    values["locked_user"] = {k: v for k, v in user.items() if k in LOCKED_USER_FIELDS
+                             and (isinstance(v, int) and not isinstance(v, bool) if k == "person_id" else isinstance(v, str))}
     return values
 
 
@@ -265,6 +283,7 @@ def write_lock(settings: Settings) -> None:
         "simple_mode": settings.simple_mode,
         "kiosk_mode": settings.kiosk_mode,
         "locked_user": settings.locked_user,
+        "lock_allows_switching": settings.lock_allows_switching,
     }
     if settings.caregiver_pin == UNREADABLE:
         return  # nothing readable to write: the damaged files stay as they are until the reset

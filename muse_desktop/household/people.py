@@ -176,3 +176,59 @@ def find_person(store: Store, name: str) -> Profile:
             return person
     names = ", ".join(person.name for person in people) or "nobody yet"
     raise HouseholdError(f"No one called {name} is on this computer (there is: {names}).")
+
+
+def switch_in_place(settings: Settings, person: Profile) -> Settings:
+    """:func:`switch_to`, written into ``settings`` itself (the pages of a window share one object)."""
+    chosen = switch_to(settings, person)
+    for name in (*COLUMNS, *PERSONAL, "person_id"):
+        setattr(settings, name, getattr(chosen, name))
+    return settings
+
+
+def leave(settings: Settings) -> Settings:
+    """Nobody chosen any more (the person in use was removed): the computer's settings stay."""
+    settings.person_id = 0
+    for name in COLUMNS:
+        setattr(settings, name, "")
+    return settings
+
+
+def belongings(store: Store, person: Profile, data_root: Path) -> dict[str, int]:
+    """What removing ``person`` deletes, counted for the question asked first."""
+    return {"conversations": len(store.conversations(person.id)),
+            "choices": len(store.preferences(person.id)),
+            "add_ons": len(owned_files(store, person, data_root))}
+
+
+def _count(number: int, one: str, many: str) -> str:
+    return f"{number} {one if number == 1 else many}"
+
+
+def removal_question(store: Store, person: Profile, data_root: Path) -> str:
+    """The plain question asked before ``person`` is removed: what goes with them."""
+    what = belongings(store, person, data_root)
+    parts = []
+    if what["conversations"]:
+        parts.append(_count(what["conversations"], "conversation", "conversations"))
+    if what["choices"]:
+        parts.append(_count(what["choices"], "choice between answers", "choices between answers"))
+    if what["add_ons"] > 1:
+        parts.append(f"{what['add_ons']} add-ons made for them")
+    elif what["add_ons"]:
+        parts.append("their own add-on")  # a file they opened from their own folders is never deleted
+    if not parts:
+        goes = f"Nothing else is kept for {person.name}."
+    else:
+        listed = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+        goes = f"Their {listed} will be deleted too."
+    return f"Remove {person.name} from this computer?\n\n{goes} This cannot be undone."
+
+
+def answering_text(model_name: str, person: Profile | None, adapter_paths: list[str]) -> str:
+    """Which model answers, in plain words: "Answering: MUsE, with Grandma's own add-on"."""
+    if person is None:
+        return f"Answering: {model_name}"
+    if person.adapter_path and person.adapter_path in adapter_paths:
+        return f"Answering: {model_name}, with {person.name}'s own add-on"
+    return f"Answering: {model_name} (no add-on of your own yet)"

@@ -66,7 +66,9 @@ class Settings:
     pin_wait_until: float = 0.0
     preference_grid: str = ""  # e.g. "muse:1.0, muse:0.1, plain:1.0, plain:0.1" (empty: that research grid)
     kiosk_mode: bool = False  # off-topic questions get a kind refusal (muse_desktop.household.scope)
-    locked_user: dict[str, str] = field(default_factory=dict)  # who the chat opens for while locked
+    locked_user: dict[str, Any] = field(default_factory=dict)  # who the chat opens for while locked
+    # Locked, people may still switch between the people on this computer (never add or remove one).
+    lock_allows_switching: bool = False
     # Speech (muse_desktop.speech.voice, muse_desktop.speech.listen); read_aloud above means "read every answer aloud".
     voice_id: str = "en_US-joe-medium"  # a natural voice, or "system" for the computer's own voice
     reading_speed: float = 0.0  # 0: chosen by who is asking (slower for young children and older adults)

@@ -32,11 +32,13 @@ from PySide6.QtWidgets import (
 
 from muse_desktop import APP_NAME, __version__
 from muse_desktop.household import lock
+from muse_desktop.household import people as household
 from muse_desktop.base.prompting import InstructionTemplate, TemplateError
 from muse_desktop.household.settings import Settings, Theme, load_settings, save_settings
-from muse_desktop.chat.store import Store
+from muse_desktop.chat.store import Store, StoreError
 from muse_desktop.ui.chat import ChatPage
 from muse_desktop.ui.model_page import ModelPage
+from muse_desktop.ui.people import OWN_MODEL, PeoplePage, tile_style
 from muse_desktop.ui.theme import placeholder_colour, stylesheet
 from muse_desktop.ui import widgets
 from muse_desktop.chat.usertypes import Catalog, InvalidUserType, UserType, custom_user_type, load_catalog
@@ -47,7 +49,7 @@ UNLOCKED_MESSAGE = "Unlocked: the caregiver's settings are open again."
 ZOOM_STEPS = (100, 125, 150, 175, 200, 250, 300)
 SHORTCUTS = """Tab and Shift+Tab: go to the next or the previous control.
 Enter or Space: press the button you are on.
-Arrow keys: move between the four big buttons (Child, Teenager, Adult, Older adult).
+Arrow keys: move between the big buttons (the people on "Who is using MUsE?"; Child, Teenager, Adult, Older adult).
 Enter in the question box: send the question.
 Ctrl+Space: speak your question instead of typing it.
 Ctrl and +, Ctrl and −, Ctrl and 0: larger text, smaller text, normal size.
@@ -82,7 +84,14 @@ class UserTypePage(QWidget):
         layout = QVBoxLayout(self)
         layout.setSpacing(14)
 
-        layout.addWidget(widgets.label("Who is using MUsE?", "heading"))
+        heading = QHBoxLayout()
+        self.heading = widgets.label("Who is using MUsE?", "heading")
+        heading.addWidget(self.heading, 1)
+        # The household: someone else on this computer, or a new person (hidden in simple mode).
+        self.people_button = widgets.button("Change person", "Choose another person, or add someone new")
+        self.people_button.setObjectName("compact")
+        heading.addWidget(self.people_button, 0, Qt.AlignTop)
+        layout.addLayout(heading)
         intro = QLabel("Answers are worded for the person you choose. You can change this at any time.")
         intro.setWordWrap(True)
         layout.addWidget(intro)
@@ -248,7 +257,9 @@ class MainWindow(QMainWindow):
         self.settings = settings or load_settings().settings
         self.setWindowTitle(APP_NAME)
         self.store = store or Store()
-        self.page = UserTypePage(catalog or load_catalog(), self.settings, self.save)
+        self.catalog = catalog or load_catalog()
+        self._settle_person()
+        self.page = UserTypePage(self.catalog, self.settings, self.save)
         self.page.closed = lambda: lock.is_locked(self.settings)
         scroll = QScrollArea()
         scroll.setWidgetResizable(True)
@@ -269,6 +280,20 @@ class MainWindow(QMainWindow):
         self.pages.addWidget(model_scroll)
         self.pages.addWidget(self.chat)
         self._model_scroll = model_scroll
+        # "Who is using MUsE?": the household's tiles, first when several people share the computer.
+        self.people_page = PeoplePage(self.catalog)
+        people_scroll = QScrollArea()
+        people_scroll.setWidgetResizable(True)
+        people_scroll.setWidget(self.people_page)
+        self._people_scroll = people_scroll
+        self.pages.addWidget(people_scroll)
+        self.people_page.chosen.connect(self.choose_person)
+        self.people_page.add_requested.connect(self.ask_new_person)
+        self.people_page.remove_requested.connect(self.ask_remove_person)
+        self.people_page.own_model_requested.connect(self._open_own_model)
+        self.page.people_button.clicked.connect(self.show_people)
+        self.chat.people_requested.connect(self.show_people)
+        self.chat.person = self.person()
         from muse_desktop.ui.trainer import TrainerPage
 
         self.trainer = TrainerPage(self.settings, self.store)
@@ -328,6 +353,8 @@ class MainWindow(QMainWindow):
         QApplication.instance().installEventFilter(self)
         if not lock.is_locked(self.settings) and self.page.start.isEnabled():
             self.page.start.setFocus()  # a returning person: Enter starts the conversation
+        if not lock.is_locked(self.settings) and self._people_first():
+            self.show_people()
         # The saved model opens while the first page shows (several seconds for a laptop-sized
         # model), with the returning person's instruction already in its cache.
         self.chat.preload(self.page.current())
@@ -372,6 +399,14 @@ class MainWindow(QMainWindow):
         self.theme_actions[Theme.HIGH_CONTRAST].setShortcut(QKeySequence("Ctrl+Shift+H"))
         self.theme_actions[Theme.HIGH_CONTRAST].setShortcutContext(Qt.WidgetShortcut)  # shown; the window's acts
         self.chat.speech.build_menu(self.menuBar(), self)
+        people_menu = self.menuBar().addMenu("&People")
+        self.change_person_action = QAction("Change person…", self)
+        self.change_person_action.triggered.connect(self.show_people)
+        people_menu.addAction(self.change_person_action)
+        self.own_model_action = QAction(f"{OWN_MODEL}…", self)
+        self.own_model_action.triggered.connect(lambda: self._open_own_model(self.settings.person_id))
+        self.own_model_action.setVisible(callable(getattr(self, "open_own_model", None)))
+        people_menu.addAction(self.own_model_action)
         caregiver = self.menuBar().addMenu("&Caregiver")
         self.set_pin_action = QAction("Set or change the PIN…", self)
         self.lock_action = QAction("Lock now", self)
@@ -442,7 +477,9 @@ class MainWindow(QMainWindow):
             self.apply_look()
 
     def apply_look(self) -> None:
-        self.setStyleSheet(stylesheet(self.effective_theme(), self.settings.zoom_percent))
+        self.setStyleSheet(stylesheet(self.effective_theme(), self.settings.zoom_percent)
+                           + tile_style(self.effective_theme()))
+        self.people_page.fit(self.settings.zoom_percent, self.effective_theme())
         palette = QApplication.palette()  # the style sheet has no word for the placeholder's colour
         palette.setColor(QPalette.PlaceholderText, QColor(placeholder_colour(self.effective_theme())))
         QApplication.setPalette(palette)
@@ -452,6 +489,8 @@ class MainWindow(QMainWindow):
         user_type = self.page.current()
         if user_type is None:
             return
+        if self._ensure_person() is not None and self.chat.person is None:
+            self.chat.set_person(self.person())
         has_model = self.chat.engine is not None or (
             self.settings.model_path and Path(self.settings.model_path).is_file())
         if not has_model:
@@ -503,6 +542,211 @@ class MainWindow(QMainWindow):
         self.chat.load_model(path)
         self.chat.input.setFocus()
 
+    # -- the household: who is using MUsE ------------------------------------------------------
+
+    def person(self):
+        """The person using MUsE now (a store profile), or None when nobody is chosen."""
+        if not self.settings.person_id:
+            return None
+        try:
+            return self.store.profile(self.settings.person_id)
+        except StoreError:
+            return None
+
+    def _settle_person(self) -> None:
+        """At start: whoever used MUsE before people existed becomes person one; a removed person is nobody."""
+        first = household.first_person(self.store, self.settings)
+        if first is not None:
+            self.settings.person_id = first.id
+            self.save()
+        elif self.settings.person_id and self.person() is None and not lock.is_locked(self.settings):
+            household.leave(self.settings)  # locked, the lock's person stays: it fails closed
+
+    def _people_first(self) -> bool:
+        """The tiles come first when people share the computer (alone, MUsE opens as it always did)."""
+        people = self.store.profiles()
+        return len(people) >= 2 or (bool(people) and self.person() is None)
+
+    def _ensure_person(self):
+        """Someone owns the conversations: on a computer used alone, its first person is made now."""
+        if self.person() is None and not self.store.profiles():
+            first = household.first_person(self.store, self.settings)
+            if first is not None:
+                self.settings.person_id = first.id
+                self.chat.person = first
+                self.save()
+        return self.person()
+
+    def _remember(self) -> None:
+        """Keep the person's text size, colours, voice and user type with them."""
+        if self.settings.person_id:
+            try:
+                household.remember(self.store, self.settings.person_id, self.settings)
+            except StoreError:
+                pass  # removed a moment ago: nothing to keep
+
+    def can_change_people(self) -> bool:
+        """Adding and removing people: never while locked."""
+        return not lock.is_locked(self.settings)
+
+    def refresh_people(self) -> None:
+        people = self.store.profiles()
+        if lock.is_locked(self.settings):  # locked, who they are cannot be chosen: only people who have chosen
+            people = [p for p in people if p.user_type_id or p.custom_user_type]
+        hook = callable(getattr(self, "open_own_model", None))
+        self.people_page.show_people(people, self.settings.person_id, can_change=self.can_change_people(),
+                                     own_model=hook and not lock.is_locked(self.settings))
+
+    def show_people(self) -> None:
+        """ "Who is using MUsE?" (closed while the lock fixes the person)."""
+        if not lock.can_switch_person(self.settings) or self.pages.indexOf(self._people_scroll) < 0:
+            return
+        if not lock.is_locked(self.settings):
+            self._ensure_person()  # whoever used MUsE alone until now gets their own tile first
+        self.tabs.setCurrentIndex(0)
+        self.refresh_people()
+        self.pages.setCurrentWidget(self._people_scroll)
+        self.people_page.focus_tile(self.settings.person_id)
+
+    def choose_person(self, person_id: int) -> None:
+        """One click on a tile: the current person's settings stay with them, then ``person_id`` uses MUsE."""
+        if not lock.can_switch_person(self.settings):
+            return
+        if self.chat.is_answering:
+            QMessageBox.information(self, APP_NAME, "Please wait until MUsE has finished answering, then choose.")
+            return
+        try:
+            chosen = self.store.profile(person_id)
+        except StoreError:
+            self.refresh_people()
+            return
+        if lock.is_locked(self.settings) and not (chosen.user_type_id or chosen.custom_user_type):
+            return
+        self._remember()
+        household.switch_in_place(self.settings, chosen)
+        lock.follow_person(self.settings)  # locked with switching allowed: the lock now fixes this person
+        self.save()
+        self.apply_person()
+        if self.page.current() is None:  # someone new: first they say who they are
+            self.tabs.setCurrentIndex(0)
+            self.pages.setCurrentWidget(self._picker)
+            self.page._tile_order[0].setFocus(Qt.OtherFocusReason)
+            return
+        self.show_chat()
+
+    def apply_person(self) -> None:
+        """The person now chosen: their look, voice, user type, conversations and add-on."""
+        from muse_desktop.ui.speech_controls import SPEEDS
+
+        person = self.person()
+        for theme, action in self.theme_actions.items():
+            action.setChecked(theme == self.settings.theme)
+        self.contrast.blockSignals(True)
+        self.contrast.setChecked(self.settings.theme == Theme.HIGH_CONTRAST)
+        self.contrast.blockSignals(False)
+        self.chat.fit_zoom(self.settings.zoom_percent)
+        self.apply_look()
+        speech = self.chat.speech
+        for action, on in ((speech.auto_read_action, self.settings.read_aloud),
+                           (speech.sends_action, self.settings.speech_sends)):
+            action.blockSignals(True)
+            action.setChecked(on)
+            action.blockSignals(False)
+        for action in speech.voice_actions:
+            action.setChecked(action.data() == self.settings.voice_id)
+        speeds = next((a.menu() for a in self.menuBar().findChildren(QAction) if a.menu() is not None
+                       and a.text() == "Reading speed"), None)
+        for action, (_label, value) in zip(speeds.actions() if speeds else [], SPEEDS, strict=False):
+            action.setChecked(abs(self.settings.reading_speed - value) < 1e-6)
+        self.page.heading.setText(f"Who is {person.name}?" if person is not None
+                                  and person.name != household.FIRST_PERSON else "Who is using MUsE?")
+        self.page.show_current()
+        self.chat.set_person(person)
+        user_type = self.page.current()
+        if user_type is not None and self.chat.user_type is not None:
+            self.chat.set_user_type(user_type, open_saved_model=False)
+
+    def ask_new_person(self) -> None:
+        """ "Someone new": their name, then the user-type page lets them say who they are."""
+        if not self.can_change_people():
+            return
+        from PySide6.QtWidgets import QInputDialog
+
+        dialog = QInputDialog(self)
+        dialog.setWindowTitle("Someone new")
+        dialog.setLabelText("What is the new person's name? A nickname is fine.")
+        dialog.setInputMode(QInputDialog.TextInput)
+        for text in dialog.findChildren(QLabel):
+            text.setWordWrap(True)
+        ok = dialog.exec() == QDialog.Accepted
+        name = dialog.textValue()
+        dialog.deleteLater()
+        if ok:
+            problem = self.add_person(name)
+            if problem:
+                QMessageBox.warning(self, APP_NAME, problem)
+
+    def add_person(self, name: str) -> str | None:
+        """Add a person and switch to them; returns a problem to show, or None."""
+        if not self.can_change_people():
+            return "Ask the caregiver to unlock MUsE to add someone."
+        if self.chat.is_answering:
+            return "Please wait until MUsE has finished answering."
+        try:
+            person = household.add_person(self.store, name, self.settings)
+        except household.HouseholdError as exc:
+            return str(exc)
+        self.choose_person(person.id)
+        return None
+
+    def ask_remove_person(self, person_id: int) -> None:
+        """Ask first, in plain words saying what goes with them; then remove."""
+        if not self.can_change_people():
+            return
+        try:
+            person = self.store.profile(person_id)
+        except StoreError:
+            self.refresh_people()
+            return
+        from muse_desktop.base.paths import user_dirs
+
+        question = household.removal_question(self.store, person, user_dirs().data)
+        answer = QMessageBox.question(self, "Remove a person", question, QMessageBox.Yes | QMessageBox.No,
+                                      QMessageBox.No)
+        if answer == QMessageBox.Yes:
+            self.remove_person(person_id)
+
+    def remove_person(self, person_id: int) -> bool:
+        """Remove a person with everything that is theirs (the caller asked first).
+
+        The person in use can be removed too, from this page: nobody is then using
+        MUsE (their add-on leaves the model, the chat is emptied) until someone is
+        chosen. Not while MUsE is answering them.
+        """
+        if not self.can_change_people() or (person_id == self.settings.person_id and self.chat.is_answering):
+            return False
+        from muse_desktop.base.paths import user_dirs
+
+        try:
+            person = self.store.profile(person_id)
+            household.remove_person(self.store, person_id, user_dirs().data)
+        except StoreError as exc:
+            QMessageBox.warning(self, APP_NAME, str(exc))
+            return False
+        if person_id == self.settings.person_id:
+            household.leave(self.settings)
+            self.save()
+            self.apply_person()
+        self.refresh_people()
+        widgets.announce(self.people_page.heading, f"{person.name} was removed.")
+        return True
+
+    def _open_own_model(self, person_id: int) -> None:
+        """The hook for "Make a model that answers the way I like" (a window another part provides)."""
+        opener = getattr(self, "open_own_model", None)
+        if callable(opener) and person_id and not lock.is_locked(self.settings):
+            opener(person_id)
+
     # -- caregiver lock and simple mode ------------------------------------------------------
 
     def apply_lock(self) -> None:
@@ -511,10 +755,26 @@ class MainWindow(QMainWindow):
         simple = self.settings.simple_mode
         # Hidden is not closed: what the lock closes is also disabled, so no input path
         # (keyboard, shortcut, screen reader's "press") can use it.
-        self.chat.closed_controls = (self.chat.change, self.chat.change_model) if locked else ()
+        switching = lock.can_switch_person(self.settings)
+        self.chat.closed_controls = ((self.chat.change, self.chat.change_model) if locked else ()) + (
+            () if switching else (self.chat.change_person,))
         for control in (self.chat.change, self.chat.change_model):
             control.setVisible(not locked and not simple)
             control.setEnabled(not locked and not self.chat.busy)
+        self.chat.change_person.setVisible(switching and not simple)
+        self.chat.change_person.setEnabled(switching)
+        self.page.people_button.setVisible(not simple)
+        # The people page leaves the window while the lock fixes the person (as the pages below do).
+        present = self.pages.indexOf(self._people_scroll) >= 0
+        if not switching and present:
+            self.pages.removeWidget(self._people_scroll)
+            self._people_scroll.setParent(None)
+        elif switching and not present:
+            self.pages.addWidget(self._people_scroll)
+        self._people_scroll.setEnabled(switching)
+        self.change_person_action.setEnabled(switching)
+        self.own_model_action.setVisible(callable(getattr(self, "open_own_model", None)))
+        self.own_model_action.setEnabled(not locked)
         # Closed pages leave the window altogether while locked: a hidden page's list items
         # are still "showing" to AT-SPI, and what is not in the tree cannot be pressed.
         if locked:
@@ -579,7 +839,8 @@ class MainWindow(QMainWindow):
     def lock_now(self) -> None:
         if not lock.has_pin(self.settings):
             return
-        if self.page.current() is None:  # locked, the picker is closed: the chat needs someone to answer for
+        if self.page.current() is None or self._ensure_person() is None and self.store.profiles():
+            # locked, the picker is closed: the chat needs someone to answer for
             QMessageBox.information(self, APP_NAME, "First choose who is using MUsE, then lock.")
             return
         lock.lock(self.settings)
@@ -701,7 +962,7 @@ class MainWindow(QMainWindow):
         self.chat.load_model(model_path, [adapter_path] if adapter_path else [])
 
     def closeEvent(self, event) -> None:
-        for page in (self._picker, self._model_scroll, *(w for w, _ in self._lockable_tabs)):
+        for page in (self._picker, self._model_scroll, self._people_scroll, *(w for w, _ in self._lockable_tabs)):
             if page.parent() is None:  # closed by the lock: Qt, not Python's collector, deletes it with us
                 page.setParent(self)
                 page.hide()
@@ -712,6 +973,7 @@ class MainWindow(QMainWindow):
         super().closeEvent(event)
 
     def save(self) -> None:
+        self._remember()
         try:
             save_settings(self.settings)
         except OSError as exc:

@@ -72,6 +72,7 @@ class Bubble(QLabel):
 
 class ChatPage(QWidget):
     back_requested = Signal()
+    people_requested = Signal()  # "Change person": back to "Who is using MUsE?"
     model_page_requested = Signal()
     model_ready = Signal()
     answer_done = Signal()
@@ -94,6 +95,7 @@ class ChatPage(QWidget):
         self._choosing = False  # preference mode's four answers are being written
         self._focus_after = None  # where focus goes back when the current work ends
         self.closed_controls: tuple = ()  # closed by the caregiver's lock: the end of a job must not reopen them
+        self.person = None  # the household's person using MUsE now (a store Profile), or None
 
         layout = QVBoxLayout(self)
         top = QHBoxLayout()
@@ -101,7 +103,14 @@ class ChatPage(QWidget):
         top.addWidget(self.who, 1)
         self.change = widgets.button("Change who I am", "Change who I am", self.back_requested)
         top.addWidget(self.change)
+        self.change_person = widgets.button("Change person", "Someone else is using MUsE now", self.people_requested)
+        top.addWidget(self.change_person)
         layout.addLayout(top)
+        # Which model answers, in plain words, near the top: "Answering: MUsE, with Grandma's own add-on".
+        self.answering = widgets.label(name="Which model is answering")
+        self.answering.setObjectName("muted")
+        self.answering.hide()
+        layout.addWidget(self.answering)
 
         model_row = QHBoxLayout()
         self.model_label = widgets.label("No model open yet.", name="Model")
@@ -201,7 +210,7 @@ class ChatPage(QWidget):
         self.model_info.triggered.connect(lambda: self.say(self.model_label.text()))  # reachable by arrows
         self._more_actions = []
         for control in (self.regenerate_button, self.copy_button, self.new_button, self.preference_toggle,
-                        self.history_toggle, self.change_model, self.change):
+                        self.history_toggle, self.change_model, self.change, self.change_person):
             action = self.more_menu.addAction(control.text())
             action.setCheckable(control.isCheckable())
             action.triggered.connect(lambda _=False, c=control: c.click())
@@ -246,7 +255,8 @@ class ChatPage(QWidget):
         for control, action in self._more_actions:
             # Under More in the compact row; the lock's closed controls stay closed there too.
             shown = not (self.simple and control in (self.regenerate_button, self.copy_button, self.history_toggle,
-                                                     self.preference_toggle, self.change, self.change_model))
+                                                     self.preference_toggle, self.change, self.change_model,
+                                                     self.change_person))
             shown = shown and control not in self.closed_controls
             action.setVisible(shown and self.compact)
             control.setVisible(shown and not self.compact)
@@ -283,9 +293,80 @@ class ChatPage(QWidget):
         if (self.engine is not None or self._loading is not None or not self.settings.model_path
                 or not Path(self.settings.model_path).exists()):
             return
-        adapter = self.settings.adapter_path
-        self.load_model(self.settings.model_path, [adapter] if adapter and Path(adapter).exists() else [],
+        self.load_model(self.settings.model_path, self.wanted_adapters(),
                         prepare_for=user_type.prompt_name if user_type is not None else None)
+
+    def wanted_adapters(self) -> list[str]:
+        """The add-ons for the computer's model: MUsE's (when installed as one), then the person's own."""
+        from muse_desktop.household.people import adapters_for
+
+        return [path for path, _scale in adapters_for(self.settings, self.person) if Path(path).exists()]
+
+    def _scale_of(self, path: str) -> float:
+        if path == self.settings.adapter_path:
+            return self.settings.adapter_scale
+        if self.person is not None and path == self.person.adapter_path:
+            return self.person.adapter_scale
+        return 1.0
+
+    def set_person(self, person) -> None:
+        """The person using MUsE now: their conversations, and their add-on in the open model.
+
+        When the open model is the computer's model, only the add-ons change (llama.cpp
+        applies them without reading the model again); otherwise the model is reopened.
+        """
+
+        changed = (self.person.id if self.person else 0) != (person.id if person else 0)
+        self.person = person
+        if changed and not self.is_answering:
+            self.conversation_id = None
+            self._clear_bubbles()
+        self.refresh_history()
+        if self.engine is not None and not self.busy and self.settings.model_path:
+            if self.engine.model_path == Path(self.settings.model_path):
+                self._fit_adapters()
+            else:
+                self.load_model(self.settings.model_path, self.wanted_adapters())
+        self.show_answering()  # (a model still opening gets the person's add-on when it is open: _loaded)
+
+    @property
+    def is_answering(self) -> bool:
+        """An answer is being written or four wait for a choice (opening a model is not answering)."""
+        return (self.worker is not None and self._loading is None) or self._choosing
+
+    def _fit_adapters(self) -> None:
+        """The open model gets exactly the add-ons wanted now (the same file: no reopening)."""
+        from muse_desktop.chat.engine import AdapterSpec, ModelError
+
+        wanted = self.wanted_adapters()
+        if [s.path for s in self.engine.adapters] == wanted and all(
+                s.scale == self._scale_of(s.path) for s in self.engine.adapters):
+            return
+        try:
+            self.engine.set_adapters([AdapterSpec(path, self._scale_of(path)) for path in wanted])
+        except ModelError as exc:  # e.g. an add-on made for another model
+            own = self.person.adapter_path if self.person is not None else ""
+            self.engine.set_adapters([AdapterSpec(p, self._scale_of(p)) for p in wanted if p != own])
+            self.say(f"{self.person.name}'s own add-on cannot be used with this model ({exc}).")
+
+    def show_answering(self) -> None:
+        """Say which model answers, with whose add-on (a label a screen reader reads by its words)."""
+        from muse_desktop.household.people import answering_text
+
+        if self.engine is None:
+            self.answering.hide()
+            return
+        path = self.engine.model_path
+        if path.name.startswith("muse-demo-"):
+            name = "the practice model"
+        elif self.settings.adapter_path or "muse" in path.stem.lower():
+            name = "MUsE"
+        else:
+            name = path.stem
+        text = answering_text(name, self.person, [spec.path for spec in self.engine.adapters])
+        self.answering.setText(text)
+        self.answering.setAccessibleName(text)
+        self.answering.show()
 
     def load_model(self, path: str, adapters: list[str] | None = None, prepare_for: str | None = None) -> None:
         """Open a GGUF model (with GGUF LoRA adapters applied at run time) off the GUI thread."""
@@ -301,8 +382,7 @@ class ChatPage(QWidget):
                                   gpu_layers=self.settings.gpu_layers, long_context=self.settings.long_context,
                                   prefix_state_dir=str(user_dirs().cache / "prefix-state"))
 
-        scale = self.settings.adapter_scale if adapters and adapters[0] == self.settings.adapter_path else 1.0
-        specs = [AdapterSpec(adapter, scale) for adapter in adapters or []]
+        specs = [AdapterSpec(adapter, self._scale_of(adapter)) for adapter in adapters or []]
 
         template = self.settings.instruction_template or None
 
@@ -330,23 +410,30 @@ class ChatPage(QWidget):
         is_demo = Path(path).name.startswith("muse-demo-")
         # The file's name without ".gguf": a person reads the model's name, not a file type.
         label = PRACTICE_MODEL if is_demo else f"Model: {Path(path).stem}"
-        if adapters:
-            label += " with the add-on " + ", ".join(Path(a).stem for a in adapters)
+        # A person's own add-on is theirs, not the computer's (whoever was chosen while it opened).
+        theirs = {p.adapter_path for p in self.store.profiles() if p.adapter_path}
+        computer = [a for a in adapters or [] if a not in theirs]
+        if computer:
+            label += " with the add-on " + ", ".join(Path(a).stem for a in computer)
         self.model_label.setText(label)
         self.model_info.setText(label)
         ready = "Ready. Type a question and press Enter."
         self.say(f"{engine.context_note} {ready}" if engine.context_note else ready)
-        adapter = (adapters or [""])[0]
+        adapter = (computer or [""])[0]
         if self.settings.model_path != path or self.settings.adapter_path != adapter:
             self.settings.model_path = path
             self.settings.adapter_path = adapter  # reopened with the model next time
-            self.settings.adapter_scale = engine.adapters[0].scale if adapter else 1.0
+            self.settings.adapter_scale = next((s.scale for s in engine.adapters if s.path == adapter), 1.0)
             self.on_settings_changed()
+        if path == self.settings.model_path:
+            self._fit_adapters()  # someone else may have been chosen while the model was opening
         self._show_strength(engine)
+        self.show_answering()
         self.model_ready.emit()
 
     def _show_strength(self, engine) -> None:
-        loaded = engine.adapters
+        # The strength is the computer's add-on's (MUsE's); a person's own add-on stays as they made it.
+        loaded = [s for s in engine.adapters if s.path == self.settings.adapter_path]
         self.addon_strength.setVisible(bool(loaded))
         if loaded:
             nearest = min(range(len(ADDON_STRENGTHS)), key=lambda i: abs(ADDON_STRENGTHS[i][1] - loaded[0].scale))
@@ -358,14 +445,15 @@ class ChatPage(QWidget):
         """Blend the add-on in (or switch it off) without reopening the model."""
         from muse_desktop.chat.engine import AdapterSpec
 
-        if self.engine is None or not self.engine.adapters:
+        if self.engine is None or not any(s.path == self.settings.adapter_path for s in self.engine.adapters):
             return
         if self.busy:  # the model is answering: it cannot change in the middle of an answer
             self._show_strength(self.engine)
             self.status.setText("Wait until the answer is finished, then choose again.")
             return
         scale = float(self.addon_strength.itemData(index))
-        self.engine.set_adapters([AdapterSpec(self.engine.adapters[0].path, scale)])
+        self.engine.set_adapters([AdapterSpec(s.path, scale if s.path == self.settings.adapter_path else s.scale)
+                                  for s in self.engine.adapters])
         self.settings.adapter_scale = scale
         self.on_settings_changed()
         self.status.setText(f"{self.addon_strength.itemText(index)}. The next answer uses it.")
@@ -376,6 +464,11 @@ class ChatPage(QWidget):
         """Show a status that matters and have screen readers announce it (thinking, stopped, failed)."""
         self.status.setText(text)
         widgets.announce(self.status, text, assertive)
+
+    @property
+    def profile_id(self) -> int | None:
+        """The person whose conversations and choices these are (None: nobody chosen)."""
+        return self.settings.person_id or None
 
     @property
     def busy(self) -> bool:
@@ -398,7 +491,8 @@ class ChatPage(QWidget):
             return
         if self.conversation_id is None:
             title = question if len(question) <= 48 else question[:47] + "…"
-            self.conversation_id = self.store.create_conversation(self.user_type.prompt_name, title).id
+            self.conversation_id = self.store.create_conversation(self.user_type.prompt_name, title,
+                                                                  profile_id=self.profile_id).id
         self._question_id = self.store.add_message(self.conversation_id, "user", question).id
         self.add_bubble("user", question)
         self.input.clear()
@@ -502,7 +596,8 @@ class ChatPage(QWidget):
         context = [{"role": t.role, "content": t.content} for t in turns[:-1]]
         conversation = self.store.conversation(self.conversation_id)
         preference = self.store.add_preference(conversation.user_type, context, turns[-1].content,
-                                               self._candidates, best, worst, reason, self.conversation_id)
+                                               self._candidates, best, worst, reason, self.conversation_id,
+                                               profile_id=self.profile_id)
         chosen = self._candidates[best]
         self.store.add_message(self.conversation_id, "assistant", chosen["text"],
                                model=Path(self.settings.model_path).name,
@@ -573,12 +668,13 @@ class ChatPage(QWidget):
     # -- history, regenerate, copy ------------------------------------------------------
 
     def refresh_history(self) -> None:
-        """Earlier conversations worded for the current user type, newest first."""
+        """The person's earlier conversations worded for the current user type, newest first."""
         self.history.clear()
         if self.user_type is None:
             return
-        for conversation in self.store.conversations():
-            if conversation.user_type != self.user_type.prompt_name:
+        for conversation in self.store.conversations(self.profile_id):
+            if conversation.user_type != self.user_type.prompt_name or (
+                    self.profile_id is None and conversation.profile_id is not None):
                 continue
             item = QListWidgetItem(f"{conversation.title}\n{conversation.updated_at[:10]}")
             item.setData(Qt.UserRole, conversation.id)

@@ -1,15 +1,19 @@
-"""The caregiver's kiosk setup: train the scope guard, see its held-out metrics, then switch it on."""
+"""The caregiver's kiosk setup: train the scope guard, see its held-out metrics, then switch it on;
+and whether people may switch between the people on the computer while MUsE is locked."""
 
 from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
 
-from PySide6.QtWidgets import QDialog, QFileDialog, QHBoxLayout, QLineEdit, QVBoxLayout
+from PySide6.QtWidgets import QCheckBox, QDialog, QFileDialog, QHBoxLayout, QLineEdit, QVBoxLayout
 
 from muse_desktop.base.events import Done
 from muse_desktop.ui import widgets
 from muse_desktop.ui.workers import EventWorker, start_worker
+
+
+SWITCHING = "Let people switch between the people on this computer while locked"
 
 
 class KioskDialog(QDialog):
@@ -46,6 +50,12 @@ class KioskDialog(QDialog):
         row.addWidget(self.on_button)
         row.addWidget(self.off_button)
         layout.addLayout(row)
+        # Locking fixes the person using MUsE, unless this is ticked (kept in the lock's own file).
+        self.switching = QCheckBox(SWITCHING)
+        self.switching.setChecked(settings.lock_allows_switching)
+        self.switching.setAccessibleDescription("While locked, nobody can be added or removed either way.")
+        self.switching.toggled.connect(self.allow_switching)
+        layout.addWidget(self.switching)
         if importlib.util.find_spec("sklearn") is None:
             self.check_button.setEnabled(False)
             self.result.setText("Training the guard needs scikit-learn (part of MUsE Studio / the training extra). "
@@ -95,3 +105,12 @@ class KioskDialog(QDialog):
         self.on_change()
         self.off_button.setEnabled(False)
         self.result.setText("Kiosk mode is off.")
+
+    def allow_switching(self, on: bool) -> None:
+        from muse_desktop.household import lock
+
+        if lock.is_locked(self.settings):  # the caregiver's settings are closed while locked
+            self.switching.setChecked(self.settings.lock_allows_switching)
+            return
+        self.settings.lock_allows_switching = on
+        self.on_change()
