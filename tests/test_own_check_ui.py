@@ -166,3 +166,29 @@ def test_the_check_can_be_done_with_the_keyboard_alone(qtbot, household_of_two, 
         qtbot.keyClick(window.next_button, Qt.Key_Space)
     assert own_check.tally(store, window.check) == {"new": 4, "other": 0, "baseline": 0}
     assert window.close_button.hasFocus() and store.profile(rose.id).adapter_path == str(gguf_adapters["all"])
+
+
+def test_in_the_window_try_it_opens_her_check_and_a_kept_add_on_answers_her_at_once(qtbot, household_of_two,
+                                                                                     gguf_adapters):
+    """MainWindow wires the two windows: the own-model window's "Try it" opens the blind check; when the
+    new add-on is kept, the chat's engine has it for Rose right away (no restart, no reopening)."""
+    from helpers import window_with_model
+
+    store, settings, rose = household_of_two
+    household.switch_in_place(settings, store.profile(rose.id))
+    win = window_with_model(qtbot, settings, settings.model_path, store=store)
+    assert win.chat.engine.adapters == []
+    made = win.open_own_model(rose.id)
+    assert made.isVisible() and made.count_words.text().startswith("You have chosen 4 answers")
+    made.check_requested.emit(rose.id, str(gguf_adapters["all"]))  # what "Try it" sends at the end of a run
+    check = win._own_check_window
+    assert check.isVisible()
+    qtbot.waitUntil(lambda: check.pages.currentWidget() is check.asking, timeout=60000)
+    with qtbot.waitSignal(check.decided, timeout=10000):
+        pick_with_buttons(qtbot, store, check, ["new", "new", "baseline", "new"])
+    qtbot.waitUntil(lambda: not win.chat.busy, timeout=30000)
+    assert [spec.path for spec in win.chat.engine.adapters] == [str(gguf_adapters["all"])]
+    assert store.profile(rose.id).adapter_path == str(gguf_adapters["all"])
+    assert "Rose" in win.chat.answering.text()
+    made.close()
+    check.close()

@@ -741,6 +741,51 @@ class MainWindow(QMainWindow):
         widgets.announce(self.people_page.heading, f"{person.name} was removed.")
         return True
 
+    def open_own_model(self, person_id: int):
+        """ "Make a model that answers the way I like" for ``person_id``; then their blind check of it."""
+        if lock.is_locked(self.settings):
+            return None
+        from muse_desktop.ui.own_model import OwnModelWindow
+
+        engine = None if self.chat.is_answering else self.chat.engine  # writes the extra examples
+        dialog = OwnModelWindow(self.store, self.settings, person_id, engine=engine, parent=self)
+        dialog.setStyleSheet(self.styleSheet())
+        dialog.check_requested.connect(self.open_own_check)
+        dialog.choose_more_requested.connect(self._choose_more)
+        dialog.show()
+        self._own_model_window = dialog
+        return dialog
+
+    def open_own_check(self, person_id: int, adapter_path: str):
+        """The person's blind check of their new add-on; a kept one is applied in the chat at once."""
+        if lock.is_locked(self.settings):
+            return None
+        from muse_desktop.ui.own_check import OwnCheckWindow
+
+        dialog = OwnCheckWindow(self, self.settings, self.store, person_id, adapter_path)
+        dialog.setStyleSheet(self.styleSheet())
+        dialog.decided.connect(lambda _kept, _path: self._own_add_on_settled(person_id))
+        dialog.show()
+        self._own_check_window = dialog
+        return dialog
+
+    def _own_add_on_settled(self, person_id: int) -> None:
+        if person_id == self.settings.person_id:
+            self.chat.set_person(self.person())  # their add-on (or the one they kept) answers from now on
+        self.refresh_people()
+
+    def _choose_more(self, person_id: int) -> None:
+        """From the own-model window: back to the chat, with four answers to choose from."""
+        window = getattr(self, "_own_model_window", None)
+        if window is not None:
+            window.close()
+        if person_id != self.settings.person_id:
+            self.choose_person(person_id)
+        else:
+            self.show_chat()
+        if self.pages.currentWidget() is self.chat:
+            self.chat.preference_toggle.setChecked(True)
+
     def _open_own_model(self, person_id: int) -> None:
         """The hook for "Make a model that answers the way I like" (a window another part provides)."""
         opener = getattr(self, "open_own_model", None)
