@@ -14,6 +14,7 @@ from muse_desktop.ui.theme import PALETTES
 TILE_PX = 150  # a tile's smallest side at 100 % (at least 140 px), growing with the text size
 NEW_PERSON = "Someone new"
 OWN_MODEL = "Make a model that answers the way I like"
+OWN_MODEL_SHORT = "My own model…"  # under a tile, as narrow as the tile; its name for screen readers is the whole
 INTRO = "Choose yourself. Each person has their own conversations, text size, voice and answers."
 NOBODY = "Nobody is on this computer yet. Press “Someone new” to start."
 LOCKED_INTRO = "Choose yourself. The caregiver has locked MUsE: people cannot be added or removed now."
@@ -118,7 +119,7 @@ class PeoplePage(QWidget):
             tile.clicked.connect(lambda _=False, pid=person.id: self.chosen.emit(pid))
             column = self._column(tile)
             if own_model:
-                make = widgets.button(OWN_MODEL, f"{OWN_MODEL}, for {name}",
+                make = widgets.button(OWN_MODEL_SHORT, f"{OWN_MODEL}, for {name}",
                                       lambda _=False, pid=person.id: self.own_model_requested.emit(pid))
                 make.setAccessibleName(f"{OWN_MODEL} ({name})")
                 make.setObjectName("compact")
