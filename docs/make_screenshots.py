@@ -6,6 +6,9 @@
 ``--household [MODEL.gguf]`` makes just "Who is using MUsE?" with three people (1366×768 and
 1280×720, 100 % and 200 %) and, with a model, the chat's "Answering:" line.
 
+``--own-model`` makes just "Make a model that answers the way I like" mid-run and the
+person's blind check (each at 1366×768 and 1280×720, 100 % and 200 %), on the demo model.
+
 ``--only-laptop`` makes just the laptop shots (1366×768: 100 %, 200 %, high contrast,
 keyboard focus on Send, and Compare's rating at 200 %).
 
@@ -211,6 +214,12 @@ def main() -> int:
         _app, window, settle = open_window()
         window.close()
         household(settle, sys.argv[2] if len(sys.argv) > 2 else "")
+        return 0
+    if sys.argv[1:2] == ["--own-model"]:
+        _app, window, settle = open_window()
+        own_model_mid_run(window, settle)
+        own_check_shots(window, settle)
+        window.close()
         return 0
     if sys.argv[1:2] == ["--natural-voice"]:  # the one-click natural voice's question
         _app, window, settle = open_window()

@@ -270,15 +270,18 @@ def test_a_damaged_lock_file_does_not_let_people_switch(qtbot):
     assert lock.is_locked(loaded) and not loaded.lock_allows_switching and not lock.can_switch_person(loaded)
 
 
-def test_the_own_model_hook_shows_only_when_the_window_has_it(qtbot, monkeypatch):
+def test_each_tile_opens_that_persons_own_model_window(qtbot):
     store, grandma, leo = household_of_two()
     win = open_window(qtbot, store)
-    assert win.people_page.own_model_buttons == {} and not win.own_model_action.isVisible()
-    opened = []
-    monkeypatch.setattr(MainWindow, "open_own_model", lambda self, pid: opened.append(pid), raising=False)
-    win.refresh_people()
-    qtbot.mouseClick(win.people_page.own_model_buttons[leo.id], Qt.LeftButton)
-    assert opened == [leo.id]
+    buttons = win.people_page.own_model_buttons
+    assert set(buttons) == {grandma.id, leo.id} and win.own_model_action.isVisible()
+    assert buttons[leo.id].text() == "My own model…"
+    assert buttons[leo.id].accessibleName() == "Make a model that answers the way I like (Leo)"
+    qtbot.mouseClick(buttons[leo.id], Qt.LeftButton)
+    dialog = win._own_model_window
+    assert dialog.isVisible() and dialog.person_id == leo.id
+    assert dialog.windowTitle() == "Make a model that answers the way Leo likes"
+    dialog.close()
 
 
 def test_the_answering_line_says_whose_add_on_answers():
