@@ -474,7 +474,8 @@ def own_check_shots(window, settle) -> None:
     store = window.store
     settings = copy.deepcopy(window.settings)
     settings.model_path, settings.adapter_path = str(model), ""
-    rose = people.add_person(store, "Rose", settings, user_type_id="older-adult")
+    rose = next((p for p in store.profiles() if p.name == "Rose"), None) or people.add_person(
+        store, "Rose", settings, user_type_id="older-adult")  # the own-model shot may have made her
     candidates = [{"text": t, "framing": "muse", "temperature": 1.0} for t in ("one", "two", "three", "four")]
     for question in OWN_CHECK_ASKED:
         store.add_preference("Elderly", [], question, candidates, best=0, worst=1, profile_id=rose.id)
