@@ -146,6 +146,22 @@ def logit_noise(engine: ChatEngine) -> dict[str, tuple[float, float]]:
             "_std": (float(whole.std()), float(ties))}
 
 
+def llama_batched(binary: Path, model: Path, threads: int, prompt: int, tokens: int) -> dict[int, dict]:
+    """llama-batched-bench's rows for 1 and 4 parallel sequences (the weight layout the engine uses here)."""
+    import json
+    import subprocess
+
+    from muse_desktop.base.llamacpp import extra_buffers_safe
+
+    command = [str(binary), "-m", str(model), "-t", str(threads), "-tb", str(threads), "-c", "2048", "-b", "512",
+               "-npp", str(prompt), "-ntg", str(tokens), "-npl", "1,4", "-pps", "--output-format", "jsonl"]
+    if not extra_buffers_safe():
+        command.append("--no-repack")
+    out = subprocess.run(command, capture_output=True, text=True, check=True)
+    rows = [json.loads(line) for line in (out.stdout + out.stderr).splitlines() if line.startswith('{"n_kv_max"')]
+    return {row["pl"]: row for row in rows}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("model", type=Path)
@@ -154,6 +170,10 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--flip-tokens", type=int, default=32)
     parser.add_argument("--questions", type=int, default=len(QUESTIONS))
+    parser.add_argument("--batched-bench", type=Path, metavar="PATH",
+                        help="llama.cpp's own llama-batched-bench (built from the same vendored llama.cpp, as "
+                             "decode_anchor.py builds llama-bench): one and four sequences, as the anchor")
+    parser.add_argument("--bench-prompt", type=int, default=64, help="prompt tokens for llama-batched-bench")
     parser.add_argument("--no-saved-prefix", action="store_true",
                         help="evaluate the instruction every time (the app keeps it as saved llama.cpp state)")
     args = parser.parse_args()
@@ -182,6 +202,16 @@ def main() -> int:
         print("| --- | ---: | ---: | ---: |")
         print(f"| wall time, prompt included (s) | {one:.2f} | {together:.2f} | {sequential:.2f} |")
         print(f"| × one answer | 1.00 | {together / one:.2f} | {sequential / one:.2f} |")
+    if args.batched_bench:
+        anchor = llama_batched(args.batched_bench, args.model, args.threads, args.bench_prompt, args.tokens)
+        print(f"\nllama.cpp's llama-batched-bench, same file and threads, prompt {args.bench_prompt} tokens evaluated "
+              f"once and shared, {args.tokens} tokens per sequence:")
+        print("| | one sequence | four sequences | four × one |")
+        print("| --- | ---: | ---: | ---: |")
+        print(f"| wall time, prompt included (s) | {anchor[1]['t']:.2f} | {anchor[4]['t']:.2f} | "
+              f"{anchor[4]['t'] / anchor[1]['t']:.2f} |")
+        print(f"| decode only (s) | {anchor[1]['t_tg']:.2f} | {anchor[4]['t_tg']:.2f} | "
+              f"{anchor[4]['t_tg'] / anchor[1]['t_tg']:.2f} |")
     ties = sum(1 for _step, lead in diverged if lead == 0.0)
     print(f"\ngreedy batched vs sequential, {args.flip_tokens} tokens: {len(diverged)} of {compared} sequences diverged,"
           f" {ties} of them at an exact tie")
