@@ -40,7 +40,10 @@ def test_a_real_voice_says_a_sentence(voice):
     assert audio.dtype == np.float32 and float(np.abs(audio).max()) > 0.1  # not silence
     assert float(np.sqrt(np.mean(audio**2))) > 0.02
     slower = voice.synthesize("A balanced diet gives your body what it needs.", speed=0.7)
-    assert len(slower) > 1.25 * len(audio)  # the slower setting really is slower
+    # The slower setting really is slower. Piper draws its durations at random: 6 + 6 runs here gave
+    # 1.27-1.35x at speed 0.7 (and one CI run exactly 1.25x), so the bar sits below that spread,
+    # well above 1.0x (speed ignored).
+    assert len(slower) > 1.15 * len(audio)
 
 
 @needs_voice
