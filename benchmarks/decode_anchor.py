@@ -1,15 +1,20 @@
 #!/usr/bin/env python3
 """The engine's prompt and decode speed against llama.cpp's own llama-bench, and the memory-bandwidth limit.
 
-    python benchmarks/decode_anchor.py MODEL.gguf --llama-bench PATH [--threads 2] [--pp 256] [--tg 64]
+    python benchmarks/decode_anchor.py MODEL.gguf --llama-bench PATH [--threads 2] [--pp 256] [--tg 64] [--rounds 5]
     python benchmarks/decode_anchor.py MODEL.gguf --build-llama-bench DIR ...
 
 ``--build-llama-bench DIR`` fetches the source archive of the installed llama-cpp-python
 from the package registry (``pip download --no-binary``) and builds llama-bench from the
-llama.cpp it vendors, so both sides run the same llama.cpp. Then, interleaved:
-llama-bench (ppN, tgN, same GGUF and threads), the engine (ppN through the chat's own
-context; tgN through ChatEngine's native sampler loop, greedy), llama-bench again. The
-engine's figures are shown as × the mean of the two llama-bench runs around it.
+llama.cpp it vendors, so both sides run the same llama.cpp. Then ``--rounds`` rounds, each:
+llama-bench (ppN, tgN, same GGUF and threads, its best-of-two), then in this process the
+engine (ppN through the chat's own context; tgN through ChatEngine's native sampler loop,
+greedy) and, right beside it, bare ``llama_decode`` calls on the same context with random
+tokens and no sampling (what llama-bench's tg does), the better of two each. Every round
+gives its own ratios; the medians over rounds are the result. On a shared machine a
+single run moves by tens of per cent (one run here: llama-bench 14.2 then 9.5 tokens/s),
+so one pair of numbers proves nothing; the bare-decode ratio, measured a few seconds
+apart in one process, shows what the engine's own loop costs.
 
 The bandwidth limit: decode reads every weight once per token, so tokens/s cannot pass
 (read bandwidth ÷ weight bytes); the bandwidth is this machine's, measured here by
@@ -20,6 +25,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
+import statistics
 import subprocess
 import sys
 import time
@@ -66,15 +73,14 @@ def llama_bench(binary: Path, model: Path, threads: int, pp: int, tg: int) -> di
 def engine_speed(engine: ChatEngine, pp: int, tg: int) -> dict[str, float]:
     llm = engine.llm
     ids = [llm.token_bos()] + [5 + i % (llm.n_vocab() - 10) for i in range(1000, 1000 + pp - 1)]
-    best = {}
+    best: dict[str, float] = {}
     for _ in range(2):  # as llama-bench -r 2, the better of two
         llm.reset()
         start = time.perf_counter()
         llm.eval(ids)
-        rate = pp / (time.perf_counter() - start)
-        best["pp"] = max(best.get("pp", 0.0), rate)
+        best["pp"] = max(best.get("pp", 0.0), pp / (time.perf_counter() - start))
         llm.reset()
-        count, start = 0, None
+        count, start = 0, time.perf_counter()
         for _token in engine._native_tokens(ids[:8], Sampling(temperature=0.0, repeat_penalty=1.0)):
             count += 1
             if count == 1:
@@ -82,7 +88,34 @@ def engine_speed(engine: ChatEngine, pp: int, tg: int) -> dict[str, float]:
             if count == tg + 1:
                 break
         best["tg"] = max(best.get("tg", 0.0), tg / (time.perf_counter() - start))
+        best["bare"] = max(best.get("bare", 0.0), bare_decode(engine, tg))
     return best
+
+
+def bare_decode(engine: ChatEngine, tg: int) -> float:
+    """llama-bench's tg loop from Python: one llama_decode per random token, nothing sampled."""
+    import llama_cpp
+
+    llm = engine.llm
+    llm.reset()
+    llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(llm.ctx), True)
+    batch = llama_cpp.llama_batch_init(1, 0, 1)
+    try:
+        token, start = llm.token_bos(), time.perf_counter()
+        for position in range(tg + 1):
+            if position == 1:
+                start = time.perf_counter()
+            batch.n_tokens = 1
+            batch.token[0], batch.pos[0], batch.n_seq_id[0], batch.logits[0] = token, position, 1, 1
+            batch.seq_id[0][0] = 0
+            if llama_cpp.llama_decode(llm.ctx, batch) != 0:
+                raise RuntimeError("llama_decode failed")
+            token = random.randrange(llm.n_vocab())
+        return tg / (time.perf_counter() - start)
+    finally:
+        llama_cpp.llama_batch_free(batch)
+        llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(llm.ctx), True)
+        llm.reset()
 
 
 def read_bandwidth() -> float:
@@ -109,30 +142,47 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--pp", type=int, default=256)
     parser.add_argument("--tg", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=5)
     where = parser.add_mutually_exclusive_group(required=True)
     where.add_argument("--llama-bench", type=Path)
     where.add_argument("--build-llama-bench", type=Path, metavar="DIR")
     args = parser.parse_args()
     binary = args.llama_bench or build_llama_bench(args.build_llama_bench)
-    before = llama_bench(binary, args.model, args.threads, args.pp, args.tg)
     engine = ChatEngine(args.model, EngineSettings(threads=args.threads, context_length=4096))
+    rows = []
     try:
-        mine = engine_speed(engine, args.pp, args.tg)
+        for round_ in range(1, args.rounds + 1):
+            bench = llama_bench(binary, args.model, args.threads, args.pp, args.tg)
+            mine = engine_speed(engine, args.pp, args.tg)
+            rows.append({"round": round_, **{f"bench_{k}": v for k, v in bench.items()}, **mine})
+            print(json.dumps(rows[-1]), flush=True)
     finally:
         engine.close()
-    after = llama_bench(binary, args.model, args.threads, args.pp, args.tg)
     bandwidth, weights = read_bandwidth(), weight_bytes(args.model)
-    print(f"model: {args.model.name} ({weights / 2**30:.2f} GiB of weights), threads {args.threads}, "
+    print(f"\nmodel: {args.model.name} ({weights / 2**30:.2f} GiB of weights), threads {args.threads}, "
           f"llama-cpp-python {version('llama_cpp_python')}, "
-          f"weights {'repacked' if extra_buffers_safe() else 'in the plain layout (AMX processor)'} on both sides")
-    print("| | llama-bench before | MUsE engine | llama-bench after | engine × mean llama-bench |")
-    print("| --- | ---: | ---: | ---: | ---: |")
-    for key, name in (("pp", f"pp{args.pp} tokens/s"), ("tg", f"tg{args.tg} tokens/s")):
-        mean = (before[key] + after[key]) / 2
-        print(f"| {name} | {before[key]:.2f} | {mine[key]:.2f} | {after[key]:.2f} | {mine[key] / mean:.2f} |")
+          f"weights {'repacked' if extra_buffers_safe() else 'in the plain layout (AMX processor)'} on both sides, "
+          f"{args.rounds} rounds")
+    print(f"| round | llama-bench pp{args.pp} | engine pp{args.pp} | × | llama-bench tg{args.tg} | engine tg{args.tg} "
+          f"| × | bare llama_decode tg{args.tg} | engine × bare |")
+    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for r in rows:
+        print(f"| {r['round']} | {r['bench_pp']:.2f} | {r['pp']:.2f} | {r['pp'] / r['bench_pp']:.2f} "
+              f"| {r['bench_tg']:.2f} | {r['tg']:.2f} | {r['tg'] / r['bench_tg']:.2f} "
+              f"| {r['bare']:.2f} | {r['tg'] / r['bare']:.2f} |")
+
+    def median(key):
+        return statistics.median(r[key] for r in rows)
+
+    def median_ratio(top, bottom):
+        return statistics.median(r[top] / r[bottom] for r in rows)
+
+    print(f"| median | {median('bench_pp'):.2f} | {median('pp'):.2f} | **{median_ratio('pp', 'bench_pp'):.2f}** "
+          f"| {median('bench_tg'):.2f} | {median('tg'):.2f} | **{median_ratio('tg', 'bench_tg'):.2f}** "
+          f"| {median('bare'):.2f} | **{median_ratio('tg', 'bare'):.2f}** |")
     limit = bandwidth / weights
-    print(f"\nread bandwidth {bandwidth / 1e9:.1f} GB/s → decode limit {limit:.1f} tokens/s; "
-          f"engine decode is {mine['tg'] / limit:.2f} of it, llama-bench {(before['tg'] + after['tg']) / 2 / limit:.2f}")
+    print(f"\nread bandwidth {bandwidth / 1e9:.1f} GB/s (numpy, one thread) → decode limit {limit:.1f} tokens/s; "
+          f"engine decode (median) is {median('tg') / limit:.2f} of it, llama-bench {median('bench_tg') / limit:.2f}")
     return 0
 
 
