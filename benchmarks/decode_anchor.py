@@ -8,10 +8,11 @@
 ``--build-llama-bench DIR`` fetches the source archive of the installed llama-cpp-python
 from the package registry (``pip download --no-binary``) and builds llama-bench from the
 llama.cpp it vendors, so both sides run the same llama.cpp. Then ``--rounds`` rounds, each:
-llama-bench (ppN, tgN, same GGUF, threads and attention as the engine, its best-of-two), then
-in this process the engine (ppN through the chat's own context; tgN through ChatEngine's native sampler loop,
-greedy) and, right beside it, bare ``llama_decode`` calls on the same context with random
-tokens and no sampling (what llama-bench's tg does), the better of two each. Every round
+llama-bench (ppN, tgN, same GGUF, threads and attention as the engine, its best-of-two),
+then in this process the engine (ppN through the chat's own context; tgN through
+ChatEngine's native sampler loop, greedy) and, right beside it, bare ``llama_decode`` calls
+on the same context with random tokens and no sampling (what llama-bench's tg does), the
+better of two each. Every round
 gives its own ratios; the medians over rounds are the result. On a shared machine a
 single run moves by tens of per cent (one run here: llama-bench 14.2 then 9.5 tokens/s),
 so one pair of numbers proves nothing; the bare-decode ratio, measured a few seconds
